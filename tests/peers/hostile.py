@@ -1,0 +1,122 @@
+"""Hostile peers on loopback: what a probe must survive without raising.
+
+Each is an async context manager yielding ``(host, port)``:
+
+- ``closed_port()``: a port nothing listens on (connect is refused).
+- ``silent_tcp()``: accepts connections, reads, never answers.
+- ``silent_udp()``: a bound UDP socket that never answers.
+- ``tcp_responder(reply)``: answers each connection with ``reply(data)``
+  bytes after the first read (or at once with ``greet=True``), then closes
+  (or keeps the connection open with ``close=False``).
+- ``udp_responder(reply)``: answers each datagram with ``reply(data)``.
+
+Replies are functions of what the probe sent, so a test can echo a
+transaction id with a corrupted body, truncate a frame, or claim an absurd
+length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+
+Reply = Callable[[bytes], bytes]
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def closed_port(host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
+    yield host, free_port(host=host)
+
+
+@contextlib.asynccontextmanager
+async def silent_tcp(host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+
+    server = await asyncio.start_server(handle, host, 0)
+    try:
+        yield host, server.sockets[0].getsockname()[1]
+    finally:
+        for w in held:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def tcp_responder(
+    reply: Reply, host: str = "127.0.0.1", *, greet: bool = False, close: bool = True
+) -> AsyncIterator[tuple[str, int]]:
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        with contextlib.suppress(Exception):
+            data = b"" if greet else await reader.read(65536)
+            writer.write(reply(data))
+            await writer.drain()
+            if close:
+                writer.close()
+            else:
+                while await reader.read(65536):
+                    pass
+
+    server = await asyncio.start_server(handle, host, 0)
+    try:
+        yield host, server.sockets[0].getsockname()[1]
+    finally:
+        for w in held:
+            w.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, reply: Reply | None) -> None:
+        self.reply = reply
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+        if self.reply is not None and self.transport is not None:
+            out = self.reply(data)
+            if out:
+                self.transport.sendto(out, addr)
+
+
+@contextlib.asynccontextmanager
+async def udp_responder(reply: Reply | None, host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(reply), local_addr=(host, 0))
+    try:
+        yield host, transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
+def silent_udp(host: str = "127.0.0.1") -> contextlib.AbstractAsyncContextManager[tuple[str, int]]:
+    return udp_responder(None, host)
+
+
+def garbage(n: int = 512, seed: int = 7) -> bytes:
+    """Deterministic random bytes."""
+    import random
+
+    return random.Random(seed).randbytes(n)
