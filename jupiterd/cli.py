@@ -72,11 +72,17 @@ def _add_probe(sub: Any) -> None:
         description=f"Probe one target once. Kinds: {kinds}. Exit 0 if healthy, 1 if not.",
     )
     p.add_argument("kind", metavar="KIND", help=f"one of: {kinds}")
-    p.add_argument("target", metavar="TARGET", help="host:port, or a URL for http/socketio/thingsboard")
+    p.add_argument(
+        "target", metavar="TARGET", help="host:port, or a URL for http/socketio/thingsboard"
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="a probe option (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a probe option (repeatable)",
     )
     p.set_defaults(func=_cmd_probe)
 
@@ -85,7 +91,9 @@ COMMANDS: list[Callable[[Any], None]] = [_add_probe]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jupiterd", description="Application-level health checks and safe failover.")
+    parser = _Parser(
+        prog="jupiterd", description="Application-level health checks and safe failover."
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"jupiterd {__version__}")

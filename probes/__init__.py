@@ -73,9 +73,17 @@ KINDS: Mapping[str, Kind] = {
     for k in (
         Kind("tcp", "tcp", None, "hostport", "TCP connect (optionally TLS)"),
         Kind("http", "http", 80, "url", "HTTP request with status and body assertions"),
-        Kind("socketio", "socketio", 3000, "url", "Socket.IO session (Engine.IO v3/v4, polling/WebSocket)"),
+        Kind(
+            "socketio",
+            "socketio",
+            3000,
+            "url",
+            "Socket.IO session (Engine.IO v3/v4, polling/WebSocket)",
+        ),
         Kind("stun", "stun", 3478, "hostport", "STUN Binding (RFC 5389) over UDP or TCP"),
-        Kind("turn", "turn", 3478, "hostport", "TURN Allocate: 401 challenge, or a real allocation"),
+        Kind(
+            "turn", "turn", 3478, "hostport", "TURN Allocate: 401 challenge, or a real allocation"
+        ),
         Kind("frp", "frp", 7000, "hostport", "frp client login (TLS, yamux, Login/LoginResp)"),
         Kind("thingsboard", "thingsboard", 8080, "url", "ThingsBoard web app, login and API"),
         Kind("icmp", "icmp", None, "host", "ICMP echo (ping)"),

@@ -8,12 +8,13 @@ streams only where a protocol needs buffering or TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
 
 from .options import HostPort
-from .result import Reason, ProbeFailure, Trace
+from .result import ProbeFailure, Reason, Trace
 
 
 def literal_family(host: str) -> int | None:
@@ -24,7 +25,9 @@ def literal_family(host: str) -> int | None:
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
-async def resolve(trace: Trace, hp: HostPort, socktype: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
+async def resolve(
+    trace: Trace, hp: HostPort, socktype: int
+) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
     """First address for ``hp``; IP literals skip the resolver entirely."""
     family = literal_family(hp.host)
     if family is not None:
@@ -84,7 +87,10 @@ async def open_stream(
         with trace.phase("tls"):
             hostname = server_hostname or (hp.host if literal_family(hp.host) is None else None)
             return await asyncio.open_connection(
-                sock=sock, ssl=tls, server_hostname=hostname or "", limit=limit,
+                sock=sock,
+                ssl=tls,
+                server_hostname=hostname or "",
+                limit=limit,
                 ssl_handshake_timeout=None,
             )
     except BaseException:
@@ -97,7 +103,9 @@ def close_stream(writer: asyncio.StreamWriter) -> None:
     transport = writer.transport
     if transport.is_closing():
         return
-    try:
-        transport.abort() if isinstance(transport, asyncio.Transport) else writer.close()
-    except Exception:  # noqa: BLE001 - closing a dead transport may raise anything
-        pass
+    # Closing a dead transport may raise anything; there is nothing left to do.
+    with contextlib.suppress(Exception):
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:
+            writer.close()

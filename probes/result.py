@@ -183,7 +183,10 @@ def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, s
         return Reason.TLS_ERROR, f"TLS failed{during}: {exc}"
     if isinstance(exc, asyncio.IncompleteReadError):
         got = len(exc.partial)
-        return Reason.RESET, f"the peer closed the connection{during} after {got} of a message's bytes"
+        return (
+            Reason.RESET,
+            f"the peer closed the connection{during} after {got} of a message's bytes",
+        )
     if isinstance(exc, socket.gaierror):
         return Reason.DNS_ERROR, f"name resolution failed: {exc.strerror or exc}"
     if isinstance(exc, ConnectionRefusedError):
@@ -192,7 +195,11 @@ def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, s
         return Reason.TIMEOUT, f"timed out{during}"
     if isinstance(exc, ConnectionError | OSError):
         code = exc.errno if isinstance(exc, OSError) else None
-        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        text = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else str(exc) or type(exc).__name__
+        )
         if code in _UNREACHABLE_ERRNOS:
             return Reason.UNREACHABLE, f"{text}{during}"
         if code in (errno.EACCES, errno.EPERM):
@@ -207,22 +214,24 @@ def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, s
     raise exc  # a programming error: let it surface
 
 
-O = TypeVar("O")
-ProbeImpl = Callable[[Trace, str, O, float], Awaitable[ProbeResult]]
-Probe = Callable[[str, O, float], Awaitable[ProbeResult]]
+OptT = TypeVar("OptT")
+ProbeImpl = Callable[[Trace, str, OptT, float], Awaitable[ProbeResult]]
+Probe = Callable[[str, OptT, float], Awaitable[ProbeResult]]
 
 # Extra exception types a module may ask ``entrypoint`` to treat as network
 # failures (aiohttp's ClientError, for one), mapped by a function it provides.
 ExtraClassifier = Callable[[BaseException, str | None], tuple[Reason, str] | None]
 
 
-def entrypoint(kind: str, extra: ExtraClassifier | None = None) -> Callable[[ProbeImpl[O]], Probe[O]]:
+def entrypoint(
+    kind: str, extra: ExtraClassifier | None = None
+) -> Callable[[ProbeImpl[OptT]], Probe[OptT]]:
     """Wrap a protocol implementation into a probe that never raises on peer
     behaviour and always returns within ``timeout`` seconds."""
 
-    def decorate(impl: ProbeImpl[O]) -> Probe[O]:
+    def decorate(impl: ProbeImpl[OptT]) -> Probe[OptT]:
         @functools.wraps(impl)
-        async def probe(target: str, options: O, timeout: float) -> ProbeResult:
+        async def probe(target: str, options: OptT, timeout: float) -> ProbeResult:
             trace = Trace(kind, target)
             try:
                 async with asyncio.timeout(timeout):

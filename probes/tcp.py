@@ -25,5 +25,8 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     cipher = writer.get_extra_info("cipher")
     version = writer.get_extra_info("ssl_object").version()
     close_stream(writer)
-    return trace.ok(f"{hp} completed a {version} handshake", tls_version=version,
-                    tls_cipher=cipher[0] if cipher else None)
+    return trace.ok(
+        f"{hp} completed a {version} handshake",
+        tls_version=version,
+        tls_cipher=cipher[0] if cipher else None,
+    )
