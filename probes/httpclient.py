@@ -135,7 +135,7 @@ class HttpConnection:
         except asyncio.LimitOverrunError:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
-                f"HTTP response headers longer than {self.reader._limit} bytes",
+                "HTTP response headers longer than the read limit",
             ) from None
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:

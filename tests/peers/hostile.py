@@ -102,7 +102,9 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 @contextlib.asynccontextmanager
-async def udp_responder(reply: Reply | None, host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
+async def udp_responder(
+    reply: Reply | None, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[str, int]]:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(reply), local_addr=(host, 0))
     try:
