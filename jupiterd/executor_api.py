@@ -1,0 +1,66 @@
+"""The contract between the decision side and whatever moves traffic.
+
+The daemon turns a ``StartFailover`` decision into a ``FailoverRequest`` and
+awaits ``Executor.run``; the outcome becomes a ``FailoverFinished`` event.
+Implementations: the AWS executor (real or dry-run) and test fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from .machine import Role
+
+Direction = Literal["failover", "failback"]
+Result = Literal["success", "aborted", "failed", "dry_run"]
+
+
+def direction_of(to_role: Role) -> Direction:
+    return "failover" if to_role is Role.BACKUP else "failback"
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRequest:
+    service: str
+    from_role: Role
+    to_role: Role
+    reason: str
+    requested_by: Literal["daemon", "cli", "drill", "resume"] = "daemon"
+
+    @property
+    def direction(self) -> Direction:
+        return direction_of(self.to_role)
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverOutcome:
+    service: str
+    from_role: Role
+    to_role: Role
+    result: Result
+    detail: str
+    seconds: float
+    steps: tuple[StepReport, ...] = field(default=())
+    stopped_old: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "success"
+
+
+class Executor(Protocol):
+    """Runs one plan at a time per service; never raises for AWS failures
+    (they are a ``failed``/``aborted`` outcome with a detail)."""
+
+    dry_run: bool
+
+    async def run(self, request: FailoverRequest) -> FailoverOutcome: ...
