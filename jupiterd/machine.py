@@ -403,10 +403,13 @@ def _stale_peers(state: MachineState, name: str, since: float) -> tuple[tuple[st
 def _set_hold(
     s: ServiceState, guard: Guard, reason: str, at: float
 ) -> tuple[ServiceState, list[Action]]:
-    if s.hold is not None and s.hold.guard is guard and s.hold.reason == reason:
-        return s, []
-    since = s.hold.since if s.hold is not None and s.hold.guard is guard else at
-    s = replace(s, hold=HoldState(guard, reason, since), decision=f"holding: {reason}")
+    """Hold for ``guard``. The reason's wording (how long, how many left) is
+    refreshed in the state, but only a new guard is a new Hold action."""
+    if s.hold is not None and s.hold.guard is guard:
+        if s.hold.reason == reason:
+            return s, []
+        return replace(s, hold=replace(s.hold, reason=reason), decision=f"holding: {reason}"), []
+    s = replace(s, hold=HoldState(guard, reason, at), decision=f"holding: {reason}")
     return s, [Hold(s.name, guard, reason, at)]
 
 

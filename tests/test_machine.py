@@ -1,0 +1,398 @@
+"""The pure state machine, table-driven: events with their times in, states,
+actions and reason sentences out. No asyncio, no sleeps, no patching."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from jupiterd.config import IsolationGuard, Thresholds
+from jupiterd.machine import (
+    ActiveObserved,
+    Alert,
+    FailoverFinished,
+    Guard,
+    Hold,
+    HoldCleared,
+    InstanceRunning,
+    MachineState,
+    MaintenanceObserved,
+    Note,
+    Observation,
+    PauseChanged,
+    Policy,
+    ProbeNow,
+    Role,
+    StartFailover,
+    Status,
+    TargetState,
+    Tick,
+    Transition,
+    observe,
+    probe_interval,
+    step,
+)
+
+P, B = Role.PRIMARY, Role.BACKUP
+TH = Thresholds()  # interval 2, fast 0.25, fall 3, rise 2, cooldown 600, max 2/h
+
+
+def policy(names=("sig", "turn", "frp"), **over):
+    th = Thresholds.model_validate({**TH.model_dump(), **over})
+    return Policy(thresholds={n: th for n in names}, isolation=IsolationGuard())
+
+
+# --------------------------------------------------------------------------- targets
+
+# (pattern of probe results at 0.25 s steps, thresholds, expected statuses after each)
+TARGET_TABLE = [
+    ("++", {}, "unknown up"),
+    ("+-+", {"rise": 1}, "up suspect up"),
+    ("++---", {}, "unknown up suspect suspect down"),
+    ("---", {}, "unknown unknown down"),
+    ("++---++", {}, "unknown up suspect suspect down recovering up"),
+    ("++---+-", {}, "unknown up suspect suspect down recovering down"),
+    ("++----", {"fall": 4}, "unknown up suspect suspect suspect down"),
+    ("++-+--+", {}, "unknown up suspect up suspect suspect up"),
+    ("+" + "-" * 10, {"rise": 1, "min_down": 2.0}, "up" + " suspect" * 8 + " down down"),
+]
+
+
+@pytest.mark.parametrize("pattern,over,expected", TARGET_TABLE)
+def test_target_hysteresis(pattern, over, expected):
+    th = Thresholds.model_validate({**TH.model_dump(), **over})
+    t = TargetState()
+    seen = []
+    for i, ch in enumerate(pattern):
+        t = observe(t, ch == "+", i * 0.25, th, "ok" if ch == "+" else "refused", "")
+        seen.append(str(t.status))
+    assert " ".join(seen) == expected
+
+
+def test_down_sentence_counts_failures_and_names_the_reason():
+    t = TargetState(status=Status.UP)
+    for i in range(3):
+        t = observe(t, False, 10 + i * 0.25, TH, "refused", "connection refused during connect")
+    assert t.status is Status.DOWN
+    assert t.why == (
+        "3 consecutive probes failed over 0.5s (fall 3): refused: connection refused during connect"
+    )
+    assert t.failing_since == 10 and t.since == 10.5
+
+
+def test_stopped_target_ignores_late_results():
+    t = TargetState(status=Status.STOPPED, since=5)
+    assert observe(t, False, 6, TH, "timeout", "") is t
+
+
+@pytest.mark.parametrize(
+    "status,fails,expected",
+    [
+        (Status.UP, 0, 2.0),
+        (Status.UP, 1, 0.25),
+        (Status.SUSPECT, 1, 0.25),
+        (Status.UNKNOWN, 0, 0.25),
+        (Status.DOWN, 5, 2.0),
+        (Status.RECOVERING, 0, 0.25),
+        (Status.STOPPED, 0, None),
+    ],
+)
+def test_probe_interval_is_fast_while_settling(status, fails, expected):
+    assert probe_interval(TargetState(status=status, fail_streak=fails), TH) == expected
+
+
+# --------------------------------------------------------------------------- services
+
+
+class Run:
+    """Feeds events and keeps every action, for assertions."""
+
+    def __init__(self, pol=None, names=("sig", "turn", "frp"), up=True, at=0.0):
+        self.pol = pol or policy(names)
+        self.state = MachineState.initial(names)
+        self.actions: list = []
+        self.t = at
+        if up:
+            for n in names:
+                self.obs(n, P, "++")
+
+    def send(self, event):
+        before = self.state
+        self.state, acts = step(self.state, event, self.pol)
+        assert before is not self.state or not acts or all(isinstance(a, Hold | Note) for a in acts)
+        self.actions += acts
+        return acts
+
+    def obs(self, service, role, pattern, dt=0.25, reason="refused"):
+        out = []
+        for ch in pattern:
+            self.t += dt
+            ok = ch == "+"
+            out += self.send(Observation(service, role, ok, self.t, "ok" if ok else reason, ""))
+        return out
+
+    def svc(self, name):
+        return self.state.services[name]
+
+    def of(self, kind):
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+def test_one_service_down_fails_over_after_a_fresh_look_at_the_others():
+    r = Run()
+    acts = r.obs("sig", P, "---")
+    # The other services were last probed before sig started failing.
+    assert [a for a in acts if isinstance(a, ProbeNow)] == [
+        ProbeNow(
+            (("turn", P), ("frp", P)),
+            "sig is down: a fresh look at the other services tells an outage "
+            "from a monitor network fault",
+            r.t,
+        )
+    ]
+    assert not r.of(StartFailover)
+    assert "checking the other services first" in r.svc("sig").decision
+    r.obs("turn", P, "+")
+    assert not r.of(StartFailover), "frp has not been looked at yet"
+    r.obs("frp", P, "+")
+    [start] = r.of(StartFailover)
+    assert (start.service, start.from_role, start.to_role) == ("sig", P, B)
+    assert start.reason.startswith("the primary instance has been down for")
+    assert (
+        "failing over to the stopped standby (it will be started and checked first)" in start.reason
+    )
+    assert r.svc("sig").in_flight is B
+
+
+def test_second_failover_is_held_while_one_is_in_flight():
+    r = Run()
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.obs("sig", P, "--")
+    assert len(r.of(StartFailover)) == 1
+    [hold] = r.of(Hold)
+    assert hold.guard is Guard.IN_FLIGHT
+    assert hold.reason == "a failover to the backup is already running"
+
+
+def test_failover_after_waits_for_a_tick():
+    r = Run(pol=policy(failover_after=5.0))
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    down_at = r.svc("sig").primary.since
+    r.send(Tick(down_at + 4.9))
+    assert not r.of(StartFailover)
+    assert r.svc("sig").decision.endswith("failover after 5s")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(Tick(down_at + 5.0))
+    assert len(r.of(StartFailover)) == 1
+
+
+def test_everything_failing_at_once_is_held_as_isolation():
+    r = Run()
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "---")
+    r.obs("frp", P, "---")
+    # Each asked for a fresh look at the others; the answers come in.
+    assert {t for a in r.of(ProbeNow) for t in a.targets} == {("sig", P), ("turn", P), ("frp", P)}
+    r.obs("sig", P, "-")
+    r.obs("turn", P, "-")
+    assert not r.of(StartFailover)
+    holds = {h.service: h for h in r.of(Hold)}
+    assert set(holds) == {"sig", "turn", "frp"}
+    assert all(h.guard is Guard.ISOLATION for h in holds.values())
+    assert "3 of 3 services are failing at once (frp, sig, turn)" in holds["frp"].reason
+    assert "the monitor's own network is the likelier fault" in holds["frp"].reason
+
+
+def test_isolation_lifts_when_the_others_come_back():
+    r = Run()
+    for n in ("sig", "turn", "frp"):
+        r.obs(n, P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.obs("sig", P, "-")
+    [start] = r.of(StartFailover)
+    assert start.service == "sig"
+
+
+def test_cooldown_then_failback_after_it_expires():
+    r = Run()
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    t_done = r.t + 30
+    r.send(InstanceRunning("sig", B, True, t_done - 20))
+    r.send(FailoverFinished("sig", B, True, t_done, "moved", stopped_old=True))
+    s = r.svc("sig")
+    assert s.active is B and s.in_flight is None and s.primary.status is Status.STOPPED
+    assert s.decision == "traffic moved to the backup: moved"
+    r.t = t_done + 100
+    r.obs("sig", B, "++---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    guards = [h.guard for h in r.of(Hold) if h.service == "sig"]
+    assert guards == [Guard.IN_FLIGHT, Guard.COOLDOWN]
+    hold = r.of(Hold)[-1]
+    assert "the last failover was " in hold.reason and "(cooldown 600s, " in hold.reason
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(Tick(t_done + 600))
+    starts = r.of(StartFailover)
+    assert len(starts) == 2
+    assert (starts[1].from_role, starts[1].to_role) == (B, P)
+    assert r.of(HoldCleared)[-1].reason == "failover starting"
+
+
+def test_hourly_cap():
+    r = Run(pol=policy(cooldown=0, max_failovers_per_hour=1))
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.t += 1
+    r.send(FailoverFinished("sig", B, False, r.t, "standby never became healthy"))
+    r.obs("sig", P, "-")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    hold = r.of(Hold)[-1]
+    assert hold.guard is Guard.RATE_LIMIT
+    assert "1 failover(s) started in the last hour (max_failovers_per_hour 1)" in hold.reason
+    # An hour after the attempt, it may try again.
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(Tick(r.of(StartFailover)[0].at + 3600.01))
+    assert len(r.of(StartFailover)) == 2
+
+
+def test_failed_failover_alerts_and_counts_for_cooldown():
+    r = Run()
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(FailoverFinished("sig", B, False, r.t + 1, "standby never passed 2 probes"))
+    [alert] = r.of(Alert)
+    assert alert.reason == "failover to the backup failed: standby never passed 2 probes"
+    s = r.svc("sig")
+    assert s.active is P and s.in_flight is None and s.alert == alert.reason
+
+
+def test_both_down_alerts_once_and_holds():
+    r = Run()
+    r.send(InstanceRunning("sig", B, True, r.t))
+    r.obs("sig", B, "---")
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.obs("sig", P, "---")
+    [alert] = r.of(Alert)
+    assert alert.reason == "both instances are down (the backup too: refused)"
+    holds = [h for h in r.of(Hold) if h.service == "sig"]
+    assert [h.guard for h in holds] == [Guard.BOTH_DOWN]
+    assert not r.of(StartFailover)
+
+
+def test_running_standby_not_yet_proven_is_held():
+    r = Run()
+    r.send(InstanceRunning("sig", B, True, r.t))
+    r.obs("sig", B, "+")  # one pass, rise is 2
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    hold = r.of(Hold)[-1]
+    assert hold.guard is Guard.STANDBY_UNHEALTHY
+    assert "the running backup has not passed 2 probe(s) yet (it is unknown)" in hold.reason
+    r.obs("sig", B, "+")
+    r.obs("sig", P, "-")
+    [start] = r.of(StartFailover)
+    assert "failing over to the healthy standby" in start.reason
+
+
+def test_pause_holds_and_resume_acts():
+    r = Run()
+    r.send(PauseChanged(True, r.t, by="cli"))
+    assert r.of(Note)[-1].reason == "jupiterd paused by cli: no automatic action"
+    r.obs("sig", P, "---")
+    hold = r.of(Hold)[-1]
+    assert hold.guard is Guard.MAINTENANCE
+    assert hold.reason.endswith("but jupiterd is paused (paused by cli)")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(PauseChanged(False, r.t, by="cli"))
+    assert len(r.of(StartFailover)) == 1
+
+
+def test_maintenance_tag_and_manual_mode_hold():
+    r = Run()
+    r.send(MaintenanceObserved("sig", True, r.t))
+    r.obs("sig", P, "---")
+    assert r.of(Hold)[-1].reason.endswith("but the service is in maintenance (instance tag)")
+    pol = replace(policy(), auto_failover={"sig": False})
+    r2 = Run(pol=pol)
+    r2.obs("sig", P, "---")
+    hold = r2.of(Hold)[-1]
+    assert hold.guard is Guard.MANUAL and "run `jupiterd failover sig` to act" in hold.reason
+
+
+def test_holds_are_not_repeated():
+    r = Run()
+    r.send(MaintenanceObserved("sig", True, r.t))
+    r.obs("sig", P, "-" * 10)
+    assert len(r.of(Hold)) == 1
+
+
+def test_dry_run_outcome_changes_nothing_but_cooldown():
+    r = Run()
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(FailoverFinished("sig", B, True, r.t, "plan of 9 steps logged", dry_run=True))
+    s = r.svc("sig")
+    assert s.active is P and s.in_flight is None and s.last_failover_at == r.t
+    assert r.of(Note)[-1].reason == (
+        "dry run: would have failed over to the backup (plan of 9 steps logged)"
+    )
+    r.obs("sig", P, "-")
+    assert r.of(Hold)[-1].guard is Guard.COOLDOWN
+
+
+def test_active_observed_from_aws_and_instance_state_events():
+    r = Run()
+    r.send(ActiveObserved("sig", B, r.t))
+    assert r.svc("sig").active is B
+    assert "changed outside this daemon" in r.of(Note)[-1].reason
+    r.send(InstanceRunning("sig", P, False, r.t))
+    tr = r.of(Transition)[-1]
+    assert (tr.role, tr.old, tr.new) == (P, Status.UP, Status.STOPPED)
+    r.send(InstanceRunning("sig", P, True, r.t + 1))
+    assert r.svc("sig").primary.status is Status.UNKNOWN
+
+
+def test_recovery_clears_hold_and_alert():
+    r = Run()
+    r.send(MaintenanceObserved("sig", True, r.t))
+    r.obs("sig", P, "---")
+    r.obs("sig", P, "++")
+    cleared = r.of(HoldCleared)[-1]
+    assert cleared.guard is Guard.MAINTENANCE
+    assert cleared.reason == "the primary instance is recovering again" or "up" in cleared.reason
+    assert r.svc("sig").hold is None and r.svc("sig").primary.status is Status.UP
+
+
+def test_step_is_pure():
+    r = Run()
+    before = r.state
+    snapshot = dict(before.services)
+    step(before, Observation("sig", P, False, 99.0, "refused", ""), r.pol)
+    assert dict(before.services) == snapshot
+
+
+def test_unknown_service_event_is_ignored():
+    r = Run()
+    state, acts = step(r.state, Observation("gone", P, False, 1.0), r.pol)
+    assert state is r.state and acts == []
