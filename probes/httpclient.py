@@ -14,6 +14,8 @@ exposes its streams, so the Socket.IO probe can upgrade it to a WebSocket.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,8 +26,21 @@ from .result import ProbeFailure, Reason, Trace
 
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
+MAX_INTERIM = 10  # 1xx answers tolerated before the real one
+MAX_TRAILER_BYTES = 8 * 1024
 DEFAULT_MAX_BODY = 64 * 1024
 USER_AGENT = "jupiterd-probe"
+
+# int(x, 16) also takes "0x1f", "+1f", "1_f" and spaces; HTTP does not.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+@functools.cache
+def _shared_tls() -> ssl.SSLContext:
+    """One unverified client context for every probe: building one loads the
+    CA store (about 15 ms of CPU), and a client context carries no state
+    between connections unless a session is passed explicitly."""
+    return insecure_tls_context()
 
 
 def excerpt(data: bytes, limit: int = 60) -> str:
@@ -69,9 +84,7 @@ class HttpConnection:
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
     ) -> HttpConnection:
-        ctx = (
-            tls if tls is not None else (insecure_tls_context() if url.scheme == "https" else None)
-        )
+        ctx = tls if tls is not None else (_shared_tls() if url.scheme == "https" else None)
         reader, writer = await open_stream(
             trace, HostPort(url.host, url.port), tls=ctx, server_hostname=server_name
         )
@@ -94,15 +107,17 @@ class HttpConnection:
             raise ProbeFailure(
                 Reason.RESET, "the server closed the connection after its last answer"
             )
-        lines = [
-            f"{method} {path} HTTP/1.1",
-            f"Host: {self.url.netloc}",
-            f"User-Agent: {USER_AGENT}",
-        ]
+        lines = [f"{method} {path} HTTP/1.1"]
         given = {k.lower() for k in (headers or {})}
+        # A caller's Host (virtual host checks) or User-Agent replaces ours
+        # instead of producing a duplicate, which servers reject with 400.
+        if "host" not in given:
+            lines.append(f"Host: {self.url.netloc}")
+        if "user-agent" not in given:
+            lines.append(f"User-Agent: {USER_AGENT}")
         for name, value in (headers or {}).items():
             lines.append(f"{name}: {value}")
-        if body or method in ("POST", "PUT", "PATCH"):
+        if (body or method in ("POST", "PUT", "PATCH")) and "content-length" not in given:
             lines.append(f"Content-Length: {len(body)}")
         if "accept" not in given:
             lines.append("Accept: */*")
@@ -110,17 +125,27 @@ class HttpConnection:
             lines.append("Connection: close")
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         resp = await self.read_response(method, max_body)
-        if not keep_alive or resp.headers.get("connection", "").lower() == "close":
+        connection = resp.headers.get("connection", "").lower()
+        if (
+            not keep_alive
+            or "close" in connection
+            or (resp.version == "HTTP/1.0" and "keep-alive" not in connection)
+        ):
             self.reusable = False
         return resp
 
     async def read_response(self, method: str, max_body: int) -> Response:
         with self.trace.phase("processing"):
-            while True:
+            for _ in range(MAX_INTERIM + 1):
                 status, reason, version, headers = await self._read_head()
-                if 100 <= status < 200 and status != 101:
-                    continue  # 100 Continue and friends precede the real answer
-                break
+                if not (100 <= status < 200 and status != 101):
+                    break
+                # 100 Continue and friends precede the real answer
+            else:
+                raise ProbeFailure(
+                    Reason.PROTOCOL_ERROR,
+                    f"more than {MAX_INTERIM} interim (1xx) HTTP answers and no final one",
+                )
         if method == "HEAD" or status in (101, 204, 304):
             return Response(status, reason, version, headers, b"", False)
         with self.trace.phase("transfer"):
@@ -185,7 +210,8 @@ class HttpConnection:
             return await self._read_chunked(max_body)
         length_text = headers.get("content-length")
         if length_text is not None:
-            if not length_text.strip().isdigit():
+            # isdigit() alone admits '²' and friends, which int() rejects.
+            if not (length_text.isascii() and length_text.strip().isdigit()):
                 raise ProbeFailure(
                     Reason.PROTOCOL_ERROR, f"bad Content-Length: '{length_text[:40]}'"
                 )
@@ -224,18 +250,11 @@ class HttpConnection:
                     Reason.PROTOCOL_ERROR, "truncated or malformed chunked body"
                 ) from None
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR, f"bad chunk size: '{excerpt(size_text)}'"
-                ) from None
-            if size < 0:
-                raise ProbeFailure(Reason.PROTOCOL_ERROR, "negative chunk size")
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise ProbeFailure(Reason.PROTOCOL_ERROR, f"bad chunk size: '{excerpt(size_text)}'")
+            size = int(size_text, 16)
             if size == 0:
-                # Trailers end with an empty line; read them, bounded by the limit.
-                while (await self.reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass
+                await self._read_trailers()
                 return b"".join(chunks), False
             if total + size > max_body:
                 self.reusable = False
@@ -245,6 +264,25 @@ class HttpConnection:
             total += size
             if await self._read_exactly(2, "chunk") != b"\r\n":
                 raise ProbeFailure(Reason.PROTOCOL_ERROR, "chunk not followed by CRLF")
+
+    async def _read_trailers(self) -> None:
+        """Trailers end with an empty line; a peer that never sends it must
+        not keep the probe reading forever."""
+        total = 0
+        while True:
+            try:
+                line = await self.reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                raise ProbeFailure(
+                    Reason.PROTOCOL_ERROR, "truncated or malformed chunked body trailer"
+                ) from None
+            if line == b"\r\n":
+                return
+            total += len(line)
+            if total > MAX_TRAILER_BYTES:
+                raise ProbeFailure(
+                    Reason.PROTOCOL_ERROR, f"chunked body trailers over {MAX_TRAILER_BYTES} bytes"
+                )
 
 
 async def fetch(
