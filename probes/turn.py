@@ -1,0 +1,331 @@
+"""``turn``: a TURN Allocate (RFC 5766): the 401 challenge, or a real allocation.
+
+Without credentials the probe proves the allocator is alive: an Allocate
+request is answered by a 401 error carrying REALM and NONCE. With a username
+and password, or coturn's REST API shared secret, it answers the challenge
+(long-term credentials, RFC 5389 section 10.2), checks the relayed address and
+the response's MESSAGE-INTEGRITY, and releases the allocation with a Refresh
+of lifetime 0. A TURN allocation belongs to its 5-tuple, so every request of
+one probe goes over one UDP socket or one TCP connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from . import stunmsg
+from .options import OptionError, ProbeOptions, option_error, parse_hostport
+from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
+from .stun import (
+    DEFAULT_PORT,
+    Channel,
+    clean,
+    deadline_for,
+    error_of,
+    open_channel,
+    read,
+    show_address,
+    software_of,
+)
+from .stunmsg import Class, Message, Method
+
+_ALLOCATE = stunmsg.message_type(Method.ALLOCATE, Class.REQUEST)
+_REFRESH = stunmsg.message_type(Method.REFRESH, Class.REQUEST)
+_UDP_RELAY = stunmsg.REQUESTED_TRANSPORT.tlv(stunmsg.UDP)
+_RELEASE = stunmsg.LIFETIME.tlv(0)
+_AUTH_ERRORS = {
+    401: "the credentials are wrong",
+    431: "the message integrity check failed",
+    441: "wrong credentials",
+}
+_HINTS = {
+    437: "allocation mismatch: this 5-tuple already has an allocation",
+    486: "the user's allocation quota is reached",
+    508: "the server is out of relay capacity",
+}
+
+
+class Options(ProbeOptions):
+    transport: Literal["udp", "tcp"] = "udp"
+    username: str | None = Field(default=None, min_length=1)
+    password: SecretStr | None = None
+    secret: SecretStr | None = None  # coturn's static-auth-secret (TURN REST API)
+    user: str = Field(default="jupiterd", min_length=1)  # the user part of a REST username
+    ttl: int = Field(default=600, gt=0)  # lifetime of REST credentials (s)
+    rto: float = Field(default=0.5, gt=0, le=60)  # initial UDP retransmission timeout (s)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.secret is not None and (self.username is not None or self.password is not None):
+            raise OptionError(
+                "options 'secret' and 'username'/'password' exclude each other: 'secret' "
+                "derives REST credentials for 'user', 'username' and 'password' are static ones",
+                "secret",
+            )
+        if self.password is not None and self.username is None:
+            raise OptionError("option 'password' needs option 'username'", "password")
+        if self.username is not None and self.password is None:
+            raise OptionError(
+                "option 'username' needs option 'password' (or set neither to check only "
+                "the 401 challenge)",
+                "username",
+            )
+        return self
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Self:
+        try:
+            return cls.model_validate(dict(raw or {}))
+        except ValidationError as exc:
+            for err in exc.errors(include_input=False):
+                cause = err.get("ctx", {}).get("error")
+                if isinstance(cause, OptionError):
+                    raise OptionError(str(cause), cause.key) from None
+            raise option_error(cls, exc) from None
+
+
+def rest_credentials(secret: str, user: str, ttl: int, now: float | None = None) -> tuple[str, str]:
+    """coturn's TURN REST API: username "<expiry>:<user>", password
+    base64(HMAC-SHA1(secret, username)) (coturn README.turnserver)."""
+    username = f"{int(time.time() if now is None else now) + ttl}:{user}"
+    mac = hmac.digest(secret.encode(), username.encode(), "sha1")
+    return username, base64.b64encode(mac).decode()
+
+
+def credentials(options: Options) -> tuple[str, str] | None:
+    if options.secret is not None:
+        return rest_credentials(options.secret.get_secret_value(), options.user, options.ttl)
+    if options.username is not None and options.password is not None:
+        return options.username, options.password.get_secret_value()
+    return None
+
+
+@dataclass(slots=True)
+class _Auth:
+    """The long-term credential state of one probe; never shown anywhere."""
+
+    username: str
+    password: str
+    realm: str
+    nonce: bytes
+    key: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.key = stunmsg.long_term_key(self.username, self.realm, self.password)
+
+    def attributes(self) -> list[bytes]:
+        return [
+            stunmsg.USERNAME.tlv(self.username),
+            stunmsg.REALM.tlv(self.realm),
+            stunmsg.NONCE.tlv(self.nonce),
+        ]
+
+    def update(self, msg: Message, peer: str) -> None:
+        """Adopt the nonce (and realm) of a 438 Stale Nonce answer."""
+        nonce = read(msg, stunmsg.NONCE, peer)
+        if not nonce:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"{peer} sent 438 Stale Nonce without a new NONCE"
+            )
+        self.nonce = nonce
+        realm = read(msg, stunmsg.REALM, peer)
+        if realm and realm != self.realm:
+            self.realm = realm
+            self.key = stunmsg.long_term_key(self.username, realm, self.password)
+
+
+def _expect(msg: Message, method: Method, what: str, peer: str) -> None:
+    if msg.method != method:
+        raise ProbeFailure(
+            Reason.PROTOCOL_ERROR,
+            f"{peer} answered our {what} with a {msg.name} (same transaction ID)",
+        )
+
+
+async def _signed(
+    channel: Channel, method: Method, attrs: list[bytes], auth: _Auth, what: str
+) -> Message:
+    """An authenticated request, retried once with a fresh nonce on 438."""
+    msg = await _send_signed(channel, method, attrs, auth, what)
+    if msg.cls == Class.ERROR and error_of(msg, channel.peer)[0] == 438:
+        auth.update(msg, channel.peer)
+        msg = await _send_signed(channel, method, attrs, auth, what)
+    return msg
+
+
+async def _send_signed(
+    channel: Channel, method: Method, attrs: list[bytes], auth: _Auth, what: str
+) -> Message:
+    txid = stunmsg.transaction_id()
+    msg_type = stunmsg.message_type(method, Class.REQUEST)
+    request = stunmsg.encode(
+        msg_type, txid, attrs + auth.attributes(), key=auth.key, fingerprint=True
+    )
+    msg = await channel.transact(request, txid, what)
+    _expect(msg, method, what, channel.peer)
+    return msg
+
+
+@entrypoint("turn")
+async def probe(trace: Trace, target: str, options: Options, timeout: float) -> ProbeResult:
+    hp = parse_hostport(target, DEFAULT_PORT)
+    creds = credentials(options)
+    deadline = deadline_for(timeout)
+    channel = await open_channel(trace, hp, options.transport, deadline, options.rto)
+    trace.facts["local_address"] = channel.local
+    try:
+        return await _allocate(trace, channel, creds)
+    finally:
+        channel.close()
+        trace.facts["requests_sent"] = channel.sent
+
+
+async def _allocate(trace: Trace, channel: Channel, creds: tuple[str, str] | None) -> ProbeResult:
+    peer = channel.peer
+    txid = stunmsg.transaction_id()
+    request = stunmsg.encode(_ALLOCATE, txid, [_UDP_RELAY], fingerprint=True)
+    with trace.phase("challenge"):
+        msg = await channel.transact(request, txid, "Allocate request")
+    _expect(msg, Method.ALLOCATE, "Allocate request", peer)
+    software = software_of(msg)
+    if software:
+        trace.facts["software"] = software
+    if msg.cls == Class.SUCCESS:
+        relayed = read(msg, stunmsg.XOR_RELAYED_ADDRESS, peer)
+        shown = show_address(relayed) if relayed else "(no XOR-RELAYED-ADDRESS)"
+        with trace.phase("refresh"):
+            released = await _release_open(channel)
+        raise ProbeFailure(
+            Reason.UNEXPECTED_RESPONSE,
+            f"{peer} allocated relay {shown} without asking for credentials (expected a 401 "
+            f"challenge): it is an open relay; {released}",
+        )
+    code, reason = error_of(msg, peer)
+    if code != 401:
+        raise ProbeFailure(
+            Reason.UNEXPECTED_RESPONSE,
+            f"{peer} answered our Allocate request with error {code} '{reason}' instead of "
+            f"the 401 challenge{_hint(code)}",
+            error_code=code,
+        )
+    realm = read(msg, stunmsg.REALM, peer)
+    nonce = read(msg, stunmsg.NONCE, peer)
+    if not realm or not nonce:
+        missing = " and ".join(n for n, v in (("REALM", realm), ("NONCE", nonce)) if not v)
+        raise ProbeFailure(
+            Reason.PROTOCOL_ERROR, f"{peer} sent the 401 challenge without {missing}"
+        )
+    trace.facts["realm"] = clean(realm)
+    trace.facts["nonce_length"] = len(nonce)
+    by = f" ({software})" if software else ""
+    if creds is None:
+        trace.facts["requests_sent"] = channel.sent
+        return trace.ok(
+            f"{peer}{by} challenged our Allocate request with 401 in realm '{clean(realm)}' "
+            f"over {channel.transport.upper()}: the allocator is alive"
+        )
+
+    auth = _Auth(creds[0], creds[1], realm, nonce)
+    who = f"user '{clean(auth.username)}' in realm '{clean(realm)}'"
+    with trace.phase("allocate"):
+        msg = await _signed(channel, Method.ALLOCATE, [_UDP_RELAY], auth, "authenticated Allocate")
+    if msg.cls == Class.ERROR:
+        code, reason = error_of(msg, peer)
+        if code in _AUTH_ERRORS:
+            raise ProbeFailure(
+                Reason.AUTH_FAILED,
+                f"{peer} refused the credentials of {who}: error {code} '{reason}' "
+                f"({_AUTH_ERRORS[code]})",
+                error_code=code,
+            )
+        raise ProbeFailure(
+            Reason.UNEXPECTED_RESPONSE,
+            f"{peer} answered the authenticated Allocate of {who} with error {code} "
+            f"'{reason}'{_hint(code)}",
+            error_code=code,
+        )
+
+    # An allocation exists from here on: release it even if the answer is
+    # unacceptable, so a probe never leaks relay ports or user quota.
+    problem: ProbeFailure | None = None
+    relayed = None
+    try:
+        if not msg.check_integrity(auth.key):
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR,
+                f"the Allocate success response from {peer} has no valid MESSAGE-INTEGRITY "
+                "for our credentials",
+            )
+        relayed = read(msg, stunmsg.XOR_RELAYED_ADDRESS, peer)
+        if relayed is None:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR,
+                f"{peer} sent an Allocate success response without XOR-RELAYED-ADDRESS",
+            )
+        trace.facts["relayed_address"] = show_address(relayed)
+        mapped = read(msg, stunmsg.XOR_MAPPED_ADDRESS, peer)
+        if mapped is not None:
+            trace.facts["mapped_address"] = show_address(mapped)
+        lifetime = read(msg, stunmsg.LIFETIME, peer)
+        if lifetime is not None:
+            trace.facts["lifetime"] = lifetime
+    except ProbeFailure as exc:
+        problem = exc
+
+    shown = show_address(relayed) if relayed else "a relay"
+    try:
+        with trace.phase("refresh"):
+            await _release(channel, auth)
+    except ProbeFailure as exc:
+        if problem is not None:
+            raise problem from None
+        raise ProbeFailure(
+            exc.reason, f"{peer} allocated {shown} for {who}, but releasing it failed: {exc.detail}"
+        ) from None
+    if problem is not None:
+        raise problem
+    life = f", lifetime {trace.facts['lifetime']} s" if "lifetime" in trace.facts else ""
+    trace.facts["requests_sent"] = channel.sent
+    return trace.ok(
+        f"{peer}{by} allocated relay {shown}{life} for {who} over "
+        f"{channel.transport.upper()}, and released it"
+    )
+
+
+async def _release(channel: Channel, auth: _Auth) -> None:
+    """Refresh with LIFETIME 0 deletes the allocation (RFC 5766 section 7)."""
+    peer = channel.peer
+    msg = await _signed(channel, Method.REFRESH, [_RELEASE], auth, "Refresh (lifetime 0)")
+    if msg.cls == Class.ERROR:
+        code, reason = error_of(msg, peer)
+        raise ProbeFailure(
+            Reason.UNEXPECTED_RESPONSE,
+            f"the Refresh (lifetime 0) got error {code} '{reason}'{_hint(code)}; the "
+            "allocation stays until its lifetime ends",
+            error_code=code,
+        )
+
+
+async def _release_open(channel: Channel) -> str:
+    """Best effort release of an allocation made without credentials."""
+    txid = stunmsg.transaction_id()
+    request = stunmsg.encode(_REFRESH, txid, [_RELEASE], fingerprint=True)
+    try:
+        msg = await channel.transact(request, txid, "Refresh (lifetime 0)")
+    except ProbeFailure as exc:
+        return f"releasing it failed: {exc.detail}"
+    if msg.method == Method.REFRESH and msg.cls == Class.SUCCESS:
+        return "released it"
+    return f"releasing it got a {msg.name}"
+
+
+def _hint(code: int) -> str:
+    hint = _HINTS.get(code)
+    return f" ({hint})" if hint else ""
