@@ -43,6 +43,13 @@ def _shared_tls() -> ssl.SSLContext:
     return insecure_tls_context()
 
 
+def _buffered(reader: asyncio.StreamReader, limit: int = 60) -> bytes:
+    """What the reader already holds, without waiting for more (for error
+    excerpts only; StreamReader has no public peek)."""
+    buf = getattr(reader, "_buffer", None)
+    return bytes(buf[:limit]) if isinstance(buf, bytearray) else b""
+
+
 def excerpt(data: bytes, limit: int = 60) -> str:
     """A short, escaped view of what a peer sent, safe for a log line."""
     text = repr(data[:limit])[2:-1]
@@ -156,24 +163,36 @@ class HttpConnection:
 
     async def _read_head(self) -> tuple[int, str, str, dict[str, str]]:
         try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            first = await self.reader.readexactly(5)
+        except asyncio.IncompleteReadError as exc:
+            first = exc.partial
+            if not first:
+                raise ProbeFailure(
+                    Reason.RESET, "the server closed the connection without answering"
+                ) from None
+            if not b"HTTP/".startswith(first):
+                raise ProbeFailure(
+                    Reason.PROTOCOL_ERROR, f"not an HTTP response: '{excerpt(first)}'"
+                ) from None
+            raise ProbeFailure(
+                Reason.RESET, f"the server closed the connection mid-headers: '{excerpt(first)}'"
+            ) from None
+        if first != b"HTTP/":
+            # A peer of another protocol (SSH, SMTP, a TLS alert) never sends
+            # the blank line that ends HTTP headers: fail now, not at the timeout.
+            seen = first + _buffered(self.reader)
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"not an HTTP response: '{excerpt(seen)}'")
+        try:
+            head = first + await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
                 "HTTP response headers longer than the read limit",
             ) from None
         except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise ProbeFailure(
-                    Reason.RESET, "the server closed the connection without answering"
-                ) from None
-            if not exc.partial.startswith(b"HTTP/"):
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR, f"not an HTTP response: '{excerpt(exc.partial)}'"
-                ) from None
             raise ProbeFailure(
                 Reason.RESET,
-                f"the server closed the connection mid-headers: '{excerpt(exc.partial)}'",
+                f"the server closed the connection mid-headers: '{excerpt(first + exc.partial)}'",
             ) from None
         if len(head) > MAX_HEADER_BYTES:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"HTTP headers over {MAX_HEADER_BYTES} bytes")
