@@ -87,7 +87,108 @@ def _add_probe(sub: Any) -> None:
     p.set_defaults(func=_cmd_probe)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_probe]
+def _load(path: str) -> Any:
+    from .config import load_config
+
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_path(args.file or args.config)
+    cfg = _load(path)
+    names = ", ".join(cfg.services)
+    print(
+        f"{path}: OK: {len(cfg.services)} service(s) ({names}); "
+        f"http {cfg.http.listen}; {len(cfg.drills)} drill schedule(s)"
+    )
+    host = cfg.http.listen.rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"note: http.listen {cfg.http.listen} is not loopback: /pause and /resume are "
+            "reachable from the network; firewall them",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _default_executor(config: Any, dry_run: bool, metrics: Any) -> Any:
+    from .executor import AwsExecutor
+
+    return AwsExecutor(config, dry_run=dry_run, metrics=metrics)
+
+
+def _default_inventory(config: Any, metrics: Any) -> Any:
+    from .awsinventory import AwsInventory
+
+    return AwsInventory(config, metrics=metrics)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    path = config_path(args.config)
+    cfg = _load(path)
+    return asyncio.run(
+        serve(
+            path,
+            dry_run=args.dry_run,
+            config=cfg,
+            make_executor=_default_executor,
+            make_inventory=_default_inventory,
+        )
+    )
+
+
+def _api_post(args: argparse.Namespace, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(config_path(args.config))
+    listen = cfg.http.listen
+    url = f"http://{listen}{path}"
+    by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli"
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"by": by}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            print(resp.read().decode().strip())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"jupiterd: cannot reach the daemon at {url}: {reason}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _add_daemon(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the daemon (the default command)")
+    p.add_argument(
+        "--config", metavar="FILE", help=f"default: $JUPITERD_CONFIG or {DEFAULT_CONFIG}"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="decide and log plans, but change nothing on AWS"
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and exit")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_check_config)
+
+    for name, path, text in (
+        ("pause", "/pause", "stop all automatic action (survives restarts)"),
+        ("resume", "/resume", "allow automatic action again"),
+    ):
+        p = sub.add_parser(name, help=f"ask the running daemon to {text}")
+        p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+        p.add_argument("--by", metavar="WHO", help="recorded with the pause (default: $USER)")
+        p.set_defaults(func=lambda a, _p=path: _api_post(a, _p))
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_probe, _add_daemon]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"jupiterd {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"default: $JUPITERD_CONFIG or {DEFAULT_CONFIG}"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="run the daemon without changing AWS"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
@@ -108,13 +215,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        args.func = _cmd_run  # plain `jupiterd [--config FILE] [--dry-run]`
+        args.command = "run"
+    from .config import ConfigError
+
     try:
         return int(args.func(args))
     except UsageError as exc:
         print(f"jupiterd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"jupiterd: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,90 @@
+"""The HTTP interface: /metrics, /status, /healthz, and pause/resume.
+
+Bound to 127.0.0.1:9478 by default. /healthz is 200 only while the main
+loop has ticked recently (the same heartbeat feeds the systemd watchdog).
+POST /pause and /resume change what the daemon may do: keep the listener on
+loopback, or behind a firewall, when exposing /metrics elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from probes.options import parse_hostport
+
+if TYPE_CHECKING:
+    from .daemon import Supervisor
+
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    body = generate_latest(sup.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _status(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    return web.json_response(sup.status(), dumps=lambda o: json.dumps(o, indent=2, default=str))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    if sup.healthy():
+        return web.Response(text="ok\n")
+    stalled = sup.now() - sup.heartbeat
+    return web.Response(status=503, text=f"main loop has not run for {stalled:.1f}s\n")
+
+
+async def _by(request: web.Request) -> str:
+    by = request.headers.get("X-Jupiterd-By") or "api"
+    if request.can_read_body:
+        try:
+            doc: Any = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text='body must be JSON, e.g. {"by": "alice"}\n') from None
+        if isinstance(doc, dict) and isinstance(doc.get("by"), str):
+            by = doc["by"][:100]
+    return by
+
+
+async def _pause(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    sup.set_paused(True, await _by(request))
+    return web.json_response({"paused": True, "reason": sup.state.pause_reason})
+
+
+async def _resume(request: web.Request) -> web.Response:
+    sup = request.app[SUPERVISOR]
+    sup.set_paused(False, await _by(request))
+    return web.json_response({"paused": False})
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text="jupiterd: GET /status, /metrics, /healthz; POST /pause, /resume\n")
+
+
+def make_app(sup: Supervisor) -> web.Application:
+    app = web.Application()
+    app[SUPERVISOR] = sup
+    app.router.add_get("/", _index)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/status", _status)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_post("/pause", _pause)
+    app.router.add_post("/resume", _resume)
+    return app
+
+
+async def start_server(sup: Supervisor, listen: str) -> web.AppRunner:
+    hp = parse_hostport(listen, None)
+    runner = web.AppRunner(make_app(sup), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, hp.host, hp.port, reuse_address=True)
+    await site.start()
+    return runner

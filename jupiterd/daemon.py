@@ -1,0 +1,598 @@
+"""The supervisor: probes in, events through the pure machine, actions out.
+
+It owns the I/O around ``machine.step``: it schedules probes (one
+``TargetLoop`` per instance), turns results and inventory snapshots into
+events, and carries out the actions: logs, metrics, probe wake-ups and
+failover plans on the executor. Everything runs on one asyncio loop, so a
+``dispatch`` is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import probes
+from probes import ProbeResult
+
+from . import __version__, logs
+from .config import Config
+from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
+from .inventory import Inventory, ServiceView
+from .machine import (
+    Action,
+    ActiveObserved,
+    Alert,
+    Event,
+    FailoverFinished,
+    Hold,
+    HoldCleared,
+    InstanceRunning,
+    MachineState,
+    MaintenanceObserved,
+    Note,
+    Observation,
+    PauseChanged,
+    Policy,
+    ProbeNow,
+    Role,
+    ServiceState,
+    StartFailover,
+    Status,
+    Tick,
+    Transition,
+    probe_interval,
+    step,
+)
+from .metrics import Metrics
+from .scheduler import ProbeSpec, TargetLoop
+from .sdnotify import Notifier
+
+TICK_SECONDS = 1.0
+HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for this long
+SHUTDOWN_GRACE_SECONDS = 5.0
+REFRESH_SECONDS = 30.0
+PAUSE_FILE = "paused"
+
+
+def policy_of(config: Config) -> Policy:
+    return Policy(
+        thresholds={n: config.thresholds(n) for n in config.services},
+        isolation=config.guards.isolation,
+        auto_failover={n: s.auto_failover for n, s in config.services.items()},
+    )
+
+
+@dataclass(slots=True)
+class _Target:
+    loop: TargetLoop
+    address: str | None
+    instance_id: str | None
+    labels: tuple[Any, Any, Any]  # cached metric children: success, duration, lateness-free
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        executor: Executor,
+        inventory: Inventory,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        config_path: str | None = None,
+        rng: random.Random | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
+        tick_seconds: float = TICK_SECONDS,
+    ) -> None:
+        self.config = config
+        self.policy = policy_of(config)
+        self.executor = executor
+        self.inventory = inventory
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier({})
+        self.config_path = config_path
+        self.rng = rng or random.Random()
+        self.refresh_seconds = refresh_seconds
+        self.tick_seconds = tick_seconds
+        self.log = logs.get("jupiterd")
+        self.state = MachineState.initial(config.services, paused=config.guards.paused)
+        self.targets: dict[tuple[str, Role], _Target] = {}
+        self.views: dict[str, ServiceView] = {}
+        self.plans: dict[str, asyncio.Task[None]] = {}
+        self.outcomes: deque[dict[str, Any]] = deque(maxlen=20)
+        self.heartbeat = 0.0  # loop time of the last main-loop tick
+        self.started_wall = time.time()
+        self.last_reload: dict[str, Any] = {"ok": True, "at": self.started_wall, "error": None}
+        self.inventory_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # ------------------------------------------------------------------ time
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall(self, at: float | None) -> float | None:
+        """A loop-clock time as Unix time, for people and /status."""
+        if at is None:
+            return None
+        return time.time() - (self.now() - at)
+
+    # ------------------------------------------------------------------ start/stop
+
+    async def start(self) -> None:
+        self._load_pause()
+        self.metrics.paused.set(1 if self.state.paused else 0)
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_timestamp.set(self.started_wall)
+        await self.refresh_inventory()
+        for name in self.config.services:
+            for role in Role:
+                self._add_target(name, role)
+        self.metrics.targets.set(len(self.targets))
+        for name in self.config.services:
+            self._sync_service_metrics(name)
+        self.heartbeat = self.now()
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="inventory"))
+        self.log.info(
+            "started",
+            services=len(self.config.services),
+            targets=len(self.targets),
+            paused=self.state.paused,
+            version=__version__,
+        )
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop probing; give a plan in flight ``grace`` seconds to finish
+        its step (the journal lets the next start resume it), then cancel."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await asyncio.gather(*(t.loop.stop() for t in self.targets.values()))
+        running = [t for t in self.plans.values() if not t.done()]
+        if running:
+            self.log.warning("stopping with a plan in flight", grace_seconds=grace)
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.log.info("stopped")
+
+    # ------------------------------------------------------------------ targets
+
+    def _spec(self, name: str, address: str | None) -> ProbeSpec | None:
+        if address is None:
+            return None
+        svc = self.config.services[name]
+        return ProbeSpec(
+            kind=probes.get_kind(svc.probe.kind),
+            target=svc.probe.target_for(address),
+            options=svc.probe.parsed_options,
+            timeout=self.policy.thresholds[name].timeout,
+        )
+
+    def _address(self, name: str, role: Role) -> tuple[str | None, str | None]:
+        ref = (
+            self.config.services[name].primary
+            if role is Role.PRIMARY
+            else self.config.services[name].backup
+        )
+        view = self.views.get(name)
+        info = view.instance(role) if view is not None else None
+        address = ref.address or (info.address if info is not None else None)
+        instance_id = ref.instance_id or (info.instance_id if info is not None else None)
+        return address, instance_id
+
+    def _add_target(self, name: str, role: Role) -> None:
+        address, instance_id = self._address(name, role)
+        kind = self.config.services[name].probe.kind
+        m = self.metrics
+        labels = (
+            m.probe_success.labels(name, role.value, kind),
+            m.probe_duration.labels(name, role.value, kind),
+            kind,
+        )
+        loop = TargetLoop(
+            f"probe:{name}:{role}",
+            self._spec(name, address),
+            lambda result, planned, end: self._on_result(name, role, result, end),
+            lambda: self._interval(name, role),
+            rng=self.rng,
+            on_late=m.probe_lateness.observe,
+            on_skip=m.probes_skipped.labels(name, role.value).inc,
+        )
+        self.targets[(name, role)] = _Target(loop, address, instance_id, labels)
+        m.target_state.labels(name, role.value).state(
+            self.state.services[name].target(role).status.value
+        )
+        loop.start()
+
+    def _interval(self, name: str, role: Role) -> tuple[float | None, float]:
+        th = self.policy.thresholds[name]
+        s = self.state.services.get(name)
+        if s is None:
+            return None, 0.0
+        return probe_interval(s.target(role), th), th.jitter
+
+    def _on_result(self, name: str, role: Role, result: ProbeResult, at: float) -> None:
+        t = self.targets.get((name, role))
+        if t is None or self._stopping:
+            return
+        success, duration, kind = t.labels
+        success.set(1 if result.ok else 0)
+        duration.observe(result.duration_seconds)
+        self.metrics.probe_results.labels(name, role.value, kind, result.reason.value).inc()
+        if not result.ok:
+            self.log.debug(
+                "probe failed",
+                service=name,
+                role=role.value,
+                target=result.target,
+                reason=result.reason.value,
+                detail=result.detail,
+            )
+        self.dispatch(Observation(name, role, result.ok, at, result.reason.value, result.detail))
+
+    # ------------------------------------------------------------------ events and actions
+
+    def dispatch(self, event: Event) -> list[Action]:
+        self.state, actions = step(self.state, event, self.policy)
+        touched: set[str] = set()
+        for a in actions:
+            self._apply(a)
+            if isinstance(a, Transition | StartFailover | Hold | HoldCleared | Alert | Note):
+                touched.add(a.service)
+        if isinstance(event, FailoverFinished | ActiveObserved | MaintenanceObserved):
+            touched.add(event.service)
+        if isinstance(event, PauseChanged):
+            self.metrics.paused.set(1 if self.state.paused else 0)
+        for name in touched:
+            if name in self.state.services:
+                self._sync_service_metrics(name)
+        return actions
+
+    def _apply(self, a: Action) -> None:
+        log = self.log
+        if isinstance(a, Transition):
+            level = log.warning if a.new in (Status.DOWN, Status.SUSPECT) else log.info
+            level(
+                "target state",
+                service=a.service,
+                role=a.role.value,
+                old=a.old.value,
+                new=a.new.value,
+                reason=a.reason,
+            )
+            self.metrics.target_state.labels(a.service, a.role.value).state(a.new.value)
+            self.metrics.target_transitions.labels(a.service, a.role.value, a.new.value).inc()
+            if a.new is Status.UNKNOWN and a.old is Status.STOPPED:
+                t = self.targets.get((a.service, a.role))
+                if t is not None:
+                    t.loop.wake()
+        elif isinstance(a, StartFailover):
+            log.warning(
+                "failover decided",
+                service=a.service,
+                role=a.from_role.value,
+                to=a.to_role.value,
+                reason=a.reason,
+            )
+            self._start_plan(a)
+        elif isinstance(a, Hold):
+            log.warning("failover held", service=a.service, guard=a.guard.value, reason=a.reason)
+            self.metrics.holds.labels(a.service, a.guard.value).inc()
+        elif isinstance(a, HoldCleared):
+            log.info("hold cleared", service=a.service, guard=a.guard.value, reason=a.reason)
+        elif isinstance(a, Alert):
+            log.error("alert", service=a.service, reason=a.reason)
+        elif isinstance(a, ProbeNow):
+            log.info("probing now", targets=[f"{s}/{r}" for s, r in a.targets], reason=a.reason)
+            for key in a.targets:
+                t = self.targets.get(key)
+                if t is not None:
+                    t.loop.wake()
+        elif isinstance(a, Note):
+            log.info("decision", service=a.service, reason=a.reason)
+
+    def _sync_service_metrics(self, name: str) -> None:
+        s = self.state.services[name]
+        m = self.metrics
+        for role in Role:
+            m.active_role.labels(name, role.value).set(1 if s.active is role else 0)
+        m.service_up.labels(name).set(1 if s.target(s.active).status is Status.UP else 0)
+        for guard in (
+            "maintenance",
+            "manual",
+            "isolation",
+            "cooldown",
+            "rate_limit",
+            "standby_unhealthy",
+            "both_down",
+            "in_flight",
+        ):
+            m.hold_active.labels(name, guard).set(
+                1 if s.hold is not None and s.hold.guard == guard else 0
+            )
+        m.alert_active.labels(name).set(1 if s.alert else 0)
+        m.failover_in_progress.labels(name).set(1 if s.in_flight is not None else 0)
+
+    # ------------------------------------------------------------------ failovers
+
+    def _start_plan(self, a: StartFailover) -> None:
+        req = FailoverRequest(a.service, a.from_role, a.to_role, a.reason, "daemon")
+        self.plans[a.service] = asyncio.create_task(self._run_plan(req), name=f"plan:{a.service}")
+
+    async def _run_plan(self, req: FailoverRequest) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self.executor.run(req)
+        except asyncio.CancelledError:
+            self.log.warning(
+                "plan interrupted by shutdown; the journal resumes it at the next start",
+                service=req.service,
+            )
+            raise
+        except Exception as exc:  # an executor bug must not take the daemon down
+            self.log.exception("executor failed", service=req.service)
+            outcome = FailoverOutcome(
+                req.service,
+                req.from_role,
+                req.to_role,
+                "failed",
+                f"internal error in the executor: {exc!r}",
+                time.monotonic() - started,
+            )
+        self._record_outcome(req, outcome)
+        self.dispatch(
+            FailoverFinished(
+                req.service,
+                req.to_role,
+                outcome.ok,
+                self.now(),
+                outcome.detail,
+                stopped_old=outcome.stopped_old,
+                dry_run=outcome.result == "dry_run",
+            )
+        )
+        if outcome.result != "dry_run":
+            with contextlib.suppress(Exception):
+                await self.refresh_inventory()
+
+    def _record_outcome(self, req: FailoverRequest, o: FailoverOutcome) -> None:
+        m = self.metrics
+        direction = direction_of(req.to_role)
+        m.failovers.labels(req.service, direction, o.result).inc()
+        m.failover_duration.labels(req.service, direction).observe(o.seconds)
+        m.last_failover.labels(req.service).set(time.time())
+        entry = {
+            "service": req.service,
+            "direction": direction,
+            "from": req.from_role.value,
+            "to": req.to_role.value,
+            "result": o.result,
+            "detail": o.detail,
+            "seconds": round(o.seconds, 3),
+            "finished_at": time.time(),
+            "reason": req.reason,
+            "steps": [
+                {"name": s.name, "ok": s.ok, "seconds": round(s.seconds, 3), "detail": s.detail}
+                for s in o.steps
+            ],
+        }
+        self.outcomes.append(entry)
+        log = self.log.info if o.ok or o.result == "dry_run" else self.log.error
+        log(
+            "plan finished",
+            service=req.service,
+            direction=direction,
+            result=o.result,
+            seconds=round(o.seconds, 3),
+            detail=o.detail,
+        )
+
+    # ------------------------------------------------------------------ inventory
+
+    async def refresh_inventory(self) -> None:
+        try:
+            views = await self.inventory.snapshot()
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            if msg != self.inventory_error:
+                self.log.error("inventory refresh failed; keeping the last known state", error=msg)
+            self.inventory_error = msg
+            return
+        if self.inventory_error is not None:
+            self.log.info("inventory refresh works again")
+        self.inventory_error = None
+        self.apply_views(views)
+
+    def apply_views(self, views: Mapping[str, ServiceView]) -> None:
+        at = self.now()
+        self.views.update(views)
+        for name, view in views.items():
+            if name not in self.state.services:
+                continue
+            for role in Role:
+                info = view.instance(role)
+                if info.state in ("running", "stopped", "terminated", "stopping", "shutting-down"):
+                    self.dispatch(InstanceRunning(name, role, info.running, at))
+                t = self.targets.get((name, role))
+                if t is not None:
+                    address, instance_id = self._address(name, role)
+                    t.instance_id = instance_id
+                    if address != t.address:
+                        t.address = address
+                        t.loop.spec = self._spec(name, address)
+            if view.active is not None:
+                self.dispatch(ActiveObserved(name, view.active, at))
+            self.dispatch(
+                MaintenanceObserved(name, view.primary.maintenance or view.backup.maintenance, at)
+            )
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            if not any(not t.done() for t in self.plans.values()):
+                await self.refresh_inventory()
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self.heartbeat = self.now()
+            self.metrics.heartbeat.set(time.time())
+            self.dispatch(Tick(self.heartbeat))
+            if self.healthy():
+                self.notifier.watchdog()
+
+    def healthy(self) -> bool:
+        return self.now() - self.heartbeat < max(HEALTHY_AFTER_SECONDS, 3 * self.tick_seconds)
+
+    # ------------------------------------------------------------------ pause
+
+    def _pause_path(self) -> Path:
+        return Path(self.config.state_dir) / PAUSE_FILE
+
+    def _load_pause(self) -> None:
+        """A pause survives restarts: an operator's maintenance window must not
+        end because systemd restarted the daemon."""
+        try:
+            doc = json.loads(self._pause_path().read_text())
+        except (OSError, ValueError):
+            return
+        self.dispatch(PauseChanged(True, self.now(), by=str(doc.get("by", "a previous run"))))
+
+    def set_paused(self, paused: bool, by: str) -> None:
+        path = self._pause_path()
+        try:
+            if paused:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"by": by, "at": time.time()}))
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            self.log.error("could not persist the pause flag", path=str(path), error=exc.strerror)
+        self.dispatch(PauseChanged(paused, self.now(), by=by))
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new, already validated configuration. Decisions in progress
+        (states, holds, a plan in flight) carry over; probe loops are rebuilt
+        only for services whose probe or instances changed."""
+        old = self.config
+        self.config = config
+        self.policy = policy_of(config)
+        services = {n: self.state.services.get(n) or ServiceState(name=n) for n in config.services}
+        self.state = replace(self.state, services=MappingProxyType(services))
+        for (name, role), t in list(self.targets.items()):
+            new, was = config.services.get(name), old.services.get(name)
+            changed = (
+                new is None
+                or was is None
+                or (new.probe, new.primary, new.backup) != (was.probe, was.primary, was.backup)
+                or config.thresholds(name).timeout != old.thresholds(name).timeout
+            )
+            if changed:
+                await t.loop.stop()
+                del self.targets[(name, role)]
+        for name in config.services:
+            for role in Role:
+                if (name, role) not in self.targets:
+                    self._add_target(name, role)
+            self._sync_service_metrics(name)
+        self.metrics.targets.set(len(self.targets))
+        if config.http != old.http:
+            self.log.warning("http.listen changed: it takes effect at the next restart")
+        now = time.time()
+        self.last_reload = {"ok": True, "at": now, "error": None}
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_timestamp.set(now)
+        self.metrics.reloads.labels("success").inc()
+        self.log.info("configuration reloaded", services=len(config.services))
+
+    def reload_failed(self, error: str) -> None:
+        self.last_reload = {"ok": False, "at": time.time(), "error": error}
+        self.metrics.reload_success.set(0)
+        self.metrics.reloads.labels("failure").inc()
+        self.log.error(
+            "configuration reload failed; keeping the running configuration", error=error
+        )
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        services = {}
+        for name, s in self.state.services.items():
+            targets = {}
+            for role in Role:
+                t = s.target(role)
+                held = self.targets.get((name, role))
+                targets[role.value] = {
+                    "state": t.status.value,
+                    "since": self.wall(t.since) if t.since else None,
+                    "why": t.why,
+                    "target": held.loop.spec.target if held and held.loop.spec else None,
+                    "instance_id": held.instance_id if held else None,
+                    "last_probe_at": self.wall(t.last_probe_at),
+                    "last_ok": t.last_ok,
+                    "last_reason": t.last_reason or None,
+                    "last_detail": t.last_detail or None,
+                    "consecutive_failures": t.fail_streak,
+                    "consecutive_successes": t.ok_streak,
+                }
+            view = self.views.get(name)
+            services[name] = {
+                "kind": self.config.services[name].probe.kind,
+                "active": s.active.value,
+                "healthy": s.target(s.active).status is Status.UP,
+                "decision": s.decision,
+                "hold": None
+                if s.hold is None
+                else {
+                    "guard": s.hold.guard.value,
+                    "reason": s.hold.reason,
+                    "since": self.wall(s.hold.since),
+                },
+                "alert": s.alert,
+                "in_flight": None
+                if s.in_flight is None
+                else {
+                    "to": s.in_flight.value,
+                    "direction": direction_of(s.in_flight),
+                },
+                "maintenance": s.maintenance,
+                "auto_failover": self.config.services[name].auto_failover,
+                "last_failover_at": self.wall(s.last_failover_at),
+                "failovers_last_hour": len(s.attempts),
+                "aws_notes": list(view.notes) if view is not None else [],
+                "targets": targets,
+            }
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_wall,
+            "healthy": self.healthy(),
+            "paused": self.state.paused,
+            "pause_reason": self.state.pause_reason or None,
+            "dry_run": bool(getattr(self.executor, "dry_run", False)),
+            "config": {"path": self.config_path, "last_reload": self.last_reload},
+            "inventory_error": self.inventory_error,
+            "services": services,
+            "recent_plans": list(self.outcomes),
+        }

@@ -1,0 +1,167 @@
+"""Probe scheduling: one lightweight loop per target, on the event loop's clock.
+
+- Per-target interval with jitter, asked of the caller after every probe
+  (fast while the target is changing state, normal otherwise, none while
+  its instance is stopped).
+- Never two probes of one target at once: the loop awaits each probe.
+- No drift: the next start is computed from the previous *planned* start,
+  so a late start does not push every later one back; a loop that fell
+  more than one interval behind skips ahead and counts it.
+- Each probe is bounded by its timeout (the probe library enforces it; a
+  small grace here catches a probe that does not).
+- ``wake()`` starts a probe at once (the isolation guard's fresh look, an
+  instance that just started).
+
+Sleeping uses one ``call_at`` handle and one future per wait: cheaper than a
+task or ``wait_for`` per probe when thousands of targets are scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import probes
+from probes import ProbeOptions, ProbeResult, Reason
+
+# Extra time a probe gets beyond its own timeout before the scheduler gives up on it.
+GRACE = 0.5
+
+
+@dataclass(slots=True)
+class ProbeSpec:
+    kind: probes.Kind
+    target: str
+    options: ProbeOptions
+    timeout: float
+
+
+ResultCallback = Callable[[ProbeResult, float, float], None]  # result, planned start, end time
+IntervalFn = Callable[[], tuple[float | None, float]]  # (seconds or None, jitter share)
+
+
+def _wake_future(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class TargetLoop:
+    """Probes one target until stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: ProbeSpec | None,
+        on_result: ResultCallback,
+        interval: IntervalFn,
+        *,
+        rng: random.Random | None = None,
+        on_late: Callable[[float], None] | None = None,
+        on_skip: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.on_result = on_result
+        self.interval = interval
+        self.rng = rng or random.Random()
+        self.on_late = on_late
+        self.on_skip = on_skip
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        self._task: asyncio.Task[None] | None = None
+        self.probing = False
+        self.probes_run = 0
+
+    def start(self, first_delay: float | None = None) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(first_delay), name=self.name)
+
+    def wake(self) -> None:
+        """Probe now (no-op while a probe of this target is running)."""
+        if self.probing:
+            return
+        self._woken = True
+        if self._waiter is not None:
+            _wake_future(self._waiter)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _sleep_until(self, when: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if self._woken:
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiter = fut
+        handle = loop.call_at(when, _wake_future, fut) if when is not None else None
+        try:
+            await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._waiter = None
+
+    def _jittered(self, seconds: float, jitter: float) -> float:
+        if jitter <= 0:
+            return seconds
+        return seconds * (1.0 + self.rng.uniform(-jitter, jitter))
+
+    async def _run(self, first_delay: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        seconds, jitter = self.interval()
+        if first_delay is None:
+            # Spread the first probes of many targets over one interval.
+            first_delay = self.rng.uniform(0, seconds) if seconds else 0.0
+        planned: float | None = loop.time() + first_delay if seconds is not None else None
+        while True:
+            await self._sleep_until(planned)
+            now = loop.time()
+            woken = self._woken
+            self._woken = False
+            spec = self.spec
+            if spec is None or (planned is None and not woken):
+                planned = None
+                continue
+            if planned is None or woken:
+                planned = now  # an early start resets the schedule from now
+            elif self.on_late is not None:
+                self.on_late(now - planned)
+            self.probing = True
+            try:
+                result = await self._probe(spec)
+            finally:
+                self.probing = False
+            self.probes_run += 1
+            self._woken = False  # a wake during the probe is answered by this result
+            end = loop.time()
+            self.on_result(result, planned, end)
+            seconds, jitter = self.interval()
+            if seconds is None:
+                planned = None  # not probed until woken (instance started)
+                continue
+            nxt = planned + self._jittered(seconds, jitter)
+            if nxt < end:
+                # Fell behind (a slow probe or an overloaded loop): skip ahead
+                # rather than bursting to catch up.
+                if self.on_skip is not None and end - nxt > seconds:
+                    self.on_skip()
+                nxt = end
+            planned = nxt
+
+    async def _probe(self, spec: ProbeSpec) -> ProbeResult:
+        try:
+            async with asyncio.timeout(spec.timeout + GRACE):
+                return await spec.kind.probe(spec.target, spec.options, spec.timeout)
+        except TimeoutError:
+            return ProbeResult(
+                kind=spec.kind.name,
+                target=spec.target,
+                ok=False,
+                reason=Reason.TIMEOUT,
+                detail=f"the probe overran its {spec.timeout:g} s timeout",
+                duration_seconds=spec.timeout + GRACE,
+            )

@@ -1,0 +1,175 @@
+"""The supervisor in-process: real probes against loopback listeners, the
+static inventory, a fake executor. Killing a primary's listener must lead to
+exactly one failover; killing everything must be held as isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from jupiterd.api import make_app
+from jupiterd.daemon import Supervisor
+from jupiterd.inventory import StaticInventory
+from jupiterd.machine import Guard, Status
+from jupiterd.metrics import Metrics
+from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
+
+
+class Listener:
+    """A TCP listener that can be killed (closed) and revived on its port."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> Listener:
+        self.server = await asyncio.start_server(lambda r, w: w.close(), self.host, self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def kill(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        self.server = None
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    names = ["sig", "turn", "frp"]
+    prim = {n: await Listener(f"127.0.0.{2 + i}").start() for i, n in enumerate(names)}
+    back = {n: await Listener(f"127.0.1.{2 + i}").start() for i, n in enumerate(names)}
+    services = {}
+    for n in names:
+        assert prim[n].port
+        services[n] = {
+            "probe": {"kind": "tcp", "port": prim[n].port},
+            "primary": {"address": prim[n].host},
+            "backup": {"address": back[n].host},
+        }
+    # Backups listen on the same port as their primary, on another address.
+    for n in names:
+        await back[n].kill()
+        back[n].port = prim[n].port
+        await back[n].start()
+    cfg = config_for(services, str(tmp_path))
+    executor = FakeExecutor()
+    inv = StaticInventory(cfg)
+    metrics = Metrics(CollectorRegistry())
+    sup = Supervisor(
+        cfg,
+        executor=executor,
+        inventory=inv,
+        metrics=metrics,
+        rng=random.Random(1),
+        tick_seconds=0.1,
+    )
+    await sup.start()
+    yield sup, executor, prim, back, inv
+    await sup.stop(grace=1)
+    for listener in [*prim.values(), *back.values()]:
+        if listener.server is not None:
+            await listener.kill()
+
+
+def st(sup, name, role):
+    return sup.state.services[name].target(role).status
+
+
+async def test_all_primaries_come_up(stack):
+    sup, executor, *_ = stack
+    await wait_for(
+        lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")), what="primaries up"
+    )
+    assert all(st(sup, n, B) is Status.STOPPED for n in ("sig", "turn", "frp"))
+    assert executor.requests == []
+    reg = sup.metrics.registry
+    assert reg.get_sample_value("jupiterd_service_up", {"service": "sig"}) == 1
+    assert (
+        reg.get_sample_value(
+            "jupiterd_target_state",
+            {"service": "sig", "role": "primary", "jupiterd_target_state": "up"},
+        )
+        == 1
+    )
+
+
+async def test_killed_primary_fails_over_once_then_cooldown_holds(stack):
+    sup, executor, prim, back, inv = stack
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    await prim["sig"].kill()
+    await wait_for(lambda: executor.requests, what="a failover request")
+    [req] = executor.requests
+    assert (req.service, req.from_role, req.to_role) == ("sig", P, B)
+    assert "3 consecutive probes failed" in req.reason and "refused" in req.reason
+    await wait_for(lambda: sup.state.services["sig"].active is B, what="backup active")
+    # The plan started the backup: the inventory now says so.
+    inv.set_state("sig", B, "running")
+    inv.set_state("sig", P, "stopped")
+    await sup.refresh_inventory()
+    await wait_for(lambda: st(sup, "sig", B) is Status.UP, what="backup probed up")
+    # Now the backup dies too: within the cooldown, no second failover.
+    await back["sig"].kill()
+    await wait_for(lambda: sup.state.services["sig"].hold is not None, what="a hold")
+    hold = sup.state.services["sig"].hold
+    assert hold.guard is Guard.COOLDOWN
+    assert len(executor.requests) == 1
+    reg = sup.metrics.registry
+    assert (
+        reg.get_sample_value("jupiterd_holds_total", {"service": "sig", "guard": "cooldown"}) == 1
+    )
+    assert (
+        reg.get_sample_value(
+            "jupiterd_failovers_total",
+            {"service": "sig", "direction": "failover", "result": "success"},
+        )
+        == 1
+    )
+    status = sup.status()["services"]["sig"]
+    assert status["hold"]["guard"] == "cooldown"
+    assert status["active"] == "backup"
+
+
+async def test_everything_down_is_held_as_isolation(stack):
+    sup, executor, prim, *_ = stack
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    for listener in prim.values():
+        await listener.kill()
+    await wait_for(
+        lambda: all(sup.state.services[n].hold is not None for n in ("sig", "turn", "frp")),
+        what="three holds",
+    )
+    assert {sup.state.services[n].hold.guard for n in ("sig", "turn", "frp")} == {Guard.ISOLATION}
+    await asyncio.sleep(0.5)  # more probes: still nothing acts
+    assert executor.requests == []
+
+
+async def test_http_api(stack, aiohttp_client=None):
+    sup, *_ = stack
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async with TestClient(TestServer(make_app(sup))) as client:
+        r = await client.get("/healthz")
+        assert r.status == 200
+        r = await client.get("/status")
+        doc = json.loads(await r.text())
+        assert set(doc["services"]) == {"sig", "turn", "frp"}
+        assert doc["services"]["sig"]["targets"]["primary"]["target"].startswith("127.0.0.2:")
+        r = await client.get("/metrics")
+        text = await r.text()
+        assert "jupiterd_probe_duration_seconds_bucket" in text
+        r = await client.post("/pause", json={"by": "alice"})
+        assert r.status == 200
+        assert sup.state.paused and sup.state.pause_reason == "paused by alice"
+        assert (sup.config.state_dir + "/paused") and __import__("os").path.exists(
+            sup.config.state_dir + "/paused"
+        )
+        r = await client.post("/resume")
+        assert not sup.state.paused
+        r = await client.post("/pause", data=b"{not json")
+        assert r.status == 400
