@@ -80,7 +80,8 @@ def error_of(msg: Message, peer: str) -> tuple[int, str]:
         raise ProbeFailure(
             Reason.PROTOCOL_ERROR, f"{peer} sent a {msg.name} without an ERROR-CODE attribute"
         )
-    return err[0], clean(err[1])
+    # coturn counts the C string's NUL in some reason phrases
+    return err[0], clean(err[1].rstrip("\0"))
 
 
 def software_of(msg: Message) -> str | None:

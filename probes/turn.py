@@ -179,21 +179,46 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     creds = credentials(options)
     deadline = deadline_for(timeout)
     channel = await open_channel(trace, hp, options.transport, deadline, options.rto)
-    trace.facts["local_address"] = channel.local
     try:
-        return await _allocate(trace, channel, creds)
+        msg = await _challenge(trace, channel)
+        if channel.transport == "udp" and _code(msg) == 437:
+            # coturn keeps a released allocation for a second: a new socket
+            # that the kernel gave an earlier probe's port finds it there.
+            # Ask again from another port (opened before this one closes).
+            fresh = await open_channel(trace, hp, options.transport, deadline, options.rto)
+            fresh.sent = channel.sent
+            channel.close()
+            channel = fresh
+            trace.facts["stale_port_retried"] = True
+            msg = await _challenge(trace, channel)
+        trace.facts["local_address"] = channel.local
+        return await _allocate(trace, channel, creds, msg)
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
 
 
-async def _allocate(trace: Trace, channel: Channel, creds: tuple[str, str] | None) -> ProbeResult:
-    peer = channel.peer
+def _code(msg: Message) -> int | None:
+    try:
+        err = msg.get(stunmsg.ERROR_CODE) if msg.cls == Class.ERROR else None
+    except stunmsg.StunError:
+        return None
+    return err[0] if err else None
+
+
+async def _challenge(trace: Trace, channel: Channel) -> Message:
     txid = stunmsg.transaction_id()
     request = stunmsg.encode(_ALLOCATE, txid, [_UDP_RELAY], fingerprint=True)
     with trace.phase("challenge"):
         msg = await channel.transact(request, txid, "Allocate request")
-    _expect(msg, Method.ALLOCATE, "Allocate request", peer)
+    _expect(msg, Method.ALLOCATE, "Allocate request", channel.peer)
+    return msg
+
+
+async def _allocate(
+    trace: Trace, channel: Channel, creds: tuple[str, str] | None, msg: Message
+) -> ProbeResult:
+    peer = channel.peer
     software = software_of(msg)
     if software:
         trace.facts["software"] = software

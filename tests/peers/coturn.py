@@ -48,7 +48,7 @@ from pathlib import Path
 BINARY = "turnserver"
 DEFAULT_REALM = "jupiter.test"
 DEFAULT_USER = ("jupiter", "pilot-light")
-RELAY_PORTS = 16
+RELAY_PORTS = 64
 _PORT_FLOOR, _PORT_CEILING = 20000, 32000  # below Linux's ephemeral range (32768-60999)
 
 
