@@ -1,6 +1,7 @@
 """The STUN codec: RFC 5769 test vectors, aioice as an independent
 implementation in both directions, malformed input, and fuzzing."""
 
+import contextlib
 import struct
 import time
 import zlib
@@ -342,14 +343,10 @@ def exercise(data: bytes) -> None:
         repr(msg)
         msg.check_integrity(b"key")
         for attr in ATTRS:
-            try:
+            with contextlib.suppress(StunError):
                 msg.get(attr)
-            except StunError:
-                pass
-    try:
+    with contextlib.suppress(StunError):
         stunmsg.check_header(data)
-    except StunError:
-        pass
 
 
 def valid_samples() -> list[bytes]:
