@@ -428,6 +428,8 @@ def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
         msg = msg[len("Value error, ") :]
     elif err["type"] == "string_pattern_mismatch":
         msg = _PATTERN_HELP.get(str(ctx.get("pattern")), msg)
+    elif key == "services" and err["type"] == "too_short":
+        msg = "at least one service is required"
     elif key.endswith(".options") and err["type"] in ("dict_type", "model_type"):
         msg = "must be a mapping of option names to values"
     return key, msg
