@@ -245,8 +245,9 @@ class UdpChannel(Channel):
 
     def _timed_out(self, now: float) -> ProbeFailure:
         sends = f"{self.tries} request{'s' if self.tries != 1 else ''} sent"
+        valid = "valid " if self.malformed else ""
         head = (
-            f"no answer to our {self.what} from {self.peer} over UDP in "
+            f"no {valid}answer to our {self.what} from {self.peer} over UDP in "
             f"{now - self.started:.2f} s ({sends}, initial RTO {self.rto:g} s)"
         )
         if self.malformed:
