@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from aioice import stun as aio
@@ -404,3 +405,21 @@ async def test_probe_cpu_cost_against_coturn(server):
         assert result.ok, result
     per_probe = (time.process_time() - started) / n
     assert per_probe < 0.5e-3, f"{per_probe * 1e6:.0f} us of CPU per stun probe"
+
+
+async def test_standin_script_serves_until_sigterm():
+    script = Path(__file__).parent / "peers" / "stun_standin.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), "--host", "127.0.0.2", "--port", "0",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert line.startswith(b"ready 127.0.0.2:"), line
+        target = line.split()[1].decode()
+        for transport in ("udp", "tcp"):
+            result = await run(target, transport=transport)
+            assert result.ok, result
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -11,7 +11,10 @@ import hashlib
 import hmac
 import socket
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from aioice import stun as aio
@@ -21,7 +24,7 @@ import probes
 from probes import turn
 from tests.conftest import need
 from tests.peers import hostile
-from tests.peers.coturn import coturn
+from tests.peers.coturn import binding_answered, coturn
 from tests.peers.stun_standin import stun_standin
 
 Reason = probes.Reason
@@ -577,3 +580,43 @@ def test_secrets_stay_out_of_reprs():
     opts = turn.Options.parse({"username": "u", "password": "pw-value-123"})
     assert "pw-value-123" not in repr(opts)
     assert turn.credentials(opts) == ("u", "pw-value-123")
+
+
+# --- the coturn peer itself -------------------------------------------------------------
+
+
+def test_coturn_binds_loopback_only(server):
+    ss = need("ss")
+    out = subprocess.run([ss, "-H", "-a", "-n", "-p", "-t", "-u"], capture_output=True, text=True)
+    mine = [line.split() for line in out.stdout.splitlines() if f"pid={server.proc.pid}," in line]
+    assert mine, out.stdout
+    for fields in mine:
+        assert fields[4].startswith("127."), fields
+
+
+def test_coturn_is_killed_when_the_body_fails():
+    need("turnserver")
+    with pytest.raises(RuntimeError, match="boom"), coturn() as c:
+        proc = c.proc
+        raise RuntimeError("boom")
+    assert proc.poll() is not None
+
+
+async def test_coturn_script_serves_until_sigterm():
+    need("turnserver")
+    script = Path(__file__).parent / "peers" / "coturn.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), "--host", "127.0.0.1", "--secret", SECRET,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert line.startswith(b"ready 127.0.0.1:"), line
+        target = line.split()[1].decode()
+        result = await run(target, secret=SECRET)
+        assert result.ok, result
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    host, port = target.split(":")
+    assert not binding_answered(host, int(port), 0.2)  # turnserver went with it

@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", default=None, help="TURN REST API shared secret")
     parser.add_argument("--realm", default=DEFAULT_REALM)
     args = parser.parse_args(argv)
+    try:
+        _check_loopback(args.host)
+    except ValueError as exc:
+        parser.error(str(exc))
     user: tuple[str, str] | None = None
     if args.user is not None:
         name, sep, password = args.user.partition(":")
