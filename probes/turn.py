@@ -15,7 +15,7 @@ import base64
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -40,11 +40,9 @@ _ALLOCATE = stunmsg.message_type(Method.ALLOCATE, Class.REQUEST)
 _REFRESH = stunmsg.message_type(Method.REFRESH, Class.REQUEST)
 _UDP_RELAY = stunmsg.REQUESTED_TRANSPORT.tlv(stunmsg.UDP)
 _RELEASE = stunmsg.LIFETIME.tlv(0)
-_AUTH_ERRORS = {
-    401: "the credentials are wrong",
-    431: "the message integrity check failed",
-    441: "wrong credentials",
-}
+_AUTH_ERRORS = frozenset(
+    {401, 431, 441}
+)  # Unauthorized, Integrity Check Failure, Wrong Credentials
 _HINTS = {
     437: "allocation mismatch: this 5-tuple already has an allocation",
     486: "the user's allocation quota is reached",
@@ -112,10 +110,10 @@ class _Auth:
     """The long-term credential state of one probe; never shown anywhere."""
 
     username: str
-    password: str
+    password: str = field(repr=False)
     realm: str
     nonce: bytes
-    key: bytes = b""
+    key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self.key = stunmsg.long_term_key(self.username, self.realm, self.password)
@@ -192,7 +190,7 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
             trace.facts["stale_port_retried"] = True
             msg = await _challenge(trace, channel)
         trace.facts["local_address"] = channel.local
-        return await _allocate(trace, channel, creds, msg)
+        return await _allocate(trace, channel, creds, msg, _auth_hint(options))
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
@@ -215,18 +213,34 @@ async def _challenge(trace: Trace, channel: Channel) -> Message:
     return msg
 
 
+def _auth_hint(options: Options) -> str:
+    if options.secret is not None:
+        return (
+            "check the shared secret, and that the server's clock is within "
+            f"{options.ttl} s of ours (REST usernames carry their expiry time)"
+        )
+    return "check the username and password"
+
+
 async def _allocate(
-    trace: Trace, channel: Channel, creds: tuple[str, str] | None, msg: Message
+    trace: Trace,
+    channel: Channel,
+    creds: tuple[str, str] | None,
+    msg: Message,
+    auth_hint: str,
 ) -> ProbeResult:
     peer = channel.peer
     software = software_of(msg)
     if software:
         trace.facts["software"] = software
     if msg.cls == Class.SUCCESS:
-        relayed = read(msg, stunmsg.XOR_RELAYED_ADDRESS, peer)
-        shown = show_address(relayed) if relayed else "(no XOR-RELAYED-ADDRESS)"
         with trace.phase("refresh"):
             released = await _release_open(channel)
+        try:
+            relayed = msg.get(stunmsg.XOR_RELAYED_ADDRESS)
+        except stunmsg.StunError:
+            relayed = None
+        shown = show_address(relayed) if relayed else "(no valid XOR-RELAYED-ADDRESS)"
         raise ProbeFailure(
             Reason.UNEXPECTED_RESPONSE,
             f"{peer} allocated relay {shown} without asking for credentials (expected a 401 "
@@ -266,8 +280,7 @@ async def _allocate(
         if code in _AUTH_ERRORS:
             raise ProbeFailure(
                 Reason.AUTH_FAILED,
-                f"{peer} refused the credentials of {who}: error {code} '{reason}' "
-                f"({_AUTH_ERRORS[code]})",
+                f"{peer} refused the credentials of {who}: error {code} '{reason}'; {auth_hint}",
                 error_code=code,
             )
         raise ProbeFailure(
@@ -312,7 +325,9 @@ async def _allocate(
         if problem is not None:
             raise problem from None
         raise ProbeFailure(
-            exc.reason, f"{peer} allocated {shown} for {who}, but releasing it failed: {exc.detail}"
+            exc.reason,
+            f"{peer} allocated {shown} for {who}, but releasing it failed: {exc.detail}",
+            **exc.facts,
         ) from None
     if problem is not None:
         raise problem

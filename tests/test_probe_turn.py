@@ -435,6 +435,7 @@ async def test_failed_release_fails_the_probe():
     assert result.reason == Reason.UNEXPECTED_RESPONSE, result
     assert "allocated 192.0.2.9:50000" in result.detail
     assert "releasing it failed" in result.detail and "437" in result.detail
+    assert result.facts["error_code"] == 437
 
 
 async def test_silent_release_times_out_with_the_allocation_named():
