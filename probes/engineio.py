@@ -55,7 +55,7 @@ MAX_PAYLOAD_PACKETS: Final = 256
 _MAX_LENGTH_DIGITS: Final = 9
 
 _UTF16_NATIVE: Final = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"
-_V3_START = re.compile(r"\d{1,9}:0\{")
+_V3_START = re.compile(r"\d{1,20}:0\{")  # absurd lengths are the decoder's to report
 
 
 class EngineIOError(ProbeFailure):

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
 import ssl
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any, Final, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
@@ -44,7 +46,7 @@ MAX_SKIPPED: Final = 64  # packets tolerated before the CONNECT reply
 MAX_POLLS: Final = 16  # GET requests while waiting for the CONNECT reply
 MAX_POLL_BODY: Final = 256 * 1024
 MAX_WS_MESSAGE: Final = 1 << 20
-CLOSE_WAIT: Final = 1.0  # at most this long for the server to acknowledge our close
+CLOSE_WAIT: Final = 0.5  # at most this long for the server to acknowledge our close
 FAILURE_CLOSE_WAIT: Final = 0.3
 
 _RESERVED_HEADERS: Final = frozenset(
@@ -205,6 +207,8 @@ class _Session:
         self.connected = False
         self.upgrades: tuple[str, ...] = ()
         self.version_known = False  # the polling framing proved the version
+        self.step = "the start"
+        self.auth_in_query = False  # protocol v4 carries auth in a query string
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -232,11 +236,23 @@ class _Session:
             # Protocol v4 servers connect "/" during the handshake: only this query
             # can carry the credentials there (socket.io-client 2.x's `query` option).
             q += "&" + self.opts._auth_query
+            self.auth_in_query = True
         return q + self.extra_query
+
+    @contextlib.contextmanager
+    def stage(self, phase: str, step: str) -> Iterator[None]:
+        """A timed phase, and the words a timeout in it is reported with."""
+        previous, self.step = self.step, step
+        with self.trace.phase(phase):
+            yield
+        self.step = previous
 
     async def open_http(self) -> HttpConnection:
         tls = _tls() if self.url.scheme == "https" else None
-        return await HttpConnection.open(self.trace, self.url, tls=tls)
+        previous, self.step = self.step, f"the connection to {self.url.netloc}"
+        conn = await HttpConnection.open(self.trace, self.url, tls=tls)
+        self.step = previous
+        return conn
 
     def http_failure(self, resp: Response, what: str) -> ProbeFailure:
         """The sentence for an HTTP answer that is not the Engine.IO one expected."""
@@ -270,7 +286,12 @@ class _Session:
                 " without sticky sessions?)"
             )
         elif "transport unknown" in low or "invalid transport" in low:
-            hint = " (the server does not accept this transport)"
+            hint = (
+                " (the server does not accept WebSocket: set transport=polling to probe it"
+                " over long-polling)"
+                if "WebSocket" in what
+                else " (the server does not accept this transport)"
+            )
         return ProbeFailure(
             Reason.UNEXPECTED_RESPONSE, f"{what}: {status}, Engine.IO error {engine}{hint}"
         )
@@ -369,7 +390,7 @@ class _Session:
 
     async def handshake_polling(self) -> None:
         self.poll = await self.open_http()
-        with self.trace.phase("handshake"):
+        with self.stage("handshake", "the Engine.IO handshake (long-polling)"):
             resp = await self.poll_request("GET")
             if resp.status != 200:
                 raise self.http_failure(resp, "Engine.IO handshake")
@@ -408,7 +429,7 @@ class _Session:
         return WebSocket(self.ws_conn.reader, self.ws_conn.writer, max_message=MAX_WS_MESSAGE)
 
     async def handshake_websocket(self) -> None:
-        with self.trace.phase("handshake"):
+        with self.stage("handshake", "the Engine.IO handshake (WebSocket only)"):
             ws = await self.open_ws(sid=False)
             self.ws = ws
             text = await ws.recv_text()
@@ -434,7 +455,7 @@ class _Session:
                 f"the server does not offer a WebSocket upgrade (upgrades: {offered}); "
                 "set transport=polling to probe it over long-polling",
             )
-        with self.trace.phase("upgrade"):
+        with self.stage("upgrade", "the WebSocket upgrade (2probe/3probe)"):
             ws = await self.open_ws(sid=True)
             ws.send_text("2probe")
             text = await ws.recv_text()
@@ -452,12 +473,13 @@ class _Session:
 
     async def connect_namespace(self) -> None:
         ns = self.opts.namespace
-        with self.trace.phase("sio_connect"):
+        with self.stage("sio_connect", f"the Socket.IO CONNECT to namespace {ns}"):
             barrier = False
             if self.version == 4:
                 await self.send([eio.connect_packet(ns, 4, self.opts._auth_json, "")])
             elif ns != "/":
                 await self.send([eio.connect_packet(ns, 3, None, self.opts._auth_query)])
+                self.auth_in_query = True
             else:
                 # Engine.IO 3 heartbeats go client to server, so our ping is legal, and
                 # the pong comes after whatever the server sent before it.
@@ -467,10 +489,15 @@ class _Session:
         self.connected = True
         sid = eio.connect_sid(reply) if self.version == 4 else None
         self.trace.facts["sio_protocol"] = 5 if sid is not None else 4
-        if sid is None and self.version == 4 and not self.version_known:
-            # A bare "40" is Socket.IO protocol v4, which only runs over Engine.IO 3:
-            # the direct WebSocket's framing could not tell.
+        if sid is None:
+            self.learn_v3()
+
+    def learn_v3(self) -> None:
+        """A bare CONNECT is Socket.IO protocol v4, which only runs over Engine.IO 3:
+        news when a direct WebSocket's framing could not tell the version."""
+        if self.version == 4 and not self.version_known:
             self.accept_version(3)
+            self.version_known = True
             self.trace.facts["eio"] = 3
 
     async def await_connect(self, ns: str, barrier: bool) -> eio.SioPacket:
@@ -480,6 +507,8 @@ class _Session:
             kind = packet[0]
             if kind == eio.MESSAGE:
                 sio = eio.parse_sio(packet[1:])
+                if sio.type == eio.SIO_CONNECT and sio.nsp == "/" and not sio.data:
+                    self.learn_v3()  # Socket.IO 2 connects "/" unasked
                 if eio.namespace_name(sio.nsp) == ns:
                     if sio.type == eio.SIO_CONNECT:
                         if not barrier:
@@ -516,11 +545,8 @@ class _Session:
     def rejected(self, sio: eio.SioPacket) -> ProbeFailure:
         ns = self.opts.namespace
         hint = ""
-        if self.version == 3 and ns == "/" and self.opts.auth is not None and self.asked == 4:
-            hint = (
-                " (Socket.IO 2 checks '/' during the handshake, where only the query can"
-                " carry auth: set eio=3 to send it there)"
-            )
+        if self.version == 3 and self.opts.auth is not None and not self.auth_in_query:
+            hint = " (Socket.IO 2 reads auth from the query string: set eio=3 to send it there)"
         return ProbeFailure(
             Reason.REJECTED,
             f"the server refused namespace {ns} (CONNECT_ERROR): {eio.error_message(sio)}{hint}",
@@ -565,7 +591,7 @@ class _Session:
                 # it to the ping timeout.
                 await self.close(FAILURE_CLOSE_WAIT)
             raise
-        with self.trace.phase("close"):
+        with self.stage("close", "the close"):
             clean = await self.close(CLOSE_WAIT)
         transport = opts.transport
         if direct:
@@ -589,8 +615,17 @@ class _Session:
 @entrypoint("socketio")
 async def probe(trace: Trace, target: str, options: Options, timeout: float) -> ProbeResult:
     session = _Session(trace, target, options, timeout)
+    # Expire just before the entrypoint's own timeout, to say which step hung.
+    guard = min(0.01, timeout * 0.02)
     try:
-        return await session.run()
+        async with asyncio.timeout_at(session.deadline - guard) as budget:
+            return await session.run()
+    except TimeoutError:
+        if not budget.expired():
+            raise
+        raise ProbeFailure(
+            Reason.TIMEOUT, f"no answer within {timeout:g} s during {session.step}"
+        ) from None
     except (eio.EngineIOError, WebSocketError) as exc:
         where = f" (during {trace.where})" if trace.where else ""
         raise ProbeFailure(exc.reason, f"{exc.detail}{where}") from None

@@ -45,16 +45,17 @@ class SessionLog:
         if self.echo is not None:
             self.echo(line)
 
-    def find(self, prefix: str) -> str | None:
-        for _, line in self.lines:
+    def find(self, prefix: str, after: int = 0) -> str | None:
+        """The first line from index ``after`` on that starts with ``prefix``."""
+        for _, line in self.lines[after:]:
             if line.startswith(prefix):
                 return line
         return None
 
-    async def wait_for(self, prefix: str, timeout: float = 2.0) -> str:
+    async def wait_for(self, prefix: str, timeout: float = 2.0, after: int = 0) -> str:
         deadline = time.monotonic() + timeout
         while True:
-            found = self.find(prefix)
+            found = self.find(prefix, after)
             if found is not None:
                 return found
             if time.monotonic() > deadline:

@@ -3,6 +3,7 @@
 //
 //   node sio_server.js --major 4|2 --host 127.0.0.1 --port 0 [--path /x/] [--namespace /admin]
 //                      [--token secret] [--no-websocket] [--allow-eio3]
+//                      [--ping-interval ms] [--ping-timeout ms] [--connect-delay ms]
 //
 // Prints `ready host:port` (the bound port) once listening, then one line per session event
 // so tests can prove what the server saw:
@@ -25,6 +26,9 @@ function parseArgs(argv) {
     token: null,
     websocket: true,
     allowEIO3: false,
+    pingInterval: null,
+    pingTimeout: null,
+    connectDelay: 0,
   };
   for (let i = 2; i < argv.length; i++) {
     const arg = argv[i];
@@ -41,6 +45,9 @@ function parseArgs(argv) {
       case "--token": opts.token = value(); break;
       case "--no-websocket": opts.websocket = false; break;
       case "--allow-eio3": opts.allowEIO3 = true; break;
+      case "--ping-interval": opts.pingInterval = Number(value()); break;
+      case "--ping-timeout": opts.pingTimeout = Number(value()); break;
+      case "--connect-delay": opts.connectDelay = Number(value()); break;
       default: throw new Error(`unknown argument ${arg}`);
     }
   }
@@ -60,6 +67,9 @@ function main() {
     res.end("Not Found");
   });
   const transports = opts.websocket ? ["polling", "websocket"] : ["polling"];
+  const timing = {};
+  if (opts.pingInterval !== null) timing.pingInterval = opts.pingInterval;
+  if (opts.pingTimeout !== null) timing.pingTimeout = opts.pingTimeout;
   let io;
   if (opts.major === 4) {
     const { Server } = require("socket.io-v4");
@@ -68,10 +78,11 @@ function main() {
       transports,
       allowEIO3: opts.allowEIO3,
       serveClient: false,
+      ...timing,
     });
   } else {
     const ioV2 = require("socket.io-v2");
-    io = ioV2(server, { path: opts.path, transports, serveClient: false });
+    io = ioV2(server, { path: opts.path, transports, serveClient: false, ...timing });
   }
 
   io.engine.on("connection", (conn) => {
@@ -79,6 +90,10 @@ function main() {
   });
 
   const nsp = io.of(opts.namespace);
+  if (opts.connectDelay > 0) {
+    // A slow namespace middleware (a token lookup, say): the server keeps pinging meanwhile.
+    nsp.use((socket, next) => setTimeout(next, opts.connectDelay));
+  }
   if (opts.token !== null) {
     nsp.use((socket, next) => {
       // Socket.IO 3+ clients send the token in the CONNECT packet (handshake.auth); 2.x
