@@ -172,9 +172,9 @@ async def test_silent_udp_retransmits_only_within_the_budget():
 
     async with hostile.udp_responder(note) as (host, port):
         started = time.monotonic()
-        result = await run(f"{host}:{port}", timeout=1.0, rto=0.1)
+        result = await run(f"{host}:{port}", timeout=1.0, rto=0.08)
         took = time.monotonic() - started
-    # Sends at 0, 0.1, 0.3 and 0.7 s; the next (1.5 s) is past the budget.
+    # Sends at 0, 0.08, 0.24 and 0.56 s; the next (1.2 s) is past the budget.
     assert result.reason == Reason.TIMEOUT, result
     assert result.facts["requests_sent"] == 4 == len(seen)
     assert len(set(seen)) == 1  # retransmissions repeat the request byte for byte
