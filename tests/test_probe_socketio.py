@@ -3,6 +3,7 @@ servers, and against hostile peers."""
 
 import asyncio
 import contextlib
+import ssl
 import struct
 import subprocess
 import sys
@@ -116,6 +117,32 @@ async def test_server_pings_before_the_connect_reply_are_answered(mode):
         assert result.ok, result
         assert result.facts["ping_interval"] == 100
         await peer.wait_for("disconnect / client namespace disconnect")
+
+
+@pytest.fixture(scope="module")
+def tls_server_context(tmp_path_factory):
+    """A throwaway self-signed certificate: the probe does not verify certificates."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return ctx
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tls(tls_server_context, mode):
+    async with python_sio_server(ssl_context=tls_server_context) as peer:
+        assert peer.url.startswith("https://")
+        result = await run(peer, **MODES[mode])
+        assert result.ok, result
+        assert "tls" in result.phases
+        wss = await run(f"wss://{peer.hostport}/socket.io/", **MODES[mode])
+        assert wss.ok, wss
 
 
 # --- Engine.IO revisions ------------------------------------------------------------------
@@ -386,9 +413,6 @@ def test_auth_secret_never_in_option_errors():
 
 async def test_extra_headers_reach_the_server():
     seen = []
-
-    async def reply(data: bytes) -> bytes:
-        return b""
 
     def capture(data: bytes) -> bytes:
         seen.append(data)

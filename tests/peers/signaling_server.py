@@ -151,6 +151,11 @@ async def serve(args: argparse.Namespace) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
+    # Before anything else, so that a SIGTERM at any point exits cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     app, _, _ = build(
         path=args.path,
         namespace=args.namespace,
@@ -170,10 +175,6 @@ async def serve(args: argparse.Namespace) -> None:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     say(f"ready {host}:{port}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -184,8 +185,10 @@ async def python_sio_server(
     ping_interval: float = 25,
     ping_timeout: float = 20,
     connect_delay: float = 0.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[SioPeer]:
-    """python-socketio in this process (async_mode="aiohttp"), on a free port."""
+    """python-socketio in this process (async_mode="aiohttp"), on a free port; over
+    TLS (an ``https://`` URL) with ``ssl_context``."""
     app, sio, log = build(
         path=path,
         namespace=namespace,
@@ -199,12 +202,13 @@ async def python_sio_server(
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.bind((host, 0))
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
     await site.start()
     port = sock.getsockname()[1]
     try:
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        yield SioPeer(f"http://{netloc}", host, port, log)
+        scheme = "https" if ssl_context is not None else "http"
+        yield SioPeer(f"{scheme}://{netloc}", host, port, log)
     finally:
         with contextlib.suppress(Exception):
             await sio.shutdown()
