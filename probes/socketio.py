@@ -203,7 +203,6 @@ class _Session:
         self.pending: collections.deque[str] = collections.deque()
         self.polls = 0
         self.skipped = 0
-        self.last_skipped = ""
         self.connected = False
         self.upgrades: tuple[str, ...] = ()
         self.version_known = False  # the polling framing proved the version
@@ -282,8 +281,8 @@ class _Session:
             )
         elif self.sid and ("session id unknown" in low or "invalid session" in low):
             hint = (
-                " (the session vanished: several servers behind a load balancer"
-                " without sticky sessions?)"
+                " (the server no longer knows the session: it closed it, or another server"
+                " behind a load balancer without sticky sessions answered)"
             )
         elif "transport unknown" in low or "invalid transport" in low:
             hint = (
@@ -355,7 +354,6 @@ class _Session:
 
     def skip(self, packet: str) -> None:
         self.skipped += 1
-        self.last_skipped = packet
         if self.skipped > MAX_SKIPPED:
             raise ProbeFailure(
                 Reason.UNEXPECTED_RESPONSE,
@@ -627,7 +625,6 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
             Reason.TIMEOUT, f"no answer within {timeout:g} s during {session.step}"
         ) from None
     except (eio.EngineIOError, WebSocketError) as exc:
-        where = f" (during {trace.where})" if trace.where else ""
-        raise ProbeFailure(exc.reason, f"{exc.detail}{where}") from None
+        raise ProbeFailure(exc.reason, f"{exc.detail}, during {session.step}") from None
     finally:
         session.abort()

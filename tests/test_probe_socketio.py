@@ -460,7 +460,7 @@ def text_frame(text: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def fake_engine(on_ws, *, accept=None):
+async def fake_engine(on_ws, *, accept=None, poll_reply=None):
     """A hostile Engine.IO v4 server: a valid polling handshake, ``ok`` to POSTs, a long
     poll that never answers; a WebSocket upgrade is answered 101 (with a wrong accept key
     if told) and then handed to ``on_ws``."""
@@ -488,6 +488,8 @@ async def fake_engine(on_ws, *, accept=None):
                     return
                 if method == "POST":
                     writer.write(http("200 OK", b"ok"))
+                elif "sid=" in target and poll_reply is not None:
+                    writer.write(poll_reply)
                 elif "sid=" in target:
                     await reader.read()  # a long poll with nothing to say
                     return
@@ -554,7 +556,7 @@ async def test_silent_tcp_times_out_within_budget():
         (
             http("200 OK", b'1000000000000:0{"sid":"abc"}'),
             R.PROTOCOL_ERROR,
-            ["absurd length prefix '1000000000"],
+            ["absurd length prefix '1000000000", "during the Engine.IO handshake"],
         ),
         (
             http("200 OK", b'0{"upgrades":[]}'),
@@ -599,6 +601,7 @@ async def test_wrong_sec_websocket_accept():
         result = await run(target, timeout=1.0)
     assert result.reason == R.PROTOCOL_ERROR
     assert "bad Sec-WebSocket-Accept" in result.detail
+    assert "during the WebSocket upgrade" in result.detail
 
 
 async def test_upgrade_probe_never_answered():
@@ -607,6 +610,15 @@ async def test_upgrade_probe_never_answered():
     assert result.reason == R.TIMEOUT
     assert "during the WebSocket upgrade (2probe/3probe)" in result.detail
     assert result.duration_seconds < 1.0
+
+
+async def test_session_unknown_to_the_next_request():
+    lost = http("400 Bad Request", b'{"code":1,"message":"Session ID unknown"}')
+    async with fake_engine(silent, poll_reply=lost) as target:
+        result = await run(target, timeout=1.0, transport="polling")
+    assert result.reason == R.UNEXPECTED_RESPONSE
+    assert "long-polling: HTTP 400 Bad Request, Engine.IO error code 1" in result.detail
+    assert "without sticky sessions" in result.detail
 
 
 async def test_wrong_answer_to_the_upgrade_probe():
