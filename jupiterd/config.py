@@ -251,6 +251,20 @@ class ProbeConfig(Model):
     # then held as SecretStr only.
     options: dict[str, Any] | ProbeOptions = {}
 
+    # Hold an idle TCP connection to the healthy target and probe at once
+    # when it closes (a crashed process): detection in milliseconds rather
+    # than up to one interval. Default: on for tcp, http, socketio and
+    # thingsboard; off for frp (frps serialises first reads), stun/turn, icmp.
+    watch: bool | None = None
+
+    @property
+    def watch_enabled(self) -> bool:
+        from .watch import WATCH_BY_DEFAULT
+
+        if self.watch is not None:
+            return self.watch
+        return self.kind in WATCH_BY_DEFAULT
+
     @property
     def parsed_options(self) -> ProbeOptions:
         if isinstance(self.options, ProbeOptions):
@@ -379,6 +393,8 @@ def _check_probe(name: str, svc: ServiceConfig) -> ServiceConfig:
     base = f"services.{name}.probe"
     if kind.target_style == "host" and svc.probe.port is not None:
         raise ConfigError(None, f"{base}.port", f"an {kind.name} probe has no port")
+    if kind.target_style == "host" and svc.probe.watch:
+        raise ConfigError(None, f"{base}.watch", f"an {kind.name} target has no port to watch")
     if kind.target_style == "hostport" and svc.probe.port is None and kind.default_port is None:
         raise ConfigError(None, f"{base}.port", f"a {kind.name} probe needs a port")
     raw = dict(svc.probe.options) if isinstance(svc.probe.options, Mapping) else {}

@@ -24,6 +24,7 @@ from typing import Any
 
 import probes
 from probes import ProbeResult
+from probes.options import parse_hostport
 
 from . import __version__, logs
 from .config import Config
@@ -57,6 +58,7 @@ from .machine import (
 from .metrics import Metrics
 from .scheduler import ProbeSpec, TargetLoop
 from .sdnotify import Notifier
+from .watch import Watch
 
 TICK_SECONDS = 1.0
 HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for this long
@@ -78,7 +80,8 @@ class _Target:
     loop: TargetLoop
     address: str | None
     instance_id: str | None
-    labels: tuple[Any, Any, Any]  # cached metric children: success, duration, lateness-free
+    labels: tuple[Any, Any, Any]  # cached metric children: success, duration, kind
+    watch: Watch | None = None
 
 
 class Supervisor:
@@ -162,7 +165,10 @@ class Supervisor:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await asyncio.gather(*(t.loop.stop() for t in self.targets.values()))
+        for target in self.targets.values():
+            if target.watch is not None:
+                target.watch.stop()
+        await asyncio.gather(*(target.loop.stop() for target in self.targets.values()))
         running = [t for t in self.plans.values() if not t.done()]
         if running:
             self.log.warning("stopping with a plan in flight", grace_seconds=grace)
@@ -220,6 +226,36 @@ class Supervisor:
             self.state.services[name].target(role).status.value
         )
         loop.start()
+
+    def _update_watch(self, name: str, role: Role, status: Status) -> None:
+        """Watch a target only while it is up: then a close means news."""
+        t = self.targets.get((name, role))
+        if t is None:
+            return
+        spec = t.loop.spec
+        wanted = (
+            status is Status.UP
+            and spec is not None
+            and self.config.services[name].probe.watch_enabled
+            and not self._stopping
+        )
+        if not wanted:
+            if t.watch is not None:
+                t.watch.stop()
+            return
+        assert spec is not None
+        hp = parse_hostport(spec.target, spec.kind.default_port)
+        if t.watch is None or (t.watch.host, t.watch.port) != (hp.host, hp.port):
+            if t.watch is not None:
+                t.watch.stop()
+            counter = self.metrics.watch_closes.labels(name, role.value)
+
+            def closed(loop: TargetLoop = t.loop) -> None:
+                counter.inc()
+                loop.wake()
+
+            t.watch = Watch(hp.host, hp.port, closed)
+        t.watch.start()
 
     def _interval(self, name: str, role: Role) -> tuple[float | None, float]:
         th = self.policy.thresholds[name]
@@ -279,6 +315,7 @@ class Supervisor:
             )
             self.metrics.target_state.labels(a.service, a.role.value).state(a.new.value)
             self.metrics.target_transitions.labels(a.service, a.role.value, a.new.value).inc()
+            self._update_watch(a.service, a.role, a.new)
             if a.new is Status.UNKNOWN and a.old is Status.STOPPED:
                 t = self.targets.get((a.service, a.role))
                 if t is not None:
@@ -437,6 +474,8 @@ class Supervisor:
                     if address != t.address:
                         t.address = address
                         t.loop.spec = self._spec(name, address)
+                        status = self.state.services[name].target(role).status
+                        self._update_watch(name, role, status)
             if view.active is not None:
                 self.dispatch(ActiveObserved(name, view.active, at))
             self.dispatch(
@@ -509,6 +548,8 @@ class Supervisor:
                 or config.thresholds(name).timeout != old.thresholds(name).timeout
             )
             if changed:
+                if t.watch is not None:
+                    t.watch.stop()
                 await t.loop.stop()
                 del self.targets[(name, role)]
         for name in config.services:

@@ -57,6 +57,13 @@ class Metrics:
             registry=r,
         )
 
+        self.watch_closes = Counter(
+            "jupiterd_watch_closes",
+            "Idle watch connections closed by a target (each wakes its probe at once).",
+            ["service", "role"],
+            registry=r,
+        )
+
         # Decisions
         self.target_state = Enum(
             "jupiterd_target_state",
