@@ -1,0 +1,312 @@
+"""The one door to AWS: boto3 clients from ``Config.aws`` and a call wrapper.
+
+Every AWS call jupiterd makes goes through ``Aws.call`` (or ``paginate``):
+it runs the blocking boto3 call on a small thread pool so the event loop
+keeps probing, counts it in ``jupiterd_aws_api_calls{operation,result}``,
+and turns botocore's errors into the exception types below, each naming the
+IAM action and the resource, so a plan can stop safely with a sentence a
+person can act on. Retries are botocore's: the standard mode retries
+throttling and 5xx with backoff up to ``aws.max_attempts``; what still fails
+after that is an ``AwsThrottled`` or ``AwsError``.
+
+The endpoint is ``aws.endpoint_url`` if set, else botocore's own chain
+(``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_EC2``...). Credentials come only
+from the standard chain and never appear in logs or messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import structlog
+from botocore.config import Config as BotoConfig
+
+from .config import AwsConfig
+from .metrics import Metrics
+
+log = structlog.get_logger("jupiterd.aws")
+
+# boto3 service name -> IAM service prefix
+IAM_PREFIX = {
+    "ec2": "ec2",
+    "elbv2": "elasticloadbalancing",
+    "route53": "route53",
+    "sns": "sns",
+    "sts": "sts",
+}
+
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthorizationError",
+        "UnauthorizedAccess",
+        "Forbidden",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "AuthFailure",
+    }
+)
+_THROTTLED = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "SlowDown",
+        "BandwidthLimitExceeded",
+    }
+)
+_ENCODED = re.compile(r"\s*Encoded authorization failure message:.*", re.S)
+
+
+def iam_action(service: str, operation: str) -> str:
+    return f"{IAM_PREFIX.get(service, service)}:{operation}"
+
+
+class AwsError(Exception):
+    """An AWS call failed; ``str()`` is the sentence for logs and outcomes."""
+
+    result = "error"  # the metric's result label
+
+    def __init__(self, action: str, resource: str, code: str, message: str) -> None:
+        self.action = action
+        self.resource = resource
+        self.code = code
+        self.message = message
+        super().__init__(self.sentence())
+
+    def sentence(self) -> str:
+        msg = f": {self.message}" if self.message else ""
+        return f"{self.action} on {self.resource} failed ({self.code}{msg})"
+
+
+class AwsAccessDenied(AwsError):
+    result = "denied"
+
+    def sentence(self) -> str:
+        return (
+            f"AWS denied {self.action} on {self.resource} ({self.code}): "
+            f"the IAM policy must allow {self.action} on {self.resource}"
+        )
+
+
+class AwsNotFound(AwsError):
+    result = "not_found"
+
+    def sentence(self) -> str:
+        msg = f": {self.message}" if self.message else ""
+        return f"{self.resource} does not exist ({self.code} from {self.action}{msg})"
+
+
+class AwsThrottled(AwsError):
+    result = "throttled"
+
+    def sentence(self) -> str:
+        return (
+            f"{self.action} on {self.resource} was still throttled after every retry ({self.code})"
+        )
+
+
+class AwsUnavailable(AwsError):
+    """No answer at all: endpoint unreachable, timeouts, no credentials."""
+
+    result = "unreachable"
+
+    def sentence(self) -> str:
+        return f"{self.action} on {self.resource}: {self.message}"
+
+
+def _short(message: str) -> str:
+    message = _ENCODED.sub("", message).strip()
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def classify(exc: BaseException, action: str, resource: str) -> AwsError | None:
+    """botocore's exception -> ours; None for what is not an AWS failure."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "Unknown")
+        message = _short(str(err.get("Message") or ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _DENIED:
+            return AwsAccessDenied(action, resource, code, message)
+        if code in _THROTTLED:
+            return AwsThrottled(action, resource, code, message)
+        if (
+            code.endswith(".NotFound")
+            or code.endswith("NotFound")
+            or code.startswith("NoSuch")
+            or code == "InvalidInstanceID.Malformed"
+        ):
+            return AwsNotFound(action, resource, code, message)
+        if isinstance(status, int) and status >= 500:
+            return AwsError(action, resource, code, f"AWS answered {status} after every retry")
+        return AwsError(action, resource, code, message)
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return AwsUnavailable(
+            action,
+            resource,
+            "NoCredentials",
+            "no AWS credentials found (instance profile, environment, or shared config)",
+        )
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError,
+    ):
+        return AwsUnavailable(
+            action, resource, type(exc).__name__, f"cannot reach the AWS endpoint ({exc})"
+        )
+    return None
+
+
+class Aws:
+    """boto3 clients behind one wrapper. Clients are created lazily, once,
+    in the worker threads (they are thread-safe once made; making them is
+    not, hence the lock)."""
+
+    def __init__(
+        self,
+        config: AwsConfig,
+        metrics: Metrics | None = None,
+        *,
+        max_workers: int = 16,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._boto_config = BotoConfig(
+            region_name=config.region,
+            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_pool_connections=max_workers,
+            user_agent_extra="jupiterd",
+        )
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="jupiterd-aws")
+
+    def client(self, service: str) -> Any:
+        c = self._clients.get(service)
+        if c is not None:
+            return c
+        with self._lock:
+            c = self._clients.get(service)
+            if c is None:
+                if self._session is None:
+                    self._session = boto3.session.Session(region_name=self.config.region)
+                c = self._session.client(
+                    service, endpoint_url=self.config.endpoint_url, config=self._boto_config
+                )
+                self._clients[service] = c
+            return c
+
+    async def warm(self, *services: str) -> None:
+        """Create clients ahead of a plan so their cost is not in it."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, self.client, s) for s in services))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+    async def call(
+        self,
+        service: str,
+        operation: str,
+        *,
+        resource: str = "*",
+        dry_run: bool = False,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Call ``operation`` (the API's name, e.g. ``StartInstances``).
+
+        ``dry_run`` (EC2 only) sends ``DryRun=True``: EC2 answers
+        DryRunOperation when the caller is allowed, which is returned as ``{}``,
+        and UnauthorizedOperation when not (``AwsAccessDenied``)."""
+        if dry_run:
+            params["DryRun"] = True
+
+        def invoke() -> dict[str, Any]:
+            method = getattr(self.client(service), botocore.xform_name(operation))
+            return method(**params)  # type: ignore[no-any-return]
+
+        return await self._run(service, operation, resource, invoke, dry_run=dry_run)
+
+    async def paginate(
+        self, service: str, operation: str, *, resource: str = "*", **params: Any
+    ) -> dict[str, Any]:
+        """All pages of a describe, merged."""
+
+        def invoke() -> dict[str, Any]:
+            paginator = self.client(service).get_paginator(botocore.xform_name(operation))
+            return paginator.paginate(**params).build_full_result()  # type: ignore[no-any-return]
+
+        return await self._run(service, operation, resource, invoke)
+
+    async def _run(
+        self,
+        service: str,
+        operation: str,
+        resource: str,
+        invoke: Callable[[], dict[str, Any]],
+        *,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        action = iam_action(service, operation)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        result = "ok"
+        try:
+            response = await loop.run_in_executor(self._pool, invoke)
+        except Exception as exc:
+            if (
+                dry_run
+                and isinstance(exc, botocore.exceptions.ClientError)
+                and exc.response.get("Error", {}).get("Code") == "DryRunOperation"
+            ):
+                result = "dry_run"
+                return {}
+            err = classify(exc, action, resource)
+            if err is None:
+                result = "error"
+                raise
+            result = err.result
+            raise err from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.aws_calls.labels(action, result).inc()
+            log.debug(
+                "aws_call",
+                action=action,
+                resource=resource,
+                result=result,
+                seconds=round(time.monotonic() - started, 4),
+            )
+        retries = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if retries:
+            log.info("aws_call_retried", action=action, resource=resource, retries=retries)
+        return response
