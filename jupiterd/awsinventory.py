@@ -22,6 +22,7 @@ from .aws import Aws, AwsNotFound
 from .config import Config, InstanceRef
 from .inventory import InstanceInfo, ServiceView
 from .machine import Role
+from .metrics import Metrics
 from .plan import (
     MISSING,
     EipFacts,
@@ -55,9 +56,11 @@ def _instances(response: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 class AwsInventory:
-    def __init__(self, config: Config, aws: Aws) -> None:
+    def __init__(
+        self, config: Config, aws: Aws | None = None, *, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
-        self.aws = aws
+        self.aws = aws if aws is not None else Aws(config.aws, metrics)
 
     async def snapshot(self) -> Mapping[str, ServiceView]:
         facts = await self.facts()

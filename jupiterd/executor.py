@@ -384,6 +384,8 @@ class AwsExecutor:
             if not failed:
                 continue
             first = failed[0]
+            if self.dry_run:
+                return _Verdict("failed", f"dry run: {first.name} would fail: {first.detail}")
             if stage in (Stage.START, Stage.HEALTHY):
                 return await self._abort(run, f"{first.name}: {first.detail}")
             if stage is Stage.ATTACH:
@@ -754,7 +756,9 @@ class AwsExecutor:
             return f"{iid} is already {state}", {"stopped": True}
         o = found.get(other.instance_id or "")
         o_state = o["State"]["Name"] if o else "missing"
-        if o_state != "running":
+        # In a dry run the standby was not really started: it only must exist.
+        startable = self.dry_run and o_state in STOPPED_STATES | {"pending"}
+        if o_state != "running" and not startable:
             raise StepFailed(
                 f"refusing to stop the {step.role} instance {iid}: the {step.role.other} "
                 f"({other.instance_id}) is {o_state}, and jupiterd never leaves both stopped"

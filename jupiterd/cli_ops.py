@@ -1,0 +1,250 @@
+"""Operator commands: ``failover``, ``failback``, ``failover-all``,
+``failback-all`` and ``status``.
+
+The failover commands first finish any plan an earlier process left
+unfinished (the journal), then run the plan of each named service (several
+at once for the ``-all`` forms), printing progress lines on stderr and one
+summary per service on stdout. ``--dry-run`` runs the describes and EC2's
+permission checks and changes nothing. ``status`` reads AWS and says, per
+service, which instance runs, where each attachment points, and whether
+they agree; a split or half-done state is said plainly.
+
+Exit codes: 0 success (or all agree and healthy), 1 failure, abort or
+disagreement, 2 usage, 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from .cli import EXIT_FAIL, EXIT_OK, UsageError, config_path
+
+_OPS = (
+    ("failover", "backup", False, "move SERVICE's traffic from the primary to the backup"),
+    ("failback", "primary", False, "move SERVICE's traffic from the backup to the primary"),
+    ("failover-all", "backup", True, "fail every service over to its backup"),
+    ("failback-all", "primary", True, "fail every service back to its primary"),
+)
+
+
+def add_commands(sub: Any) -> None:
+    for name, to_role, every, text in _OPS:
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        if not every:
+            p.add_argument("service", metavar="SERVICE")
+        _common(p)
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log the AWS calls the plan would make, prove EC2 permissions, change nothing",
+        )
+        p.add_argument("--reason", help="recorded in the journal and the notification")
+        p.set_defaults(func=_cmd_failover, to_role=to_role, every=every)
+    p = sub.add_parser(
+        "status",
+        help="where each service's traffic is, according to AWS",
+        description="Per service: which instance runs, where each attachment points, and "
+        "whether they agree. Exit 0 if every service agrees and is healthy, 1 if not.",
+    )
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("services", nargs="*", metavar="SERVICE", help="default: all")
+    p.set_defaults(func=_cmd_status)
+
+
+def _common(p: Any) -> None:
+    # SUPPRESS keeps a `jupiterd --config F failover X` given before the
+    # command from being overwritten by the subcommand's default.
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="default: $JUPITERD_CONFIG or /etc/jupiterd/jupiterd.yaml",
+    )
+
+
+def _setup(args: argparse.Namespace) -> Any:
+    from . import logs
+    from .config import load_config
+
+    cfg = load_config(config_path(getattr(args, "config", None)))
+    # Progress on stderr, the summary on stdout.
+    logs.configure(cfg.log.level, "console", stream=sys.stderr)
+    return cfg
+
+
+def _who() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "unknown user"
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def _cmd_failover(args: argparse.Namespace) -> int:
+    from .machine import Role
+
+    cfg = _setup(args)
+    to_role = Role(args.to_role)
+    if args.every:
+        services = list(cfg.services)
+    else:
+        if args.service not in cfg.services:
+            known = ", ".join(cfg.services)
+            raise UsageError(f"no service named '{args.service}' (configured: {known})")
+        services = [args.service]
+    dry_run = bool(getattr(args, "dry_run", False))
+    reason = args.reason or f"manual {args.command} from the command line by {_who()}"
+    outcomes = asyncio.run(_failover(cfg, services, to_role, dry_run, reason))
+    ok = True
+    for outcome, resumed in outcomes:
+        print(_format_outcome(outcome, resumed))
+        ok = ok and outcome.result in ("success", "dry_run")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+async def _failover(
+    cfg: Any, services: list[str], to_role: Any, dry_run: bool, reason: str
+) -> list[tuple[Any, bool]]:
+    from .executor import AwsExecutor
+    from .executor_api import FailoverRequest
+
+    ex = AwsExecutor(cfg, dry_run=dry_run, progress_interval=5.0)
+    try:
+        out: list[tuple[Any, bool]] = []
+        resumed = await ex.resume_pending()
+        out += [(o, True) for o in resumed]
+        # A plan just resumed for a service stands for this request: running
+        # it again would repeat what the resumption decided (e.g. a rollback).
+        done = {o.service for o in resumed}
+        todo = [s for s in services if s not in done]
+        reqs = [FailoverRequest(s, to_role.other, to_role, reason, "cli") for s in todo]
+        out += [(o, False) for o in await asyncio.gather(*(ex.run(r) for r in reqs))]
+        return out
+    finally:
+        ex.close()
+
+
+def _format_outcome(o: Any, resumed: bool) -> str:
+    direction = "failover" if str(o.to_role) == "backup" else "failback"
+    head = "resumed interrupted " if resumed else ""
+    lines = [f"{o.service}: {head}{direction} {o.result} in {o.seconds:.1f}s: {o.detail}"]
+    width = max((len(s.name) for s in o.steps), default=0)
+    for s in o.steps:
+        mark = "ok  " if s.ok else "FAIL"
+        lines.append(f"  {s.name:<{width}}  {mark} {s.seconds:7.2f}s  {s.detail}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = _setup(args)
+    for s in args.services:
+        if s not in cfg.services:
+            raise UsageError(f"no service named '{s}' (configured: {', '.join(cfg.services)})")
+    from .aws import AwsError
+
+    try:
+        report = asyncio.run(_status(cfg, args.services or list(cfg.services)))
+    except AwsError as exc:
+        print(f"jupiterd status: cannot read AWS: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(_format_status(report))
+    return EXIT_OK if report["ok"] else EXIT_FAIL
+
+
+async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
+    from .aws import Aws
+    from .awsinventory import AwsInventory
+    from .journal import Journal, JournalError
+    from .plan import service_status
+
+    aws = Aws(cfg.aws)
+    try:
+        facts = await AwsInventory(cfg, aws).facts(services)
+    finally:
+        aws.close()
+    try:
+        pending = Journal(cfg.state_dir).unfinished()
+    except JournalError:
+        pending = []
+    out: dict[str, Any] = {}
+    all_ok = True
+    for name in services:
+        f = facts[name]
+        st = service_status(cfg, name, f)
+        notes = list(st.notes)
+        for p in pending:
+            if p.service == name:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.started_at))
+                notes.append(
+                    f"an interrupted plan ({p.from_role} -> {p.to_role}, started {when} UTC) "
+                    "is unfinished: `jupiterd failover/failback` or a daemon start resumes it"
+                )
+        ok = st.agree and st.healthy and not any(p.service == name for p in pending)
+        all_ok = all_ok and ok
+        out[name] = {
+            "active": str(st.active) if st.active else None,
+            "agree": st.agree,
+            "healthy": st.healthy,
+            "ok": ok,
+            "instances": {
+                str(r): {
+                    "instance_id": f.instance(r).instance_id,
+                    "state": f.instance(r).state,
+                    "private_ip": f.instance(r).private_ip,
+                    "public_ip": f.instance(r).public_ip,
+                    "address": f.instance(r).address,
+                    "maintenance": f.instance(r).maintenance,
+                }
+                for r in (f.primary.role, f.backup.role)
+            },
+            "attachments": [
+                {
+                    "kind": a.kind,
+                    "name": a.name,
+                    "points_to": sorted(str(r) for r in a.points_to),
+                    "healthy": a.healthy,
+                    "detail": a.detail,
+                }
+                for a in st.attachments
+            ],
+            "notes": notes,
+        }
+    return {"ok": all_ok, "services": out}
+
+
+def _format_status(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for name, s in report["services"].items():
+        if s["active"] and s["agree"]:
+            state = f"on the {s['active']}, attachments agree"
+            state += ", healthy" if s["healthy"] else ", NOT HEALTHY"
+        elif not s["attachments"]:
+            state = "no attachments" + (", healthy" if s["healthy"] else ", NOT HEALTHY")
+        else:
+            state = "SPLIT: the attachments do not agree"
+        lines.append(f"{name}: {state}")
+        for role, i in s["instances"].items():
+            addr = i["address"] or "-"
+            maint = "  (maintenance)" if i["maintenance"] else ""
+            lines.append(
+                f"  {role:<8} {i['instance_id'] or '(not found)':<20} {i['state']:<9} {addr}{maint}"
+            )
+        for a in s["attachments"]:
+            to = "+".join(a["points_to"]) or "nothing"
+            lines.append(f"  {a['kind'].replace('_', ' ')} {a['name']} -> {to} ({a['detail']})")
+        for n in s["notes"]:
+            lines.append(f"  ! {n}")
+    return "\n".join(lines)
