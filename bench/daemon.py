@@ -93,8 +93,11 @@ async def one_detection(mode: str, rng: random.Random, watch: bool = True) -> fl
     for s in servers.values():
         await s.start()
     services = {
-        n: {"probe": {"kind": "http", "port": s.port, "watch": watch}, "primary": {"address": s.host},
-            "backup": {"address": "127.0.1.1"}}
+        n: {
+            "probe": {"kind": "http", "port": s.port, "watch": watch},
+            "primary": {"address": s.host},
+            "backup": {"address": "127.0.1.1"},
+        }
         for n, s in servers.items()
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +105,13 @@ async def one_detection(mode: str, rng: random.Random, watch: bool = True) -> fl
         executor = FakeExecutor(delay=0.01)
         decided = asyncio.get_running_loop().create_future()
         executor.on_run = lambda req: decided.done() or decided.set_result(time.monotonic())
-        sup = Supervisor(cfg, executor=executor, inventory=StaticInventory(cfg),
-                         metrics=Metrics(CollectorRegistry()), rng=rng)
+        sup = Supervisor(
+            cfg,
+            executor=executor,
+            inventory=StaticInventory(cfg),
+            metrics=Metrics(CollectorRegistry()),
+            rng=rng,
+        )
         first_fail: list[float] = []
         on_result = sup._on_result
 
@@ -124,8 +132,11 @@ async def one_detection(mode: str, rng: random.Random, watch: bool = True) -> fl
         killed = time.monotonic()
         try:
             at = await asyncio.wait_for(decided, 30)
-            print(f"    kill took {killed - broke:.3f}s, first failed probe after "
-                  f"{first_fail[0] - broke:.3f}s", flush=True)
+            print(
+                f"    kill took {killed - broke:.3f}s, first failed probe after "
+                f"{first_fail[0] - broke:.3f}s",
+                flush=True,
+            )
         finally:
             await sup.stop(grace=0.5)
             for s in servers.values():
@@ -137,16 +148,20 @@ async def one_detection(mode: str, rng: random.Random, watch: bool = True) -> fl
 async def detection(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     modes = ["refused", "silent"] if args.mode == "both" else [args.mode]
-    print(f"detection: {args.runs} runs per mode; defaults interval 2s, fast 0.25s, timeout 1s, "
-          f"fall 3; watch {'on' if args.watch else 'off'}")
+    print(
+        f"detection: {args.runs} runs per mode; defaults interval 2s, fast 0.25s, timeout 1s, "
+        f"fall 3; watch {'on' if args.watch else 'off'}"
+    )
     for mode in modes:
         times = []
         for i in range(args.runs):
             t = await one_detection(mode, rng, args.watch)
             times.append(t)
             print(f"  {mode} run {i + 1}/{args.runs}: {t:.3f}s", flush=True)
-        print(f"{mode} (watch {'on' if args.watch else 'off'}): median {statistics.median(times):.3f}s  p95 {pct(times, 95):.3f}s  "
-              f"min {min(times):.3f}s  max {max(times):.3f}s  (n={len(times)})")
+        print(
+            f"{mode} (watch {'on' if args.watch else 'off'}): median {statistics.median(times):.3f}s  p95 {pct(times, 95):.3f}s  "
+            f"min {min(times):.3f}s  max {max(times):.3f}s  (n={len(times)})"
+        )
 
 
 async def scale(args: argparse.Namespace) -> None:
@@ -159,25 +174,41 @@ async def scale(args: argparse.Namespace) -> None:
     for i in range(per):
         srv = listeners[i % len(listeners)]
         host, port = srv.sockets[0].getsockname()[:2]
-        services[f"s{i}"] = {"probe": {"kind": "tcp", "port": port}, "primary": {"address": host},
-                             "backup": {"address": host}}
+        services[f"s{i}"] = {
+            "probe": {"kind": "tcp", "port": port},
+            "primary": {"address": host},
+            "backup": {"address": host},
+        }
     lateness: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "state_dir": tmp, "services": services,
-            "defaults": {"interval": "1s", "fast_interval": "250ms", "timeout": "500ms"},
-            "guards": {"isolation": {"enabled": False}},
-        })
-        inv = StaticInventory(cfg, {(n, r): "running" for n in services for r in
-                                    __import__("jupiterd.machine").machine.Role})
+        cfg = parse_config(
+            {
+                "state_dir": tmp,
+                "services": services,
+                "defaults": {"interval": "1s", "fast_interval": "250ms", "timeout": "500ms"},
+                "guards": {"isolation": {"enabled": False}},
+            }
+        )
+        inv = StaticInventory(
+            cfg,
+            {
+                (n, r): "running"
+                for n in services
+                for r in __import__("jupiterd.machine").machine.Role
+            },
+        )
         metrics = Metrics(CollectorRegistry())
-        sup = Supervisor(cfg, executor=FakeExecutor(), inventory=inv, metrics=metrics,
-                         rng=random.Random(1))
+        sup = Supervisor(
+            cfg, executor=FakeExecutor(), inventory=inv, metrics=metrics, rng=random.Random(1)
+        )
         await sup.start()
         for t in sup.targets.values():
             t.loop.on_late = lateness.append
-        print(f"scale: {len(sup.targets)} targets at 1s on {args.listeners} loopback listeners; "
-              f"warming up {args.warmup}s", flush=True)
+        print(
+            f"scale: {len(sup.targets)} targets at 1s on {args.listeners} loopback listeners; "
+            f"warming up {args.warmup}s",
+            flush=True,
+        )
         await asyncio.sleep(args.warmup)
         lateness.clear()
         probes0 = sum(t.loop.probes_run for t in sup.targets.values())
@@ -189,12 +220,18 @@ async def scale(args: argparse.Namespace) -> None:
         await sup.stop(grace=0.5)
     for srv in listeners:
         srv.close()
-    print(f"targets {len(services) * 2}: {probes / wall:.0f} probes/s, CPU {100 * cpu / wall:.1f}% "
-          f"of one core ({1e3 * cpu / max(probes, 1):.3f} ms CPU per probe incl. scheduling)")
-    print(f"start lateness: p50 {1e3 * pct(lateness, 50):.1f} ms  p99 {1e3 * pct(lateness, 99):.1f} ms  "
-          f"max {1e3 * max(lateness):.1f} ms  (n={len(lateness)})")
-    print(f"primaries up: {up}/{len(services)}; RSS {rss_mb():.1f} MB; "
-          f"maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB")
+    print(
+        f"targets {len(services) * 2}: {probes / wall:.0f} probes/s, CPU {100 * cpu / wall:.1f}% "
+        f"of one core ({1e3 * cpu / max(probes, 1):.3f} ms CPU per probe incl. scheduling)"
+    )
+    print(
+        f"start lateness: p50 {1e3 * pct(lateness, 50):.1f} ms  p99 {1e3 * pct(lateness, 99):.1f} ms  "
+        f"max {1e3 * max(lateness):.1f} ms  (n={len(lateness)})"
+    )
+    print(
+        f"primaries up: {up}/{len(services)}; RSS {rss_mb():.1f} MB; "
+        f"maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
+    )
 
 
 async def memory(args: argparse.Namespace) -> None:
@@ -211,25 +248,37 @@ async def memory(args: argparse.Namespace) -> None:
         doc["state_dir"] = tmp
         before = rss_mb()
         cfg = parse_config(doc)
-        sup = Supervisor(cfg, executor=FakeExecutor(), inventory=StaticInventory(cfg),
-                         metrics=Metrics(CollectorRegistry()))
+        sup = Supervisor(
+            cfg,
+            executor=FakeExecutor(),
+            inventory=StaticInventory(cfg),
+            metrics=Metrics(CollectorRegistry()),
+        )
         await sup.start()
         await asyncio.sleep(args.seconds)
-        print(f"memory: RSS {rss_mb():.1f} MB with the full example config (addresses on loopback), "
-              f"{before:.1f} MB before loading it; {sum(t.loop.probes_run for t in sup.targets.values())}"
-              " probes run")
+        print(
+            f"memory: RSS {rss_mb():.1f} MB with the full example config (addresses on loopback), "
+            f"{before:.1f} MB before loading it; {sum(t.loop.probes_run for t in sup.targets.values())}"
+            " probes run"
+        )
         await sup.stop(grace=0.5)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("detection")
     d.add_argument("--runs", type=int, default=10)
     d.add_argument("--mode", choices=["refused", "silent", "both"], default="both")
     d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--no-watch", dest="watch", action="store_false",
-                   help="no idle watch connection: periodic probes only")
+    d.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="no idle watch connection: periodic probes only",
+    )
     s = sub.add_parser("scale")
     s.add_argument("--targets", type=int, default=1000)
     s.add_argument("--listeners", type=int, default=8)
