@@ -35,15 +35,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiohttp import web  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from jupiterd import logs  # noqa: E402
-from jupiterd.config import parse_config  # noqa: E402
-from jupiterd.daemon import Supervisor  # noqa: E402
-from jupiterd.inventory import StaticInventory  # noqa: E402
-from jupiterd.metrics import Metrics  # noqa: E402
-from tests.daemon_helpers import FakeExecutor  # noqa: E402
+from jupiterd import logs
+from jupiterd.config import parse_config
+from jupiterd.daemon import Supervisor
+from jupiterd.inventory import StaticInventory
+from jupiterd.metrics import Metrics
+from tests.daemon_helpers import FakeExecutor
 
 
 def rss_mb() -> float:
@@ -56,7 +56,7 @@ def rss_mb() -> float:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 class Server:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import probes  # noqa: E402
-from bench.peers import node_sio, py, spawn  # noqa: E402
+import probes
+from bench.peers import node_sio, py, spawn
 
 TOKEN = "bench-token"
 SECRET = "bench-secret"
