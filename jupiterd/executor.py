@@ -80,6 +80,8 @@ from .plan import (
 log = structlog.get_logger("jupiterd.executor")
 
 Prober = Callable[[str, str, ProbeOptions, float], Awaitable[ProbeResult]]
+# Called after each step that ran (tests check the invariant there).
+StepHook = Callable[[str, StepReport], Awaitable[None]]
 
 
 async def default_prober(
@@ -136,6 +138,7 @@ class AwsExecutor:
         progress_interval: float = 10.0,
         journal: Journal | None = None,
         lock: PlanLock | None = None,
+        on_step: StepHook | None = None,
     ) -> None:
         self.config = config
         self.dry_run = dry_run
@@ -148,6 +151,7 @@ class AwsExecutor:
         self.progress_interval = progress_interval
         self.journal = journal if journal is not None else Journal(config.state_dir)
         self.lock = lock if lock is not None else PlanLock(config.state_dir)
+        self.on_step = on_step
         self._in_flight: set[str] = set()
         self._plan_ids: set[str] = set()
 
@@ -586,6 +590,8 @@ class AwsExecutor:
         if ok and step.kind is StepKind.STOP_INSTANCE and data.get("stopped"):
             run.stopped_old = step.role is run.request.from_role
         report = StepReport(step.name, ok, seconds, detail)
+        if self.on_step is not None:
+            await self.on_step(run.service, report)
         log.info(
             "step_end",
             service=run.service,
@@ -615,10 +621,19 @@ class AwsExecutor:
         return self.config.thresholds(run.service)
 
     async def _mutate(
-        self, run: _Run, service: str, operation: str, resource: str, **params: Any
+        self,
+        run: _Run,
+        service: str,
+        operation: str,
+        resource: str,
+        *,
+        proof: Mapping[str, Any] | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
         """A call that changes AWS. In a dry run: logged with its parameters,
-        and for EC2 sent with DryRun=True to prove the permission."""
+        and for EC2 sent with DryRun=True to prove the permission (with
+        ``proof`` as the parameters when given: a harmless variant of the
+        call that needs the same permission)."""
         action = iam_action(service, operation)
         if self.dry_run:
             shown = {k: v for k, v in params.items() if k != "Message"}
@@ -626,7 +641,8 @@ class AwsExecutor:
                 "dry_run_call", service=run.service, action=action, resource=resource, params=shown
             )
             if service == "ec2":
-                await self.aws.call(service, operation, resource=resource, dry_run=True, **params)
+                sent = dict(proof) if proof is not None else params
+                await self.aws.call(service, operation, resource=resource, dry_run=True, **sent)
             return {}
         shown = {k: v for k, v in params.items() if k != "Message"}  # the SNS summary: long
         log.info("aws_change", service=run.service, action=action, resource=resource, params=shown)
@@ -1094,11 +1110,24 @@ class AwsExecutor:
         if route.get("NetworkInterfaceId") == eni and route.get("State") != "blackhole":
             return f"{rtb} {dest} already goes via {eni}", {}
         was = route.get("NetworkInterfaceId") or route.get("InstanceId") or route.get("GatewayId")
+        # The dry run's permission proof re-points the route at its current
+        # target: the same permission (ec2:ReplaceRoute on the table), and no
+        # change even where DryRun is ignored (moto's ReplaceRoute does).
+        now = next(
+            (
+                (k, route[k])
+                for k in ("NetworkInterfaceId", "InstanceId", "GatewayId")
+                if route.get(k)
+            ),
+            None,
+        )
+        proof = {"RouteTableId": rtb, "DestinationCidrBlock": dest, now[0]: now[1]} if now else None
         await self._mutate(
             run,
             "ec2",
             "ReplaceRoute",
             rtb,
+            proof=proof,
             RouteTableId=rtb,
             DestinationCidrBlock=dest,
             NetworkInterfaceId=eni,

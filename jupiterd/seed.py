@@ -163,16 +163,9 @@ def seed(
     """Create the topology; ``prefix`` keeps names apart when one endpoint
     holds several copies."""
     check_loopback(endpoint_url)
-    session = boto3.session.Session(
-        region_name=region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+    ec2, elb, r53, sns, sqs = (
+        _client(endpoint_url, region, n) for n in ("ec2", "elbv2", "route53", "sns", "sqs")
     )
-
-    def client(name: str) -> Any:
-        return session.client(name, endpoint_url=endpoint_url)
-
-    ec2, elb, r53, sns, sqs = (client(n) for n in ("ec2", "elbv2", "route53", "sns", "sqs"))
     az = [f"{region}a", f"{region}b"]
 
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -337,6 +330,21 @@ def seed(
     )
 
 
+_clients: dict[tuple[str, str, str], Any] = {}
+
+
+def _client(endpoint_url: str, region: str, service: str) -> Any:
+    """Clients are cached: making one loads its service model (~0.1 s), and
+    tests seed a fresh topology for every test."""
+    key = (endpoint_url, region, service)
+    if key not in _clients:
+        session = boto3.session.Session(
+            region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
+        _clients[key] = session.client(service, endpoint_url=endpoint_url)
+    return _clients[key]
+
+
 def _hosted_zone(r53: Any, name: str) -> str:
     """A hosted zone whose id starts with Z, as real Route 53 ids do (and as
     jupiterd's config requires); moto draws its ids at random."""
@@ -354,9 +362,7 @@ def read_notifications(topology: Topology, *, wait: float = 0.0) -> list[dict[st
     """Drain the SQS queue subscribed to the topic: the published messages
     (subject and parsed JSON message), oldest first."""
     check_loopback(topology.endpoint_url)
-    sqs = boto3.session.Session(
-        region_name=topology.region, aws_access_key_id="testing", aws_secret_access_key="testing"
-    ).client("sqs", endpoint_url=topology.endpoint_url)
+    sqs = _client(topology.endpoint_url, topology.region, "sqs")
     out: list[dict[str, Any]] = []
     while True:
         resp = sqs.receive_message(

@@ -1,0 +1,176 @@
+"""The Jupiter stack for executor tests: moto seeded with the topology, and
+a TCP listener per service instance on loopback standing in for the
+service process (the configuration maps each EC2 instance to its listener's
+address, the way the sandbox maps instances to loopback addresses).
+
+- ``Listeners``: one TCP listener per (service, role) on 127.0.0.2 (primary)
+  and 127.0.0.3 (backup), one free port per service; ``stop()``/``start()``
+  make an instance's service go away or come back.
+- ``FAST``: thresholds that keep the tests short.
+- ``Stack``: a seeded topology, its listeners and a parsed config.
+
+Listeners accept and close in a thread, so a CLI subprocess under test can
+probe them while the test itself blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jupiterd.config import Config, parse_config
+from jupiterd.seed import SERVICES, Topology, seed
+
+HOSTS = {"primary": "127.0.0.2", "backup": "127.0.0.3"}
+
+FAST: dict[str, Any] = {
+    "interval": 0.2,
+    "fast_interval": 0.05,
+    "timeout": 0.2,
+    "rise": 2,
+    "healthy_timeout": 1.0,
+    "start_timeout": 5,
+    "drain_timeout": 5,
+    "target_healthy_timeout": 5,
+}
+
+
+class _Listener:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._sock is not None:
+            return
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(64)
+        s.settimeout(0.1)
+        self._sock = s
+        self._thread = threading.Thread(target=self._serve, args=(s,), daemon=True)
+        self._thread.start()
+
+    def _serve(self, s: socket.socket) -> None:
+        while self._sock is s:
+            try:
+                conn, _ = s.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    def stop(self) -> None:
+        s, self._sock = self._sock, None
+        if s is not None:
+            s.close()
+        if self._thread is not None:
+            self._thread.join(1)
+            self._thread = None
+
+
+def _port_free_on_both() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind((HOSTS["primary"], 0))
+            port = int(a.getsockname()[1])
+            try:
+                with socket.socket() as b:
+                    b.bind((HOSTS["backup"], port))
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError("no port free on both loopback addresses")
+
+
+class Listeners:
+    def __init__(self, services: Iterable[str]) -> None:
+        self.ports = {s: _port_free_on_both() for s in services}
+        self._l = {
+            (s, role): _Listener(host, port)
+            for s, port in self.ports.items()
+            for role, host in HOSTS.items()
+        }
+
+    def start(self, service: str | None = None, role: str | None = None) -> None:
+        for (s, r), lis in self._l.items():
+            if (service is None or s == service) and (role is None or r == role):
+                lis.start()
+
+    def stop(self, service: str | None = None, role: str | None = None) -> None:
+        for (s, r), lis in self._l.items():
+            if (service is None or s == service) and (role is None or r == role):
+                lis.stop()
+
+    def spec(self, **per_service: Any) -> dict[str, dict[str, Any]]:
+        """What ``Topology.config_dict`` takes: a tcp probe per service."""
+        return {
+            s: {
+                "probe": {"kind": "tcp", "port": port},
+                "primary": HOSTS["primary"],
+                "backup": HOSTS["backup"],
+                **per_service,
+            }
+            for s, port in self.ports.items()
+        }
+
+
+@contextlib.contextmanager
+def listeners(services: Iterable[str] = SERVICES) -> Iterator[Listeners]:
+    ls = Listeners(services)
+    ls.start()
+    try:
+        yield ls
+    finally:
+        ls.stop()
+
+
+@dataclass
+class Stack:
+    topology: Topology
+    listeners: Listeners
+    config: Config
+    config_path: Path
+    doc: dict[str, Any]
+
+    def rewrite(self, doc: Mapping[str, Any]) -> Config:
+        """A new configuration (the file too, for CLI subprocesses)."""
+        self.doc = dict(doc)
+        self.config_path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        self.config = parse_config(self.doc)
+        return self.config
+
+
+@contextlib.contextmanager
+def jupiter_stack(
+    endpoint_url: str,
+    tmp: Path,
+    *,
+    services: Iterable[str] = SERVICES,
+    client_endpoint: str | None = None,
+    defaults: Mapping[str, Any] = FAST,
+    **config_kw: Any,
+) -> Iterator[Stack]:
+    """Seed ``endpoint_url`` (moto, freshly reset by the caller) and start
+    the listeners. ``client_endpoint`` is what the configuration points
+    jupiterd at (a fault proxy in front of moto, say)."""
+    topo = seed(endpoint_url)
+    if client_endpoint:
+        topo.endpoint_url = client_endpoint
+    with listeners(services) as ls:
+        doc = topo.config_dict(
+            ls.spec(), state_dir=str(tmp / "state"), defaults=dict(defaults), **config_kw
+        )
+        path = tmp / "jupiterd.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        yield Stack(topo, ls, parse_config(doc), path, doc)
