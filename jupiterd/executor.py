@@ -332,11 +332,28 @@ class AwsExecutor:
             self._plan_ids.add(run.record.id)
         journaled = run.record
         if journaled is not None and journaled.result is not None:
+            self._journaled_reports(run)
             result, detail = journaled.result
             return await self._finish(run, _Verdict(result, detail))  # type: ignore[arg-type]
         if journaled is not None and journaled.rollback is not None:
+            self._journaled_reports(run)
             return await self._finish(run, await self._rollback(run, journaled.rollback))
         return await self._finish(run, await self._forward(run))
+
+    def _journaled_reports(self, run: _Run) -> None:
+        """The forward steps an interrupted plan ended, for the outcome and
+        the notification of its resumption."""
+        assert run.record is not None and run.plan is not None
+        for step in run.plan.steps:
+            done = run.record.steps.get(step.name)
+            if done is not None and done.ended:
+                run.reports.append(
+                    StepReport(
+                        step.name, done.ok, done.seconds, f"before the restart: {done.detail}"
+                    )
+                )
+                if step.kind is StepKind.STOP_INSTANCE and done.ok and done.data.get("stopped"):
+                    run.stopped_old = True
 
     async def _preflight(self, run: _Run) -> str | None:
         req = run.request

@@ -1,0 +1,295 @@
+"""kill -9 at every journal point, then resume.
+
+The CLI runs the failover of a service that has every kind of attachment
+(target group, Elastic IP, Route 53 record, NAT route tables) and SIGKILLs
+itself right after writing the N-th journal record (the test-only hook
+JUPITERD_TEST_KILL_AFTER_RECORD). The invariant must hold at that point;
+then the resume (the CLI again, or the daemon's ``resume_pending``) must
+finish the plan, with every side effect made exactly once: the fault proxy
+in front of moto counts the mutating calls that reached it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from jupiterd.config import Config, parse_config
+from jupiterd.executor import AwsExecutor, check_invariant
+from jupiterd.journal import KILL_ENV, Journal
+from jupiterd.machine import Role
+from jupiterd.plan import service_status
+from jupiterd.seed import Topology, read_notifications, seed
+from tests.peers.fault_proxy import FaultProxy
+from tests.peers.jupiter_aws import FAST, HOSTS, Listeners
+from tests.peers.moto_server import MotoServer, client_env, moto_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "edge"
+
+# Records a full failover of `edge` writes: plan, begin/end of start_standby,
+# standby_healthy, source_dest_check, register_target, associate_eip,
+# upsert_record, 2 x replace_route, deregister_target, stop_old, then result,
+# begin/end notify, done.
+TOTAL_RECORDS = 1 + 2 * 10 + 1 + 2 + 1
+
+# Each mutating call a failover of `edge` makes, and how many times.
+ONCE = {
+    "ec2:StartInstances": 1,
+    "ec2:ModifyInstanceAttribute": 1,
+    "elasticloadbalancing:RegisterTargets": 1,
+    "ec2:AssociateAddress": 1,
+    "route53:ChangeResourceRecordSets": 1,
+    "ec2:ReplaceRoute": 2,
+    "elasticloadbalancing:DeregisterTargets": 1,
+    "ec2:StopInstances": 1,
+    "sns:Publish": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with moto_server(patch_env=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(moto: MotoServer) -> Iterator[FaultProxy]:
+    with FaultProxy(moto.url) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def listeners() -> Iterator[Listeners]:
+    ls = Listeners([SERVICE])
+    ls.start()
+    yield ls
+    ls.stop()
+
+
+@dataclass
+class Edge:
+    topology: Topology
+    config: Config
+    path: Path
+    tg_arn: str
+    eip: str
+
+
+def _edge(moto: MotoServer, proxy: FaultProxy, ls: Listeners, tmp: Path) -> Edge:
+    """The NAT pair of the seeded topology, given one attachment of each kind."""
+    moto.reset()
+    topo = seed(moto.url)
+    s = boto3.session.Session(region_name=topo.region)
+    ec2 = s.client("ec2", endpoint_url=moto.url)
+    elb = s.client("elbv2", endpoint_url=moto.url)
+    r53 = s.client("route53", endpoint_url=moto.url)
+    primary, backup = topo.instances["nat"]["primary"], topo.instances["nat"]["backup"]
+    tg = elb.create_target_group(
+        Name="edge-tcp", Protocol="TCP", Port=7000, VpcId=topo.vpc_id, TargetType="instance"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_listener(
+        LoadBalancerArn=topo.nlb_arn,
+        Protocol="TCP",
+        Port=7000,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}],
+    )
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": primary, "Port": 7000}])
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=eip, InstanceId=primary)
+    r53.change_resource_record_sets(
+        HostedZoneId=topo.zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "UPSERT",
+                    "ResourceRecordSet": {
+                        "Name": f"edge.{topo.zone_name}",
+                        "Type": "A",
+                        "TTL": 30,
+                        "ResourceRecords": [{"Value": topo.private_ips["nat"]["primary"]}],
+                    },
+                }
+            ]
+        },
+    )
+    doc: dict[str, Any] = {
+        "aws": {"region": topo.region, "endpoint_url": proxy.url},
+        "state_dir": str(tmp / "state"),
+        "sns_topic_arn": topo.topic_arn,
+        "defaults": FAST,
+        "services": {
+            SERVICE: {
+                "probe": {"kind": "tcp", "port": ls.ports[SERVICE]},
+                "primary": {"instance_id": primary, "address": HOSTS["primary"]},
+                "backup": {"instance_id": backup, "address": HOSTS["backup"]},
+                "attachments": {
+                    "target_groups": [tg],
+                    "elastic_ip": eip,
+                    "route53": [{"zone_id": topo.zone_id, "name": f"edge.{topo.zone_name}"}],
+                    "route_tables": topo.route_tables,
+                },
+            }
+        },
+    }
+    path = tmp / "jupiterd.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy.reset_counts()
+    return Edge(topo, parse_config(doc), path, tg, eip)
+
+
+@pytest.fixture
+def edge(moto: MotoServer, proxy: FaultProxy, listeners: Listeners, tmp_path: Path) -> Edge:
+    listeners.start()
+    return _edge(moto, proxy, listeners, tmp_path)
+
+
+async def cli(
+    edge: Edge, *args: str, kill_after: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = client_env()
+    if kill_after is not None:
+        env[KILL_ENV] = str(kill_after)
+
+    def go() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jupiterd", *args, "--config", str(edge.path)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return await asyncio.to_thread(go)
+
+
+def executor(edge: Edge) -> AwsExecutor:
+    return AwsExecutor(edge.config, poll_interval=0.05, progress_interval=0.5)
+
+
+async def where(edge: Edge) -> tuple[Role | None, Any]:
+    ex = executor(edge)
+    try:
+        facts = (await ex.inventory.facts([SERVICE]))[SERVICE]
+        problems = await check_invariant(ex.inventory, edge.config)
+    finally:
+        ex.close()
+    st = service_status(edge.config, SERVICE, facts)
+    return (st.active if st.agree else None), (facts, problems, st)
+
+
+def mutations(proxy: FaultProxy) -> dict[str, int]:
+    return {k: proxy.count(k) for k in ONCE}
+
+
+async def test_a_full_run_writes_the_expected_records(edge: Edge, proxy: FaultProxy):
+    p = await cli(edge, "failover", SERVICE)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = (Path(edge.config.state_dir) / "journal.jsonl").read_text().splitlines()
+    assert len(lines) == TOTAL_RECORDS
+    assert mutations(proxy) == ONCE
+    active, (_, problems, _) = await where(edge)
+    assert active is Role.BACKUP and problems == []
+
+
+async def _kill_then_resume(edge: Edge, proxy: FaultProxy, n: int, via_cli: bool) -> None:
+    p = await cli(edge, "failover", SERVICE, kill_after=n)
+    assert p.returncode == -9, f"kill point {n}: {p.returncode}\n{p.stdout}{p.stderr}"
+    pending = Journal(edge.config.state_dir).unfinished()
+    # Killed after the last record, `done`: nothing is left to resume.
+    assert [x.service for x in pending] == ([] if n == TOTAL_RECORDS else [SERVICE])
+    _, (_, problems, _) = await where(edge)
+    assert problems == [], f"invariant broken after a kill at record {n}: {problems}"
+
+    if via_cli:
+        p = await cli(edge, "failover", SERVICE)
+        assert p.returncode == 0, p.stdout + p.stderr
+        if pending:
+            assert f"{SERVICE}: resumed interrupted failover success" in p.stdout
+        else:
+            assert "nothing to do" in p.stdout
+    elif pending:
+        ex = executor(edge)
+        try:
+            [out] = await ex.resume_pending()
+        finally:
+            ex.close()
+        assert out.result == "success", out.detail
+        # the outcome (and its notification) tells the whole plan
+        names = {s.name for s in out.steps}
+        assert {"start_standby", "standby_healthy", "stop_old", "notify"} <= names
+        assert any("before the restart" in s.detail for s in out.steps) or n < 4
+    assert Journal(edge.config.state_dir).unfinished() == []
+    active, (facts, problems, st) = await where(edge)
+    assert active is Role.BACKUP, st.notes
+    assert problems == []
+    assert facts.primary.state in ("stopped", "stopping")
+    assert mutations(proxy) == ONCE, f"kill point {n}: a side effect was repeated or lost"
+    notes = read_notifications(edge.topology)
+    assert len(notes) == 1 and notes[0]["message"]["result"] == "success"
+
+
+async def test_kill_mid_attach_then_the_cli_resumes(edge: Edge, proxy: FaultProxy):
+    await _kill_then_resume(edge, proxy, 8, via_cli=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", range(1, TOTAL_RECORDS + 1))
+async def test_kill_at_every_journal_point(
+    moto: MotoServer, proxy: FaultProxy, listeners: Listeners, tmp_path: Path, n: int
+):
+    listeners.start()
+    edge = _edge(moto, proxy, listeners, tmp_path)
+    # Half of the resumptions through the CLI, half through the daemon's path.
+    await _kill_then_resume(edge, proxy, n, via_cli=n % 2 == 0)
+
+
+async def test_resume_rolls_back_when_the_standby_died(
+    edge: Edge, proxy: FaultProxy, listeners: Listeners
+):
+    # Killed once the attachments began to move (records 6-9 are their begins).
+    p = await cli(edge, "failover", SERVICE, kill_after=9)
+    assert p.returncode == -9
+    listeners.stop(SERVICE, "backup")  # the standby's service dies meanwhile
+    try:
+        ex = executor(edge)
+        try:
+            [out] = await ex.resume_pending()
+        finally:
+            ex.close()
+    finally:
+        listeners.start()
+    assert out.result == "aborted", out.detail
+    assert "standby_healthy" in out.detail
+    assert "the traffic was moved back to the primary" in out.detail
+    assert "the backup was stopped again" in out.detail
+    names = [s.name for s in out.steps]
+    assert "rollback:standby_healthy" in names  # the old instance was proved healthy first
+    assert "rollback:stop_standby" in names
+    active, (facts, problems, st) = await where(edge)
+    assert active is Role.PRIMARY, st.notes
+    assert problems == []
+    assert facts.backup.state in ("stopped", "stopping")
+    assert proxy.count("ec2:StartInstances") == 1
+    assert proxy.count("ec2:StopInstances") == 1
+    [note] = read_notifications(edge.topology)
+    assert note["message"]["result"] == "aborted" and note["message"]["resumed"] is True
+
+
+async def test_resume_is_a_no_op_without_a_journal(edge: Edge, proxy: FaultProxy):
+    ex = executor(edge)
+    try:
+        assert await ex.resume_pending() == []
+    finally:
+        ex.close()
+    assert sum(proxy.forwarded.values()) == 0
