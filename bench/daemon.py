@@ -165,15 +165,19 @@ async def detection(args: argparse.Namespace) -> None:
 
 
 async def scale(args: argparse.Namespace) -> None:
-    listeners = []
-    for i in range(args.listeners):
-        srv = await asyncio.start_server(lambda r, w: w.close(), f"127.0.2.{i + 1}", 0)
-        listeners.append(srv)
+    from bench.peers import spawn
+
+    with spawn(
+        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)]
+    ) as addrs:
+        await _scale(args, addrs.split())
+
+
+async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
     per = args.targets // 2  # a service has two targets; both are probed here
     services: dict[str, Any] = {}
     for i in range(per):
-        srv = listeners[i % len(listeners)]
-        host, port = srv.sockets[0].getsockname()[:2]
+        host, port = addrs[i % len(addrs)].rsplit(":", 1)
         services[f"s{i}"] = {
             "probe": {"kind": "tcp", "port": port},
             "primary": {"address": host},
@@ -218,8 +222,6 @@ async def scale(args: argparse.Namespace) -> None:
         probes = sum(t.loop.probes_run for t in sup.targets.values()) - probes0
         up = sum(1 for s in sup.state.services.values() if s.primary.status.value == "up")
         await sup.stop(grace=0.5)
-    for srv in listeners:
-        srv.close()
     print(
         f"targets {len(services) * 2}: {probes / wall:.0f} probes/s, CPU {100 * cpu / wall:.1f}% "
         f"of one core ({1e3 * cpu / max(probes, 1):.3f} ms CPU per probe incl. scheduling)"

@@ -34,7 +34,7 @@ def spawn(cmd: list[str], timeout: float = 20.0) -> Iterator[str]:
         line = proc.stdout.readline() if ready else ""
         if not line.startswith("ready "):
             raise RuntimeError(f"{' '.join(cmd)} did not start: {line!r}")
-        yield line.split()[1]
+        yield " ".join(line.split()[1:])
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

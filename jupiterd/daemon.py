@@ -36,6 +36,7 @@ from .machine import (
     Alert,
     Event,
     FailoverFinished,
+    Guard,
     Hold,
     HoldCleared,
     InstanceRunning,
@@ -120,6 +121,7 @@ class Supervisor:
         self.inventory_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._exported: dict[str, tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------------ time
 
@@ -346,26 +348,35 @@ class Supervisor:
             log.info("decision", service=a.service, reason=a.reason)
 
     def _sync_service_metrics(self, name: str) -> None:
+        """Export a service's gauges, touching only those whose value changed
+        (this runs after every decision; label lookups are not free)."""
         s = self.state.services[name]
+        now = (
+            s.active,
+            s.target(s.active).status is Status.UP,
+            s.hold.guard if s.hold is not None else None,
+            bool(s.alert),
+            s.in_flight is not None,
+        )
+        before = self._exported.get(name)
+        if before == now:
+            return
+        self._exported[name] = now
         m = self.metrics
-        for role in Role:
-            m.active_role.labels(name, role.value).set(1 if s.active is role else 0)
-        m.service_up.labels(name).set(1 if s.target(s.active).status is Status.UP else 0)
-        for guard in (
-            "maintenance",
-            "manual",
-            "isolation",
-            "cooldown",
-            "rate_limit",
-            "standby_unhealthy",
-            "both_down",
-            "in_flight",
-        ):
-            m.hold_active.labels(name, guard).set(
-                1 if s.hold is not None and s.hold.guard == guard else 0
-            )
-        m.alert_active.labels(name).set(1 if s.alert else 0)
-        m.failover_in_progress.labels(name).set(1 if s.in_flight is not None else 0)
+        active, up, guard, alert, in_flight = now
+        if before is None or before[0] is not active:
+            for role in Role:
+                m.active_role.labels(name, role.value).set(1 if active is role else 0)
+        if before is None or before[1] != up:
+            m.service_up.labels(name).set(1 if up else 0)
+        if before is None or before[2] is not guard:
+            for g in Guard:
+                if before is None or g in (guard, before[2]):
+                    m.hold_active.labels(name, g.value).set(1 if g is guard else 0)
+        if before is None or before[3] != alert:
+            m.alert_active.labels(name).set(1 if alert else 0)
+        if before is None or before[4] != in_flight:
+            m.failover_in_progress.labels(name).set(1 if in_flight else 0)
 
     # ------------------------------------------------------------------ failovers
 
@@ -463,9 +474,20 @@ class Supervisor:
         for name, view in views.items():
             if name not in self.state.services:
                 continue
+            current = self.state.services[name]
             for role in Role:
                 info = view.instance(role)
-                if info.state in ("running", "stopped", "terminated", "stopping", "shutting-down"):
+                # Only news becomes an event: a refresh of an unchanged fleet
+                # costs no decisions.
+                stopped = current.target(role).status is Status.STOPPED
+                known = info.state in (
+                    "running",
+                    "stopped",
+                    "terminated",
+                    "stopping",
+                    "shutting-down",
+                )
+                if known and info.running == stopped:
                     self.dispatch(InstanceRunning(name, role, info.running, at))
                 t = self.targets.get((name, role))
                 if t is not None:
@@ -476,11 +498,11 @@ class Supervisor:
                         t.loop.spec = self._spec(name, address)
                         status = self.state.services[name].target(role).status
                         self._update_watch(name, role, status)
-            if view.active is not None:
+            if view.active is not None and view.active is not current.active:
                 self.dispatch(ActiveObserved(name, view.active, at))
-            self.dispatch(
-                MaintenanceObserved(name, view.primary.maintenance or view.backup.maintenance, at)
-            )
+            maintenance = view.primary.maintenance or view.backup.maintenance
+            if maintenance != current.maintenance:
+                self.dispatch(MaintenanceObserved(name, maintenance, at))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -538,7 +560,11 @@ class Supervisor:
         self.config = config
         self.policy = policy_of(config)
         services = {n: self.state.services.get(n) or ServiceState(name=n) for n in config.services}
-        self.state = replace(self.state, services=MappingProxyType(services))
+        self.state = replace(
+            self.state,
+            services=MappingProxyType(services),
+            awaiting=self.state.awaiting & frozenset(services),
+        )
         for (name, role), t in list(self.targets.items()):
             new, was = config.services.get(name), old.services.get(name)
             changed = (

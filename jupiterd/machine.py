@@ -52,11 +52,6 @@ class Status(StrEnum):
     def failing(self) -> bool:
         return self in (Status.SUSPECT, Status.DOWN, Status.RECOVERING)
 
-    @property
-    def settling(self) -> bool:
-        """States probed at the fast interval (HAProxy's fastinter)."""
-        return self in (Status.UNKNOWN, Status.SUSPECT, Status.RECOVERING)
-
 
 class Guard(StrEnum):
     """Why an otherwise due failover is held. Each is a metric label."""
@@ -131,10 +126,19 @@ class MachineState:
             pause_reason="paused in the configuration" if paused else "",
         )
 
+    # Services waiting for a fresh look at the others before deciding; kept
+    # as an index so that each observation need not scan every service.
+    awaiting: frozenset[str] = frozenset()
+
     def with_service(self, s: ServiceState) -> MachineState:
+        if self.services.get(s.name) is s:
+            return self
         services = dict(self.services)
         services[s.name] = s
-        return replace(self, services=MappingProxyType(services))
+        awaiting = self.awaiting
+        if s.awaiting_isolation_check != (s.name in awaiting):
+            awaiting = awaiting | {s.name} if s.awaiting_isolation_check else awaiting - {s.name}
+        return replace(self, services=MappingProxyType(services), awaiting=awaiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,7 +446,7 @@ def evaluate(
         if s.alert is not None and active.status is Status.UP:
             actions.append(Note(name, f"alert cleared: the {s.active} instance is up", at))
             s = replace(s, alert=None)
-        if active.status is Status.UP and s.in_flight is None:
+        if active.status is Status.UP and s.in_flight is None and s.decision != "watching":
             s = replace(s, decision="watching")
         return state.with_service(s), actions
 
@@ -655,10 +659,9 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
     actions += acts
     # Services waiting for a fresh look at the others decide as soon as it comes.
     if isinstance(event, Observation):
-        for other in state.services.values():
-            if other.awaiting_isolation_check and other.name != s.name:
-                state, acts = evaluate(state, other.name, event.at, policy)
-                actions += acts
+        for other in sorted(state.awaiting - {s.name}):
+            state, acts = evaluate(state, other, event.at, policy)
+            actions += acts
     return state, actions
 
 
@@ -666,6 +669,10 @@ def probe_interval(t: TargetState, th: Thresholds) -> float | None:
     """Seconds until this target's next probe; None while it is not probed."""
     if t.status is Status.STOPPED:
         return None
-    if t.status.settling or (t.status is Status.UP and t.fail_streak > 0):
-        return th.fast_interval
+    if t.fail_streak > 0 and t.status is not Status.DOWN:
+        return th.fast_interval  # confirm a failure quickly (HAProxy's fastinter)
+    if t.status is Status.RECOVERING:
+        return th.fast_interval  # and a recovery
+    # A new target passing its first probes is not urgent: probing every
+    # new target at the fast interval would make start-up a thundering herd.
     return th.interval

@@ -92,13 +92,14 @@ def test_stopped_target_ignores_late_results():
         (Status.UP, 0, 2.0),
         (Status.UP, 1, 0.25),
         (Status.SUSPECT, 1, 0.25),
-        (Status.UNKNOWN, 0, 0.25),
+        (Status.UNKNOWN, 0, 2.0),
+        (Status.UNKNOWN, 1, 0.25),
         (Status.DOWN, 5, 2.0),
         (Status.RECOVERING, 0, 0.25),
         (Status.STOPPED, 0, None),
     ],
 )
-def test_probe_interval_is_fast_while_settling(status, fails, expected):
+def test_probe_interval_is_fast_while_changing_state(status, fails, expected):
     assert probe_interval(TargetState(status=status, fail_streak=fails), TH) == expected
 
 

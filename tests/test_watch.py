@@ -12,7 +12,7 @@ from jupiterd.inventory import StaticInventory
 from jupiterd.machine import Status
 from jupiterd.metrics import Metrics
 from jupiterd.watch import Watch
-from tests.daemon_helpers import B, P, FakeExecutor, config_for, wait_for
+from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
 
 
 class HoldingServer:
@@ -64,29 +64,48 @@ async def test_watch_calls_back_when_the_server_closes():
 async def test_a_crash_is_detected_long_before_the_next_scheduled_probe(tmp_path):
     servers = {n: await HoldingServer(f"127.0.0.{2 + i}").start() for i, n in enumerate("abc")}
     services = {
-        n: {"probe": {"kind": "tcp", "port": s.port}, "primary": {"address": s.host},
-            "backup": {"address": "127.0.1.1"}}
+        n: {
+            "probe": {"kind": "tcp", "port": s.port},
+            "primary": {"address": s.host},
+            "backup": {"address": "127.0.1.1"},
+        }
         for n, s in servers.items()
     }
     # A 60 s interval: only the watch can explain a detection within seconds.
-    cfg = config_for(services, str(tmp_path),
-                     defaults={"interval": 60, "fast_interval": 0.05, "timeout": 0.5, "jitter": 0})
+    cfg = config_for(
+        services,
+        str(tmp_path),
+        defaults={"interval": 60, "fast_interval": 0.05, "timeout": 0.5, "jitter": 0, "rise": 1},
+    )
     executor = FakeExecutor()
-    sup = Supervisor(cfg, executor=executor, inventory=StaticInventory(cfg),
-                     metrics=Metrics(CollectorRegistry()), rng=random.Random(3), tick_seconds=0.1)
+    sup = Supervisor(
+        cfg,
+        executor=executor,
+        inventory=StaticInventory(cfg),
+        metrics=Metrics(CollectorRegistry()),
+        rng=random.Random(3),
+        tick_seconds=0.1,
+    )
     # First probes right away rather than spread over the 60 s interval.
     await sup.start()
     for t in sup.targets.values():
         t.loop.wake()
     try:
-        await wait_for(lambda: all(sup.state.services[n].primary.status is Status.UP
-                                   and servers[n].conns for n in "abc"), what="watched and up")
+        await wait_for(
+            lambda: all(
+                sup.state.services[n].primary.status is Status.UP and servers[n].conns
+                for n in "abc"
+            ),
+            what="watched and up",
+        )
         await servers["a"].kill()
         await wait_for(lambda: executor.requests, timeout=20, what="a failover request")
         assert (executor.requests[0].service, executor.requests[0].to_role) == ("a", B)
         reg = sup.metrics.registry
-        assert reg.get_sample_value("jupiterd_watch_closes_total",
-                                    {"service": "a", "role": P.value}) == 1
+        assert (
+            reg.get_sample_value("jupiterd_watch_closes_total", {"service": "a", "role": P.value})
+            == 1
+        )
     finally:
         await sup.stop(grace=0.5)
         for s in servers.values():
@@ -95,7 +114,9 @@ async def test_a_crash_is_detected_long_before_the_next_scheduled_probe(tmp_path
 
 
 async def test_watch_is_off_for_frp_by_default(tmp_path):
-    cfg = config_for({"f": {"probe": {"kind": "frp"}}, "g": {"probe": {"kind": "frp", "watch": True}}},
-                     str(tmp_path))
+    cfg = config_for(
+        {"f": {"probe": {"kind": "frp"}}, "g": {"probe": {"kind": "frp", "watch": True}}},
+        str(tmp_path),
+    )
     assert not cfg.services["f"].probe.watch_enabled
     assert cfg.services["g"].probe.watch_enabled
