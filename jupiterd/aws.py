@@ -196,7 +196,9 @@ class Aws:
         self.metrics = metrics
         self._boto_config = BotoConfig(
             region_name=config.region,
-            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            # total_max_attempts counts the first try; botocore's max_attempts
+            # would count retries only.
+            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             max_pool_connections=max_workers,
