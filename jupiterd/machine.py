@@ -378,14 +378,16 @@ def observe(
 HOUR = 3600.0
 
 
-def _isolation_failing(state: MachineState, at: float, window: float) -> list[str]:
-    """Services whose active instance started failing within the window."""
+def _isolation_failing(state: MachineState, anchor: float, window: float) -> list[str]:
+    """Services whose active instance started failing within ``window`` of
+    ``anchor`` (when the deciding service's own failure began). Measured
+    between failures, not against now: an outage of everything stays "at
+    once" however long it lasts."""
     out = []
     for s in state.services.values():
         t = s.target(s.active)
-        recent_streak = t.fail_streak > 0 and (t.failing_since or 0.0) >= at - window
-        recently_down = t.status is Status.DOWN and t.since >= at - window
-        if recent_streak or recently_down:
+        failing = t.fail_streak > 0 or t.status is Status.DOWN
+        if failing and t.failing_since is not None and abs(t.failing_since - anchor) <= window:
             out.append(s.name)
     return out
 
@@ -491,7 +493,7 @@ def evaluate(
                 )
             )
             return state.with_service(s), actions
-        failing = _isolation_failing(state, at, policy.isolation.window)
+        failing = _isolation_failing(state, since, policy.isolation.window)
         total = len(state.services)
         if (
             len(failing) >= policy.isolation.min_services

@@ -14,3 +14,13 @@ def need(binary: str) -> str:
     if path is None:
         pytest.fail(f"{binary} is not installed: run .ci/run's install steps (see README)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs():
+    """Decisions are logged at info; per-probe debug lines only slow tests."""
+    import sys
+
+    from jupiterd import logs
+
+    logs.configure("info", "console", stream=sys.stderr)

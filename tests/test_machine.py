@@ -212,6 +212,34 @@ def test_everything_failing_at_once_is_held_as_isolation():
     assert "the monitor's own network is the likelier fault" in holds["frp"].reason
 
 
+def test_isolation_holds_for_as_long_as_everything_stays_down():
+    r = Run()
+    for n in ("sig", "turn", "frp"):
+        r.obs(n, P, "---")
+    for n in ("sig", "turn", "frp"):
+        r.obs(n, P, "-")
+    r.t += 600  # long after the 10 s window: still "all at once"
+    for n in ("sig", "turn", "frp"):
+        r.obs(n, P, "-")
+    r.send(Tick(r.t))
+    assert not r.of(StartFailover)
+    assert {s.hold.guard for s in r.state.services.values()} == {Guard.ISOLATION}
+
+
+def test_failures_far_apart_are_not_isolation():
+    r = Run()
+    r.obs("turn", P, "---")  # turn has been down since long ago...
+    r.obs("sig", P, "+")
+    r.obs("frp", P, "+")
+    turn_start = r.of(StartFailover)
+    assert len(turn_start) == 1
+    r.t += 300
+    r.obs("sig", P, "---")  # ...and sig fails much later: a separate outage
+    r.obs("turn", P, "-")
+    r.obs("frp", P, "+")
+    assert [a.service for a in r.of(StartFailover)] == ["turn", "sig"]
+
+
 def test_isolation_lifts_when_the_others_come_back():
     r = Run()
     for n in ("sig", "turn", "frp"):

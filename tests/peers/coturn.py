@@ -189,16 +189,22 @@ def command(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the process group coturn leads, politely first."""
+    """Kill coturn (the process group it leads, if it leads one), politely first."""
     if proc.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         proc.wait(timeout=3)
 
 
@@ -223,6 +229,7 @@ def coturn(
     realm: str = DEFAULT_REALM,
     binary: str | None = None,
     ready_timeout: float = 10.0,
+    new_session: bool = True,
 ) -> Iterator[Coturn]:
     """Run ``turnserver`` on ``host`` (loopback only); ``secret`` wins over ``user``."""
     _check_loopback(host)
@@ -240,7 +247,9 @@ def coturn(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                start_new_session=True,
+                # In script mode turnserver stays in the script's process
+                # group, so killing that group (a simulated crash) kills it.
+                start_new_session=new_session,
             )
             try:
                 if _wait_ready(proc, host, listen, ready_timeout):
@@ -295,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with coturn(args.host, args.port, user=user, secret=args.secret, realm=args.realm) as server:
+    with coturn(
+        args.host, args.port, user=user, secret=args.secret, realm=args.realm, new_session=False
+    ) as server:
         print(f"ready {server.host}:{server.port}", flush=True)
         while not stop:
             if not server.running():
