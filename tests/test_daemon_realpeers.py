@@ -17,7 +17,7 @@ from jupiterd.inventory import StaticInventory
 from jupiterd.machine import Guard, Status, Transition
 from jupiterd.metrics import Metrics
 from tests.conftest import need
-from tests.daemon_helpers import B, P, FakeExecutor, config_for, wait_for
+from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
 from tests.peers.coturn import _free_on_both, free_port_pair
 from tests.peers.process import Peer, python_peer
 
@@ -167,7 +167,7 @@ async def test_real_peers_come_up_and_one_crash_fails_over_once(stack):
 
 
 async def test_every_primary_crashing_at_once_is_held_as_isolation(stack):
-    sup, executor, inv, peers, transitions = stack
+    sup, executor, _inv, peers, _transitions = stack
     await wait_for(lambda: up(sup), timeout=20, what="every primary up")
     for name in ("signaling", "coturn", "frp", "thingsboard"):
         peers[(name, P)].crash()
