@@ -112,12 +112,20 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _default_executor(config: Any, dry_run: bool, metrics: Any) -> Any:
+    if not config.aws.enabled:
+        from .executor_api import OfflineExecutor
+
+        return OfflineExecutor()
     from .executor import AwsExecutor
 
     return AwsExecutor(config, dry_run=dry_run, metrics=metrics)
 
 
 def _default_inventory(config: Any, metrics: Any) -> Any:
+    if not config.aws.enabled:
+        from .inventory import StaticInventory
+
+        return StaticInventory(config)
     from .awsinventory import AwsInventory
 
     return AwsInventory(config, metrics=metrics)

@@ -88,6 +88,10 @@ class Model(BaseModel):
 
 
 class AwsConfig(Model):
+    # false: monitor only. Instances are taken from this file (primary
+    # running, backup stopped), nothing calls AWS, and a due failover is
+    # logged and reported but not carried out.
+    enabled: bool = True
     region: str = "ap-southeast-2"
     # A custom endpoint (moto, a VPC endpoint). AWS_ENDPOINT_URL works too.
     endpoint_url: str | None = None

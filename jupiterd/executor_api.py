@@ -64,3 +64,19 @@ class Executor(Protocol):
     dry_run: bool
 
     async def run(self, request: FailoverRequest) -> FailoverOutcome: ...
+
+
+class OfflineExecutor:
+    """For `aws.enabled: false`: a due failover is reported, never carried out."""
+
+    dry_run = True
+
+    async def run(self, request: FailoverRequest) -> FailoverOutcome:
+        return FailoverOutcome(
+            request.service,
+            request.from_role,
+            request.to_role,
+            "dry_run",
+            "AWS access is off in the configuration (aws.enabled: false): nothing was changed",
+            0.0,
+        )

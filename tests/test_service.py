@@ -1,0 +1,200 @@
+"""`jupiterd run` as a process: systemd notify (READY, WATCHDOG, RELOADING,
+STOPPING), /healthz, /status, /metrics, SIGHUP reload (bad file kept out,
+good file applied), SIGTERM stopping cleanly, JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.peers.hostile import free_port
+
+
+@pytest.fixture
+def listener():
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.listen(64)
+    yield s
+    s.close()
+
+
+def write_config(path: Path, port: int, http_port: int, state: Path, extra: dict | None = None):
+    doc = {
+        "aws": {"enabled": False},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "state_dir": str(state),
+        "log": {"format": "json"},
+        "defaults": {"interval": 0.2, "fast_interval": 0.05, "timeout": 0.1, "jitter": 0},
+        "services": {
+            "signaling": {
+                "probe": {"kind": "tcp", "port": port},
+                "primary": {"address": "127.0.0.2"},
+                "backup": {"address": "127.0.0.3"},
+            },
+            **(extra or {}),
+        },
+    }
+    path.write_text(yaml.safe_dump(doc))
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait(cond, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Notify:
+    """The systemd side of sd_notify: a datagram socket that collects messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def seen(self, field: str) -> bool:
+        return any(field in m.split("\n") for m in self.drain())
+
+
+def test_daemon_lifecycle(tmp_path, listener):
+    port = listener.getsockname()[1]
+    http_port = free_port()
+    cfg = tmp_path / "jupiterd.yaml"
+    write_config(cfg, port, http_port, tmp_path / "state")
+    notify = Notify(tmp_path / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "3000000"}
+    env.pop("WATCHDOG_PID", None)
+    out = open(tmp_path / "stdout.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupiterd", "--config", str(cfg)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        wait(lambda: notify.seen("READY=1"), what="READY=1")
+        assert get(f"{base}/healthz") == (200, "ok\n")
+        wait(
+            lambda: (
+                json.loads(get(f"{base}/status")[1])["services"]["signaling"]["targets"]["primary"][
+                    "state"
+                ]
+                == "up"
+            ),
+            what="primary up",
+        )
+        wait(lambda: notify.seen("WATCHDOG=1"), what="WATCHDOG=1")
+        status, text = get(f"{base}/metrics")
+        assert status == 200 and 'jupiterd_service_up{service="signaling"} 1.0' in text
+
+        # A broken file: kept out, error exported, daemon still serving.
+        cfg.write_text("services: [broken\n")
+        notify.messages.clear()
+        proc.send_signal(signal.SIGHUP)
+        wait(
+            lambda: "jupiterd_config_last_reload_successful 0.0" in get(f"{base}/metrics")[1],
+            what="reload failure exported",
+        )
+        assert notify.seen("RELOADING=1") and notify.seen("READY=1")
+        doc = json.loads(get(f"{base}/status")[1])
+        assert doc["config"]["last_reload"]["ok"] is False
+        assert "YAML syntax error" in doc["config"]["last_reload"]["error"]
+        assert list(doc["services"]) == ["signaling"]
+
+        # A good file with one more service: applied.
+        write_config(
+            cfg,
+            port,
+            http_port,
+            tmp_path / "state",
+            extra={
+                "frp": {
+                    "probe": {"kind": "tcp", "port": port},
+                    "primary": {"address": "127.0.0.2"},
+                    "backup": {"address": "127.0.0.3"},
+                }
+            },
+        )
+        proc.send_signal(signal.SIGHUP)
+        wait(
+            lambda: "frp" in json.loads(get(f"{base}/status")[1])["services"],
+            what="the new service",
+        )
+        assert "jupiterd_config_last_reload_successful 1.0" in get(f"{base}/metrics")[1]
+
+        notify.messages.clear()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - t0 < 5
+        assert notify.seen("STOPPING=1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    lines = (tmp_path / "stdout.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert events, "JSON log lines on stdout"
+    names = {e["event"] for e in events}
+    assert {
+        "started",
+        "target state",
+        "configuration reloaded",
+        "configuration reload failed; keeping the running configuration",
+        "stopped",
+    } <= names
+    up = next(e for e in events if e["event"] == "target state" and e["new"] == "up")
+    assert up["service"] == "signaling" and up["role"] == "primary" and up["reason"]
+
+
+def test_second_daemon_on_the_same_port_fails_clearly(tmp_path, listener):
+    port = listener.getsockname()[1]
+    http_port = free_port()
+    cfg = tmp_path / "jupiterd.yaml"
+    write_config(cfg, port, http_port, tmp_path / "state")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", http_port))
+    busy.listen()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "jupiterd", "run", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        busy.close()
+    assert r.returncode == 1
+    assert "cannot listen" in r.stdout and "Traceback" not in r.stdout + r.stderr
