@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
@@ -30,11 +29,11 @@ from jupiterd.machine import Role
 from jupiterd.plan import service_status
 from jupiterd.seed import Topology, read_notifications, seed
 from tests.peers.fault_proxy import FaultProxy
-from tests.peers.jupiter_aws import FAST, HOSTS, Listeners
+from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 from tests.peers.moto_server import MotoServer, client_env, moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICE = "edge"
+SERVICE = EDGE
 
 # Records a full failover of `edge` writes: plan, begin/end of start_standby,
 # standby_healthy, source_dest_check, register_target, associate_eip,
@@ -81,70 +80,16 @@ class Edge:
     topology: Topology
     config: Config
     path: Path
-    tg_arn: str
-    eip: str
 
 
 def _edge(moto: MotoServer, proxy: FaultProxy, ls: Listeners, tmp: Path) -> Edge:
-    """The NAT pair of the seeded topology, given one attachment of each kind."""
     moto.reset()
     topo = seed(moto.url)
-    s = boto3.session.Session(region_name=topo.region)
-    ec2 = s.client("ec2", endpoint_url=moto.url)
-    elb = s.client("elbv2", endpoint_url=moto.url)
-    r53 = s.client("route53", endpoint_url=moto.url)
-    primary, backup = topo.instances["nat"]["primary"], topo.instances["nat"]["backup"]
-    tg = elb.create_target_group(
-        Name="edge-tcp", Protocol="TCP", Port=7000, VpcId=topo.vpc_id, TargetType="instance"
-    )["TargetGroups"][0]["TargetGroupArn"]
-    elb.create_listener(
-        LoadBalancerArn=topo.nlb_arn,
-        Protocol="TCP",
-        Port=7000,
-        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}],
-    )
-    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": primary, "Port": 7000}])
-    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
-    ec2.associate_address(AllocationId=eip, InstanceId=primary)
-    r53.change_resource_record_sets(
-        HostedZoneId=topo.zone_id,
-        ChangeBatch={
-            "Changes": [
-                {
-                    "Action": "UPSERT",
-                    "ResourceRecordSet": {
-                        "Name": f"edge.{topo.zone_name}",
-                        "Type": "A",
-                        "TTL": 30,
-                        "ResourceRecords": [{"Value": topo.private_ips["nat"]["primary"]}],
-                    },
-                }
-            ]
-        },
-    )
-    doc: dict[str, Any] = {
-        "aws": {"region": topo.region, "endpoint_url": proxy.url},
-        "state_dir": str(tmp / "state"),
-        "sns_topic_arn": topo.topic_arn,
-        "defaults": FAST,
-        "services": {
-            SERVICE: {
-                "probe": {"kind": "tcp", "port": ls.ports[SERVICE]},
-                "primary": {"instance_id": primary, "address": HOSTS["primary"]},
-                "backup": {"instance_id": backup, "address": HOSTS["backup"]},
-                "attachments": {
-                    "target_groups": [tg],
-                    "elastic_ip": eip,
-                    "route53": [{"zone_id": topo.zone_id, "name": f"edge.{topo.zone_name}"}],
-                    "route_tables": topo.route_tables,
-                },
-            }
-        },
-    }
+    doc = edge_service(topo, ls, state_dir=str(tmp / "state"), client_endpoint=proxy.url)
     path = tmp / "jupiterd.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     proxy.reset_counts()
-    return Edge(topo, parse_config(doc), path, tg, eip)
+    return Edge(topo, parse_config(doc), path)
 
 
 @pytest.fixture

@@ -24,7 +24,9 @@ the tests prove a step's side effect was not repeated.
 
 As a script: ``python tests/peers/fault_proxy.py --upstream URL [--port N]
 [--throttle 0.2] [--errors 0.1] [--latency 0.05] [--seed 1]`` prints
-``ready HOST:PORT``; ``GET /__proxy__/stats`` returns the counts as JSON.
+``ready HOST:PORT``; ``GET /__proxy__/stats`` returns the counts and the
+log of forwarded calls (monotonic start, action, seconds) as JSON, and
+``POST /__proxy__/reset`` clears them.
 """
 
 from __future__ import annotations
@@ -255,6 +257,9 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: without this,
+            # Nagle's algorithm and the SDK's delayed ACKs stall each reply.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -271,8 +276,16 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 if self.path.startswith("/__proxy__/stats"):
                     with proxy._lock:
-                        stats = {"forwarded": dict(proxy.forwarded), "faults": dict(proxy.faults)}
+                        stats = {
+                            "forwarded": dict(proxy.forwarded),
+                            "faults": dict(proxy.faults),
+                            "log": list(proxy.log),
+                        }
                     self._reply(200, json.dumps(stats).encode(), "application/json")
+                    return
+                if self.path.startswith("/__proxy__/reset"):
+                    proxy.reset_counts()
+                    self._reply(200, b"{}", "application/json")
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 service, action = classify(self.command, self.path, headers, body)

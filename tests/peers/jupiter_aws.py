@@ -8,6 +8,10 @@ address, the way the sandbox maps instances to loopback addresses).
   make an instance's service go away or come back.
 - ``FAST``: thresholds that keep the tests short.
 - ``Stack``: a seeded topology, its listeners and a parsed config.
+- ``edge_service``: one more service, ``edge``, on the NAT pair, with one
+  attachment of every kind (target group, Elastic IP, Route 53 record, the
+  private route tables): the plan with every step kind, for the crash tests
+  and the benchmark.
 
 Listeners accept and close in a thread, so a CLI subprocess under test can
 probe them while the test itself blocks.
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import yaml
 
 from jupiterd.config import Config, parse_config
@@ -174,3 +179,71 @@ def jupiter_stack(
         path = tmp / "jupiterd.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         yield Stack(topo, ls, parse_config(doc), path, doc)
+
+
+EDGE = "edge"
+
+
+def edge_service(
+    topo: Topology,
+    ls: Listeners,
+    *,
+    state_dir: str,
+    client_endpoint: str | None = None,
+    defaults: Mapping[str, Any] = FAST,
+) -> dict[str, Any]:
+    """Give the seeded NAT pair an attachment of every kind and return a
+    configuration with the single service ``edge`` on it (``ls`` must have
+    listeners for ``edge``)."""
+    s = boto3.session.Session(region_name=topo.region)
+    ec2 = s.client("ec2", endpoint_url=topo.endpoint_url)
+    elb = s.client("elbv2", endpoint_url=topo.endpoint_url)
+    r53 = s.client("route53", endpoint_url=topo.endpoint_url)
+    primary, backup = topo.instances["nat"]["primary"], topo.instances["nat"]["backup"]
+    tg = elb.create_target_group(
+        Name="edge-tcp", Protocol="TCP", Port=7000, VpcId=topo.vpc_id, TargetType="instance"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elb.create_listener(
+        LoadBalancerArn=topo.nlb_arn,
+        Protocol="TCP",
+        Port=7000,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}],
+    )
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": primary, "Port": 7000}])
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(AllocationId=eip, InstanceId=primary)
+    r53.change_resource_record_sets(
+        HostedZoneId=topo.zone_id,
+        ChangeBatch={
+            "Changes": [
+                {
+                    "Action": "UPSERT",
+                    "ResourceRecordSet": {
+                        "Name": f"edge.{topo.zone_name}",
+                        "Type": "A",
+                        "TTL": 30,
+                        "ResourceRecords": [{"Value": topo.private_ips["nat"]["primary"]}],
+                    },
+                }
+            ]
+        },
+    )
+    return {
+        "aws": {"region": topo.region, "endpoint_url": client_endpoint or topo.endpoint_url},
+        "state_dir": state_dir,
+        "sns_topic_arn": topo.topic_arn,
+        "defaults": dict(defaults),
+        "services": {
+            EDGE: {
+                "probe": {"kind": "tcp", "port": ls.ports[EDGE]},
+                "primary": {"instance_id": primary, "address": HOSTS["primary"]},
+                "backup": {"instance_id": backup, "address": HOSTS["backup"]},
+                "attachments": {
+                    "target_groups": [tg],
+                    "elastic_ip": eip,
+                    "route53": [{"zone_id": topo.zone_id, "name": f"edge.{topo.zone_name}"}],
+                    "route_tables": list(topo.route_tables),
+                },
+            }
+        },
+    }
