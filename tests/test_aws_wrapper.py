@@ -4,12 +4,14 @@ proxy's errors are what botocore parses for each protocol."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import botocore.exceptions
 import pytest
+import structlog
 from botocore.config import Config as BotoConfig
 from structlog.testing import capture_logs
 
@@ -178,6 +180,8 @@ async def test_credentials_never_reach_the_logs(moto: MotoServer, monkeypatch):
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     aws = Aws(AwsConfig(endpoint_url=moto.url))
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with capture_logs() as logs:
             await aws.call("ec2", "DescribeInstances", resource="all")
@@ -185,6 +189,7 @@ async def test_credentials_never_reach_the_logs(moto: MotoServer, monkeypatch):
                 await aws.call("ec2", "StartInstances", resource="i-1", InstanceIds=["i-1"])
     finally:
         aws.close()
+        structlog.configure(**saved)
     assert logs and secret not in repr(logs) and secret not in str(err.value)
     assert "testing" not in repr(logs)  # the access key id neither
 
