@@ -181,13 +181,17 @@ class AwsExecutor:
             log.error("resume_failed", reason=str(exc))
             return []
         try:
-            pending = [p for p in self.journal.unfinished() if p.id not in self._plan_ids]
+            try:
+                unfinished = self.journal.unfinished()
+            except JournalError as exc:
+                log.error("resume_failed", reason=str(exc))
+                return []
             runs: list[_Run] = []
-            for rec in pending:
-                if rec.service not in self.config.services or rec.service in self._in_flight:
+            for rec in unfinished:
+                if rec.id in self._plan_ids or rec.service in self._in_flight:
+                    continue  # running in this process: not interrupted
+                if rec.service not in self.config.services:
                     detail = f"service {rec.service} is no longer configured: plan {rec.id} dropped"
-                    if rec.service in self._in_flight:
-                        continue
                     log.error("resume_dropped", service=rec.service, plan=rec.id, reason=detail)
                     self.journal.result(rec.id, "failed", detail)
                     self.journal.done(rec.id)
@@ -367,7 +371,11 @@ class AwsExecutor:
             run.facts = facts
             problems = preflight_problems(self.config, req.service, facts, req.to_role)
             if run.record is None and not self.dry_run:
-                others = [p for p in self.journal.unfinished() if p.service == req.service]
+                try:
+                    others = [p for p in self.journal.unfinished() if p.service == req.service]
+                except JournalError as exc:
+                    others = []
+                    problems.append(str(exc))
                 if others:
                     problems.append(
                         f"an interrupted plan for {req.service} (started "

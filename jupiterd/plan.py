@@ -495,7 +495,11 @@ def build_plan(
                 to_role,
                 topic,
                 {"topic_arn": topic},
-                (Permission("sns:Publish", (topic,)),),
+                # GetTopicAttributes: a dry run's proof that the topic exists.
+                (
+                    Permission("sns:Publish", (topic,)),
+                    Permission("sns:GetTopicAttributes", (topic,)),
+                ),
             )
         )
     return Plan(service, from_role, to_role, tuple(steps))

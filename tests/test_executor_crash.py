@@ -238,3 +238,16 @@ async def test_resume_is_a_no_op_without_a_journal(edge: Edge, proxy: FaultProxy
     finally:
         ex.close()
     assert sum(proxy.forwarded.values()) == 0
+
+
+async def test_resume_drops_a_plan_of_a_service_no_longer_configured(edge: Edge, proxy: FaultProxy):
+    j = Journal(edge.config.state_dir)
+    j.start_plan("retired", "primary", "backup", "old", "daemon", "stopped")
+    j.close()
+    ex = executor(edge)
+    try:
+        assert await ex.resume_pending() == []
+    finally:
+        ex.close()
+    assert Journal(edge.config.state_dir).unfinished() == []
+    assert sum(proxy.forwarded.values()) == 0

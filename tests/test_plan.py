@@ -211,6 +211,7 @@ def test_permissions_name_resources():
         perms["ec2:AssociateAddress"].resources
     )
     assert perms["sns:Publish"].resources == (TOPIC,)
+    assert perms["sns:GetTopicAttributes"].resources == (TOPIC,)
     assert perms["ec2:DescribeInstances"].resources == ("*",)
     change = [p for p in plan_permissions([plan]) if p.action == "route53:ChangeResourceRecordSets"]
     names = {
