@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -76,6 +76,28 @@ def policy_of(config: Config) -> Policy:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeEvent:
+    """A probe result, as observers see it."""
+
+    service: str
+    role: Role
+    result: ProbeResult
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEvent:
+    """A finished plan, as observers see it."""
+
+    request: FailoverRequest
+    outcome: FailoverOutcome
+    at: float
+
+
+Observer = Callable[[Action | ProbeEvent | PlanEvent], None]
+
+
 @dataclass(slots=True)
 class _Target:
     loop: TargetLoop
@@ -122,6 +144,9 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._exported: dict[str, tuple[Any, ...]] = {}
+        # Called with every action, probe result and finished plan (the
+        # sandbox's drill timeline; tests).
+        self.observers: list[Observer] = []
 
     # ------------------------------------------------------------------ time
 
@@ -274,6 +299,8 @@ class Supervisor:
         success.set(1 if result.ok else 0)
         duration.observe(result.duration_seconds)
         self.metrics.probe_results.labels(name, role.value, kind, result.reason.value).inc()
+        for observe in self.observers:
+            observe(ProbeEvent(name, role, result, at))
         if not result.ok:
             self.log.debug(
                 "probe failed",
@@ -292,6 +319,8 @@ class Supervisor:
         touched: set[str] = set()
         for a in actions:
             self._apply(a)
+            for observe in self.observers:
+                observe(a)
             if isinstance(a, Transition | StartFailover | Hold | HoldCleared | Alert | Note):
                 touched.add(a.service)
         if isinstance(event, FailoverFinished | ActiveObserved | MaintenanceObserved):
@@ -442,6 +471,8 @@ class Supervisor:
             ],
         }
         self.outcomes.append(entry)
+        for observe in self.observers:
+            observe(PlanEvent(req, o, self.now()))
         log = self.log.info if o.ok or o.result == "dry_run" else self.log.error
         log(
             "plan finished",

@@ -1,0 +1,357 @@
+"""A live failover drill on the sandbox: break, detect, fail over, verify.
+
+The drill kills the service's primary process (the instance keeps running,
+as with a crashed or hung application), lets jupiterd detect it and carry
+out the failover on moto, then checks the result where it matters: in AWS
+(the backup runs and every attachment points at it, the primary is stopped,
+SNS got the summary) and through the service's own probe at its public
+attachment (the front door). With ``failback``, the primary is healed and
+traffic is moved back, then checked the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import probes
+
+from ..daemon import PlanEvent, ProbeEvent
+from ..executor_api import FailoverOutcome, FailoverRequest
+from ..machine import Hold, Role, StartFailover, Status, Transition
+from .stack import Stack
+
+READY_TIMEOUT = 90.0
+PLAN_TIMEOUT = 180.0
+RESTORE_TIMEOUT = 30.0
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class Phase:
+    """One direction of the drill (the failover, or the failback)."""
+
+    direction: str
+    from_role: Role
+    to_role: Role
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    outcome: FailoverOutcome | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    def event(self, t: float, text: str) -> None:
+        self.timeline.append((round(t, 3), text))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.outcome
+        return {
+            "direction": self.direction,
+            "from": self.from_role.value,
+            "to": self.to_role.value,
+            "ok": self.ok,
+            "detect_seconds": self.marks.get("decision"),
+            "down_seconds": self.marks.get("down"),
+            "failover_seconds": round(o.seconds, 3) if o is not None else None,
+            "restored_seconds": self.marks.get("restored"),
+            "result": o.result if o is not None else None,
+            "steps": [
+                {"name": s.name, "ok": s.ok, "seconds": round(s.seconds, 3), "detail": s.detail}
+                for s in (o.steps if o is not None else ())
+            ],
+            "timeline": [{"at": t, "event": e} for t, e in self.timeline],
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+async def _wait(cond: Any, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(step)
+    return bool(cond())
+
+
+def _service_ready(stack: Stack, service: str) -> bool:
+    sup = stack.supervisor
+    s = sup.state.services[service]
+    return (
+        s.target(s.active).status is Status.UP
+        and s.in_flight is None
+        and stack.routes.get(service) is s.active
+    )
+
+
+async def wait_ready(stack: Stack, services: list[str], timeout: float = READY_TIMEOUT) -> bool:
+    return await _wait(lambda: all(_service_ready(stack, n) for n in services), timeout, 0.2)
+
+
+async def public_probe(stack: Stack, service: str) -> probes.ProbeResult:
+    svc = stack.config.services[service]
+    kind = probes.get_kind(svc.probe.kind)
+    return await kind.probe(stack.public_target(service), svc.probe.parsed_options, 2.0)
+
+
+async def _watch_restore(stack: Stack, service: str, phase: Phase, t0: float) -> None:
+    """Probe the public attachment until it answers again: traffic restored."""
+    while True:
+        r = await public_probe(stack, service)
+        t = time.monotonic() - t0
+        moved = stack.routes.get(service) is phase.to_role
+        if r.ok and moved and "decision" in phase.marks:
+            phase.marks["restored"] = round(t, 3)
+            phase.event(
+                t,
+                f"traffic restored: {service} answers at its public attachment "
+                f"{stack.public_target(service)}",
+            )
+            return
+        await asyncio.sleep(0.2)
+
+
+async def verify(stack: Stack, service: str, phase: Phase) -> None:
+    """Check the end state in AWS and through the service's own probe."""
+    from ..plan import attachment_states
+    from ..seed import read_notifications
+
+    to, old = phase.to_role, phase.from_role
+    add = phase.checks.append
+    o = phase.outcome
+    add(
+        Check(
+            "plan succeeded",
+            o is not None and o.ok,
+            f"{o.result}: {o.detail}" if o is not None else "no plan finished",
+        )
+    )
+    facts = (await stack.inventory.facts([service]))[service]
+    new_inst, old_inst = facts.instance(to), facts.instance(old)
+    add(
+        Check(
+            f"{to} instance running",
+            new_inst.state == "running",
+            f"{new_inst.instance_id} is {new_inst.state}",
+        )
+    )
+    if stack.config.services[service].stop_old:
+        add(
+            Check(
+                f"{old} instance stopped",
+                old_inst.state in ("stopped", "stopping"),
+                f"{old_inst.instance_id} is {old_inst.state}",
+            )
+        )
+    for st in attachment_states(stack.config, service, facts):
+        label = f"{st.kind.replace('_', ' ')} {st.name}"
+        add(
+            Check(
+                f"{label} points at the {to}",
+                st.points_to == frozenset({to}) and st.healthy,
+                st.detail,
+            )
+        )
+    if stack.config.topic_for(service):
+        notes = await asyncio.to_thread(read_notifications, stack.topology, wait=1.0)
+        ours = [
+            n
+            for n in notes
+            if isinstance(n["message"], dict)
+            and n["message"].get("service") == service
+            and n["message"].get("direction") == phase.direction
+        ]
+        detail = ours[-1]["subject"] if ours else f"{len(notes)} message(s), none for this plan"
+        add(
+            Check(
+                "SNS got the summary",
+                bool(ours) and ours[-1]["message"].get("result") == "success",
+                detail or "",
+            )
+        )
+    await _wait(lambda: stack.routes.get(service) is to, 5.0)
+    r = await public_probe(stack, service)
+    add(
+        Check(
+            "answers at its public attachment",
+            r.ok and stack.routes.get(service) is to,
+            f"{stack.public_target(service)} -> {stack.routes.get(service)}: {r.summary()}",
+        )
+    )
+
+
+def _observer(stack: Stack, service: str, phase: Phase, t0: float) -> Any:
+    def observe(ev: Any) -> None:
+        t = time.monotonic() - t0
+        if isinstance(ev, ProbeEvent):
+            if (
+                ev.service == service
+                and ev.role is phase.from_role
+                and not ev.result.ok
+                and "first_fail" not in phase.marks
+            ):
+                phase.marks["first_fail"] = round(t, 3)
+                phase.event(t, f"first failed probe: {ev.result.reason}: {ev.result.detail}")
+        elif isinstance(ev, Transition) and ev.service == service:
+            if ev.new is Status.DOWN and "down" not in phase.marks:
+                phase.marks["down"] = round(t, 3)
+            phase.event(t, f"{ev.role} {ev.old} -> {ev.new}: {ev.reason}")
+        elif isinstance(ev, StartFailover) and ev.service == service:
+            phase.marks.setdefault("decision", round(t, 3))
+            phase.event(t, f"failover decision: {ev.reason}")
+        elif isinstance(ev, Hold) and ev.service == service:
+            phase.event(t, f"held ({ev.guard}): {ev.reason}")
+        elif isinstance(ev, PlanEvent) and ev.request.service == service:
+            phase.outcome = ev.outcome
+            phase.event(t, f"plan {ev.outcome.result} in {ev.outcome.seconds:.2f}s")
+
+    return observe
+
+
+def _step_observer(service: str, phase: Phase, t0: float) -> Any:
+    def step(name: str, report: Any) -> None:
+        if name == service:
+            phase.event(
+                time.monotonic() - t0,
+                f"step {report.name}: {'ok' if report.ok else 'FAILED'} in "
+                f"{report.seconds:.2f}s" + (f" ({report.detail})" if report.detail else ""),
+            )
+
+    return step
+
+
+async def failover_phase(stack: Stack, service: str) -> Phase:
+    sup = stack.supervisor
+    active = sup.state.services[service].active
+    phase = Phase("failover" if active is Role.PRIMARY else "failback", active, active.other)
+    t0 = time.monotonic()
+    observe = _observer(stack, service, phase, t0)
+    steps = _step_observer(service, phase, t0)
+    sup.observers.append(observe)
+    stack.step_listeners.append(steps)
+    try:
+        phase.event(0.0, f"break: {stack.break_service(service)}")
+        restore = asyncio.create_task(_watch_restore(stack, service, phase, t0))
+        done = await _wait(lambda: phase.outcome is not None, PLAN_TIMEOUT, 0.05)
+        if not done:
+            phase.event(time.monotonic() - t0, "no failover finished in time")
+        elif phase.outcome is not None and phase.outcome.ok:
+            try:
+                await asyncio.wait_for(asyncio.shield(restore), RESTORE_TIMEOUT)
+            except TimeoutError:
+                phase.event(time.monotonic() - t0, "the public attachment never answered")
+        restore.cancel()
+        await asyncio.gather(restore, return_exceptions=True)
+    finally:
+        sup.observers.remove(observe)
+        stack.step_listeners.remove(steps)
+    await verify(stack, service, phase)
+    return phase
+
+
+async def failback_phase(stack: Stack, service: str) -> Phase:
+    """Heal the old primary and move the traffic back (what an operator does
+    with `jupiterd failback`)."""
+    sup = stack.supervisor
+    active = sup.state.services[service].active
+    phase = Phase("failback" if active is Role.BACKUP else "failover", active, active.other)
+    t0 = time.monotonic()
+    phase.event(0.0, stack.heal_service(service))
+    observe = _observer(stack, service, phase, t0)
+    steps = _step_observer(service, phase, t0)
+    sup.observers.append(observe)
+    stack.step_listeners.append(steps)
+    try:
+        phase.marks["decision"] = 0.0
+        phase.event(0.0, f"operator: jupiterd {phase.direction} {service}")
+        outcome = await stack.executor.run(
+            FailoverRequest(
+                service,
+                phase.from_role,
+                phase.to_role,
+                "sandbox drill: the primary is healed, moving traffic back",
+                "cli",
+            )
+        )
+        phase.outcome = outcome
+        phase.event(time.monotonic() - t0, f"plan {outcome.result} in {outcome.seconds:.2f}s")
+        if outcome.ok:
+            await asyncio.wait_for(_watch_restore(stack, service, phase, t0), RESTORE_TIMEOUT)
+        await sup.refresh_inventory()
+    except TimeoutError:
+        phase.event(time.monotonic() - t0, "the public attachment never answered")
+    finally:
+        sup.observers.remove(observe)
+        stack.step_listeners.remove(steps)
+    await verify(stack, service, phase)
+    return phase
+
+
+async def drill(stack: Stack, service: str, *, failback: bool = False) -> dict[str, Any]:
+    if service not in stack.config.services:
+        raise ValueError(
+            f"no service named '{service}' in the sandbox "
+            f"(have: {', '.join(stack.config.services)})"
+        )
+    ready = await wait_ready(stack, list(stack.config.services))
+    report: dict[str, Any] = {"service": service, "ready": ready}
+    if not ready:
+        states = {
+            n: str(s.target(s.active).status) for n, s in stack.supervisor.state.services.items()
+        }
+        report.update(ok=False, error=f"the sandbox never became healthy: {states}")
+        return report
+    phases = [await failover_phase(stack, service)]
+    if failback and phases[0].ok:
+        phases.append(await failback_phase(stack, service))
+    first = phases[0].to_dict()
+    report.update(
+        ok=all(p.ok for p in phases) and (not failback or len(phases) == 2),
+        detect_seconds=first["detect_seconds"],
+        failover_seconds=first["failover_seconds"],
+        restored_seconds=first["restored_seconds"],
+        steps=first["steps"],
+        checks=first["checks"],
+        timeline=first["timeline"],
+        phases=[p.to_dict() for p in phases],
+    )
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as lines a person reads top to bottom."""
+    lines = [f"== drill: {report['service']}"]
+    if "error" in report:
+        return "\n".join([*lines, f"FAILED: {report['error']}"])
+    for ph in report["phases"]:
+        lines.append(f"-- {ph['direction']}: {ph['from']} -> {ph['to']}")
+        for ev in ph["timeline"]:
+            lines.append(f"  +{ev['at']:7.3f}s  {ev['event']}")
+        for c in ph["checks"]:
+            lines.append(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}")
+        figures = []
+        if ph["detect_seconds"] is not None and ph["direction"] == "failover":
+            figures.append(f"detected in {ph['detect_seconds']:.2f}s")
+        if ph["failover_seconds"] is not None:
+            figures.append(f"plan took {ph['failover_seconds']:.2f}s")
+        if ph["restored_seconds"] is not None:
+            figures.append(f"traffic restored after {ph['restored_seconds']:.2f}s")
+        lines.append(
+            f"  {ph['direction']} {'PASSED' if ph['ok'] else 'FAILED'}"
+            + (f": {', '.join(figures)}" if figures else "")
+        )
+    lines.append(f"drill {report['service']}: {'PASSED' if report['ok'] else 'FAILED'}")
+    return "\n".join(lines)

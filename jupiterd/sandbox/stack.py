@@ -1,0 +1,612 @@
+"""The whole Jupiter stack on one machine, with no AWS account.
+
+- AWS: moto in server mode on loopback, seeded with the Jupiter topology
+  (``jupiterd.seed``).
+- The services, for real, one process per EC2 instance: primaries on
+  127.0.0.2, backups on 127.0.0.3, at the production ports where free
+  (3000, 3478, 7000, 8080), else those plus 10000. Signaling is a
+  python-socketio server, coturn the real ``turnserver`` when installed (a
+  small STUN/TURN responder otherwise), frp and ThingsBoard the stand-ins of
+  the test suite. The NAT instances are network namespaces answering ping
+  (root only; without it the NAT service is left out).
+- Each service follows its instance in moto: starting the instance starts
+  the process, stopping it stops the process. A process killed by a drill
+  stays dead until its instance is stopped (an instance restart heals it).
+- Front doors on 127.0.0.1 at the service ports stand in for the load
+  balancers and the Elastic IP: they forward to whichever instance the AWS
+  attachments point at.
+- jupiterd itself, in this process: real probes, the real executor against
+  moto, /status and /metrics on 127.0.0.1:9478 (or a free port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..machine import Role
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "tests" / "peers"
+
+SERVICE_PORTS = {"signaling": 3000, "coturn": 3478, "frp": 7000, "thingsboard": 8080}
+PORT_OFFSET = 10000
+HOSTS = {Role.PRIMARY: "127.0.0.2", Role.BACKUP: "127.0.0.3"}
+FRONT_HOST = "127.0.0.1"
+TURN_SECRET = "sandbox-turn-secret"
+FRP_TOKEN = "sandbox-frp-token"
+TB_USER, TB_PASSWORD = "probe@jupiter.example.com", "sandbox-password"
+
+# Fast enough for a drill in seconds, with the production logic unchanged.
+THRESHOLDS: dict[str, Any] = {
+    "interval": "1s",
+    "fast_interval": "250ms",
+    "timeout": "800ms",
+    "fall": 3,
+    "rise": 2,
+    "cooldown": "1m",
+    "max_failovers_per_hour": 10,
+    "start_timeout": "30s",
+    "healthy_timeout": "30s",
+    "drain_timeout": "15s",
+    "target_healthy_timeout": "30s",
+}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "ap-southeast-2",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+class SandboxError(Exception):
+    """A sandbox that cannot start: the message says what to do."""
+
+
+def _free(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(service: str, hosts: list[str]) -> int:
+    """The production port if free on every address (TCP, and UDP for
+    coturn), else the documented offset, else any free port."""
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if service == "coturn" else [])
+    base = SERVICE_PORTS[service]
+    for port in (base, base + PORT_OFFSET, base + 2 * PORT_OFFSET):
+        if all(_free(h, port, k) for h in hosts for k in kinds):
+            return port
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+        if all(_free(h, port, k) for h in hosts for k in kinds):
+            return port
+    raise SandboxError(f"no port free for {service} on {', '.join(hosts)}")
+
+
+def free_local_port(preferred: int) -> int:
+    if _free(FRONT_HOST, preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind((FRONT_HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Instance:
+    service: str
+    role: Role
+    instance_id: str
+    address: str
+    port: int | None
+    process: Any = None  # tests.peers.process.Peer while running
+    broken: bool = False  # killed on purpose: stays down until the instance stops
+    state: str = "unknown"
+
+    @property
+    def label(self) -> str:
+        return f"{self.service} {self.role}"
+
+
+class NatNamespaces:
+    """NAT instances as network namespaces behind veth pairs: an instance
+    that runs answers ping; a stopped (or broken) one does not."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.created: list[tuple[str, str]] = []  # (netns, host-side veth)
+        octet = os.getpid() % 250
+        self.addresses = {Role.PRIMARY: f"198.19.{octet}.2", Role.BACKUP: f"198.19.{octet}.6"}
+        self._nets = {Role.PRIMARY: (f"198.19.{octet}.1", 0), Role.BACKUP: (f"198.19.{octet}.5", 4)}
+
+    @staticmethod
+    def available() -> bool:
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            return False
+        r = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10)
+        return r.returncode == 0
+
+    def _ns(self, role: Role) -> str:
+        return f"jsbx{self.tag}-{role.value[0]}"
+
+    def _ip(self, *args: str) -> None:
+        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+        if r.returncode != 0:
+            raise SandboxError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+    def create(self) -> None:
+        for role in Role:
+            ns, host_if, ns_if = self._ns(role), f"jsbx{self.tag}{role.value[0]}h", "eth0"
+            self._ip("netns", "add", ns)
+            self.created.append((ns, host_if))
+            self._ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}n")
+            self._ip("link", "set", f"{host_if}n", "netns", ns)
+            self._ip("-n", ns, "link", "set", f"{host_if}n", "name", ns_if)
+            gw, _ = self._nets[role]
+            self._ip("addr", "add", f"{gw}/30", "dev", host_if)
+            self._ip("link", "set", host_if, "up")
+            self._ip("-n", ns, "addr", "add", f"{self.addresses[role]}/30", "dev", ns_if)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            self.set_running(role, False)
+
+    def set_running(self, role: Role, up: bool) -> None:
+        self._ip("-n", self._ns(role), "link", "set", "eth0", "up" if up else "down")
+
+    def destroy(self) -> None:
+        for ns, host_if in reversed(self.created):
+            subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=10)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        self.created.clear()
+
+
+def _peer_class() -> Any:
+    if not (PEERS / "process.py").exists():
+        raise SandboxError(
+            "jupiterd sandbox runs from a source checkout: it starts the service stand-ins "
+            "kept in tests/peers/. Clone the repository and `pip install -e '.[sandbox]'`."
+        )
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.peers.process import Peer
+
+    return Peer
+
+
+class Stack:
+    """Starts, follows and stops everything; ``stop()`` is safe to call twice."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path | None = None,
+        http_port: int = 9478,
+        log: Callable[[str], None] = print,
+        with_nat: bool | None = None,
+    ) -> None:
+        self.own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jupiterd-sandbox-"))
+        self.http_port = http_port
+        self.say = log
+        self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
+        self.coturn = shutil.which("turnserver") is not None
+        self.moto: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.topology: Any = None
+        self.instances: dict[tuple[str, Role], Instance] = {}
+        self.ports: dict[str, int] = {}
+        self.nat: NatNamespaces | None = None
+        self.doors: list[Any] = []
+        self.routes: dict[str, Role | None] = {}
+        self.config_path = self.workdir / "jupiterd.yaml"
+        self.config: Any = None
+        self.supervisor: Any = None
+        self.runner: Any = None
+        self.executor: Any = None
+        self.inventory: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._saved_env: dict[str, str | None] = {}
+        # Told of every plan step as it finishes (the drill's timeline).
+        self.step_listeners: list[Callable[[str, Any], None]] = []
+        self.started_in = 0.0
+        self._stopped = False
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        self.Peer = _peer_class()
+        self._set_env()
+        from .. import logs
+
+        self.log_path = self.workdir / "jupiterd.log"
+        self._log_file = self.log_path.open("a", buffering=1)
+        logs.configure("info", "json", stream=self._log_file)
+        await asyncio.to_thread(self._start_moto)
+        self.say(f"  AWS endpoint (moto) at {self.endpoint}")
+        from ..seed import seed
+
+        self.topology = await asyncio.to_thread(seed, self.endpoint)
+        self.say(
+            f"  seeded the Jupiter topology: VPC {self.topology.vpc_id}, "
+            f"{sum(len(v) for v in self.topology.instances.values())} instances"
+        )
+        services = [s for s in ("signaling", "coturn", "frp", "thingsboard")]
+        for name in services:
+            self.ports[name] = pick_port(name, [*HOSTS.values(), FRONT_HOST])
+        if self.with_nat:
+            self.nat = NatNamespaces(str(os.getpid() % 10000))
+            await asyncio.to_thread(self.nat.create)
+            services.append("nat")
+        for name in services:
+            for role in Role:
+                address = self.nat.addresses[role] if name == "nat" and self.nat else HOSTS[role]
+                self.instances[(name, role)] = Instance(
+                    name,
+                    role,
+                    self.topology.instances[name][role.value],
+                    address,
+                    self.ports.get(name),
+                )
+        self._write_config(services)
+        from ..config import load_config
+
+        self.config = load_config(str(self.config_path))
+        await self.follow_once()
+        self._tasks.append(asyncio.create_task(self._follow(), name="sandbox-follow"))
+        await self._start_front_doors(services)
+        await self._start_daemon()
+        self.started_in = time.monotonic() - t0
+
+    def _set_env(self) -> None:
+        for k, v in AWS_ENV.items():
+            self._saved_env[k] = os.environ.get(k)
+            os.environ[k] = v
+        for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+            self._saved_env[k] = os.environ.pop(k, None)
+
+    def _restore_env(self) -> None:
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def _start_moto(self) -> None:
+        import urllib.request
+
+        port = _any_port()
+        self.endpoint = f"http://{FRONT_HOST}:{port}"
+        env = {**os.environ, **AWS_ENV}
+        self.moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", FRONT_HOST, "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.moto.poll() is not None:
+                raise SandboxError(
+                    "moto's server exited at start: is moto[server] installed? "
+                    "pip install -e '.[sandbox]'"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SandboxError("moto's server did not answer within 30 s")
+
+    def _probe_spec(self, name: str) -> dict[str, Any]:
+        port = self.ports.get(name)
+        if name == "signaling":
+            return {"kind": "socketio", "port": port}
+        if name == "coturn":
+            opts = {"secret": TURN_SECRET} if self.coturn else {}
+            return {"kind": "turn", "port": port, "options": opts}
+        if name == "frp":
+            return {"kind": "frp", "port": port, "options": {"token": FRP_TOKEN}}
+        if name == "thingsboard":
+            return {
+                "kind": "thingsboard",
+                "port": port,
+                "options": {"username": TB_USER, "password": TB_PASSWORD},
+            }
+        return {"kind": "icmp"}
+
+    def _write_config(self, services: list[str]) -> None:
+        listen = {
+            n: {
+                "probe": self._probe_spec(n),
+                "primary": self.instances[(n, Role.PRIMARY)].address,
+                "backup": self.instances[(n, Role.BACKUP)].address,
+            }
+            for n in services
+        }
+        self.http_port = free_local_port(self.http_port)
+        doc = self.topology.config_dict(
+            listen,
+            state_dir=str(self.workdir / "state"),
+            defaults=THRESHOLDS,
+            extra={
+                "http": {"listen": f"{FRONT_HOST}:{self.http_port}"},
+                "log": {"format": "json", "level": "info"},
+            },
+        )
+        self.config_path.write_text(
+            "# Generated by `jupiterd sandbox`: the topology in moto, services on loopback.\n"
+            + yaml.safe_dump(doc, sort_keys=False)
+        )
+
+    # ------------------------------------------------------------------ instances follow moto
+
+    def _command(self, inst: Instance) -> list[str]:
+        py = [sys.executable]
+        host, port = inst.address, str(inst.port)
+        if inst.service == "signaling":
+            return [*py, str(PEERS / "signaling_server.py"), "--host", host, "--port", port]
+        if inst.service == "coturn":
+            if self.coturn:
+                return [
+                    *py,
+                    str(PEERS / "coturn.py"),
+                    "--host",
+                    host,
+                    "--port",
+                    port,
+                    "--secret",
+                    TURN_SECRET,
+                ]
+            return [*py, str(PEERS / "stun_standin.py"), "--host", host, "--port", port]
+        if inst.service == "frp":
+            return [
+                *py,
+                str(PEERS / "frps_standin.py"),
+                "--host",
+                host,
+                "--port",
+                port,
+                "--token",
+                FRP_TOKEN,
+            ]
+        return [
+            *py,
+            str(PEERS / "thingsboard_standin.py"),
+            "--host",
+            host,
+            "--port",
+            port,
+            "--user",
+            TB_USER,
+            "--password",
+            TB_PASSWORD,
+        ]
+
+    def _describe(self) -> dict[str, str]:
+        from ..seed import _client
+
+        ec2 = _client(self.endpoint, "ap-southeast-2", "ec2")
+        ids = [i.instance_id for i in self.instances.values()]
+        resp = ec2.describe_instances(InstanceIds=ids)
+        return {
+            i["InstanceId"]: i["State"]["Name"]
+            for r in resp["Reservations"]
+            for i in r["Instances"]
+        }
+
+    async def follow_once(self) -> None:
+        states = await asyncio.to_thread(self._describe)
+        for inst in self.instances.values():
+            inst.state = states.get(inst.instance_id, "unknown")
+            running = inst.state in ("running", "pending")
+            if not running:
+                inst.broken = False  # a stop heals: the next start boots a fresh service
+            if inst.service == "nat":
+                assert self.nat is not None
+                want = running and not inst.broken
+                if want != bool(inst.process):
+                    await asyncio.to_thread(self.nat.set_running, inst.role, want)
+                    inst.process = want or None
+                continue
+            alive = inst.process is not None and inst.process.alive
+            if running and not inst.broken and not alive:
+                self.say(
+                    f"  {inst.label} instance is running: starting its service on "
+                    f"{inst.address}:{inst.port}"
+                )
+                inst.process = await asyncio.to_thread(self.Peer, self._command(inst))
+            elif not running and inst.process is not None:
+                self.say(f"  {inst.label} instance is {inst.state}: stopping its service")
+                await asyncio.to_thread(inst.process.stop)
+                inst.process = None
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            try:
+                await self.follow_once()
+            except Exception as exc:  # keep following; say why once in a while
+                self.say(f"  (could not follow moto: {exc})")
+                await asyncio.sleep(2)
+
+    def break_service(self, service: str) -> str:
+        inst = self.instances.get((service, self.active_role(service)))
+        if inst is None:
+            raise SandboxError(f"no service named {service}")
+        inst.broken = True
+        if inst.service == "nat":
+            assert self.nat is not None
+            self.nat.set_running(inst.role, False)
+            inst.process = None
+            return f"{inst.label}: the namespace stopped answering ping"
+        if inst.process is not None:
+            inst.process.crash()
+            inst.process = None
+        return f"{inst.label}: service process killed (SIGKILL); the instance stays running"
+
+    def heal_service(self, service: str) -> str:
+        healed = []
+        for role in Role:
+            inst = self.instances.get((service, role))
+            if inst is not None and inst.broken:
+                inst.broken = False
+                healed.append(inst.label)
+        return ("healed " + ", ".join(healed)) if healed else f"{service}: nothing was broken"
+
+    def active_role(self, service: str) -> Role:
+        if self.supervisor is not None and service in self.supervisor.state.services:
+            return self.supervisor.state.services[service].active  # type: ignore[no-any-return]
+        return Role.PRIMARY
+
+    # ------------------------------------------------------------------ front doors
+
+    async def refresh_routes(self) -> None:
+        from ..plan import attachment_states
+
+        facts = await self.inventory.facts()
+        for name, f in facts.items():
+            states = attachment_states(self.config, name, f)
+            serving = [s for s in states if s.healthy and s.points_to]
+            roles = {r for s in serving for r in s.points_to}
+            if len(roles) == 1:
+                self.routes[name] = next(iter(roles))
+            elif roles:
+                self.routes[name] = Role.PRIMARY if Role.PRIMARY in roles else Role.BACKUP
+            else:
+                self.routes[name] = None
+
+    def route(self, service: str) -> tuple[str, int] | None:
+        role = self.routes.get(service)
+        if role is None:
+            return None
+        inst = self.instances[(service, role)]
+        return (inst.address, inst.port or 0)
+
+    def public_target(self, service: str) -> str:
+        """Where a client reaches the service: its front door, or for NAT the
+        instance the private route tables send traffic through."""
+        if service == "nat":
+            role = self.routes.get("nat") or Role.PRIMARY
+            return self.instances[("nat", role)].address
+        return f"{FRONT_HOST}:{self.ports[service]}"
+
+    async def _start_front_doors(self, services: list[str]) -> None:
+        from ..awsinventory import AwsInventory
+        from .frontdoor import TcpFrontDoor, UdpFrontDoor
+
+        self.inventory = AwsInventory(self.config)
+        await self.refresh_routes()
+        for name in services:
+            if name == "nat":
+                continue
+            port = self.ports[name]
+            route = self._router(name)
+            door: Any = TcpFrontDoor(FRONT_HOST, port, route)
+            await door.start()
+            self.doors.append(door)
+            if name == "coturn":
+                udp = UdpFrontDoor(FRONT_HOST, port, route)
+                await udp.start()
+                self.doors.append(udp)
+        self._tasks.append(asyncio.create_task(self._routes_loop(), name="sandbox-routes"))
+
+    def _router(self, name: str) -> Callable[[], tuple[str, int] | None]:
+        return lambda: self.route(name)
+
+    async def _routes_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(Exception):
+                await self.refresh_routes()
+
+    # ------------------------------------------------------------------ jupiterd
+
+    async def _start_daemon(self) -> None:
+        from ..api import start_server
+        from ..daemon import Supervisor
+        from ..executor import AwsExecutor
+        from ..metrics import Metrics
+
+        metrics = Metrics()
+        self.executor = AwsExecutor(
+            self.config,
+            metrics=metrics,
+            poll_interval=0.2,
+            progress_interval=5.0,
+            on_step=self._on_step,
+        )
+        await self.executor.resume_pending()
+        self.supervisor = Supervisor(
+            self.config,
+            executor=self.executor,
+            inventory=self.inventory,
+            metrics=metrics,
+            config_path=str(self.config_path),
+            refresh_seconds=2.0,
+            tick_seconds=0.5,
+        )
+        self.runner = await start_server(self.supervisor, self.config.http.listen)
+        await self.supervisor.start()
+
+    async def _on_step(self, service: str, report: Any) -> None:
+        for listener in self.step_listeners:
+            listener(service, report)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.stop(grace=2)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        for door in self.doors:
+            await door.stop()
+        if self.executor is not None:
+            self.executor.close()
+        for inst in self.instances.values():
+            if inst.service != "nat" and inst.process is not None:
+                await asyncio.to_thread(inst.process.stop)
+                inst.process = None
+        if self.nat is not None:
+            await asyncio.to_thread(self.nat.destroy)
+        if self.moto is not None and self.moto.poll() is None:
+            self.moto.kill()
+            self.moto.wait(10)
+        if getattr(self, "_log_file", None) is not None:
+            self._log_file.close()
+        self._restore_env()
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _any_port() -> int:
+    with socket.socket() as s:
+        s.bind((FRONT_HOST, 0))
+        return int(s.getsockname()[1])
