@@ -198,6 +198,7 @@ def _add_daemon(sub: Any) -> None:
 
 COMMANDS: list[Callable[[Any], None]] = [_add_probe, _add_daemon]
 COMMANDS.append(lambda sub: __import__("jupiterd.cli_ops").cli_ops.add_commands(sub))
+COMMANDS.append(lambda sub: __import__("jupiterd.cli_iam").cli_iam.add_commands(sub))
 COMMANDS.append(lambda sub: __import__("jupiterd.sandbox").sandbox.add_commands(sub))
 
 
