@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+from jupiterd.awsinventory import AwsInventory
 from jupiterd.executor import AwsExecutor, check_invariant
 from jupiterd.executor_api import FailoverRequest, StepReport
 from jupiterd.journal import PlanLock
@@ -91,6 +92,21 @@ def aws_state(topo: Topology) -> dict[str, Any]:
 def invariant_hook(stack: Stack, ex_holder: list[AwsExecutor], seen: list[str]) -> Any:
     async def hook(service: str, report: StepReport) -> None:
         problems = await check_invariant(ex_holder[0].inventory, stack.config)
+        seen.append(report.name)
+        assert problems == [], f"after {service} {report.name}: {problems}"
+
+    return hook
+
+
+def direct_invariant_hook(stack: Stack, moto_url: str, seen: list[str]) -> Any:
+    """The invariant read straight from moto, past the fault proxy."""
+    cfg = stack.config.model_copy(
+        update={"aws": stack.config.aws.model_copy(update={"endpoint_url": moto_url})}
+    )
+    inventory = AwsInventory(cfg)
+
+    async def hook(service: str, report: StepReport) -> None:
+        problems = await check_invariant(inventory, cfg)
         seen.append(report.name)
         assert problems == [], f"after {service} {report.name}: {problems}"
 
@@ -362,10 +378,12 @@ def proxied(moto: MotoServer, tmp_path: Path) -> Iterator[tuple[Stack, FaultProx
         proxy.stop()
 
 
-async def test_access_denied_names_the_permission_and_leaves_a_reported_split(proxied):
+async def test_access_denied_names_the_permission_and_leaves_a_reported_split(
+    proxied, moto: MotoServer
+):
     stack, proxy = proxied
     proxy.deny.add("ec2:AssociateAddress")
-    ex = make_executor(stack)
+    ex = make_executor(stack, on_step=direct_invariant_hook(stack, moto.url, []))
     try:
         out = await ex.run(request("frp"))
         problems = await check_invariant(ex.inventory, stack.config)
@@ -398,10 +416,11 @@ async def test_access_denied_at_preflight(proxied):
 
 
 @pytest.mark.slow
-async def test_throttling_and_server_errors_are_retried(proxied):
+async def test_throttling_and_server_errors_are_retried(proxied, moto: MotoServer):
     stack, proxy = proxied
     proxy.throttle, proxy.errors = 0.15, 0.1
-    ex = make_executor(stack)
+    seen: list[str] = []
+    ex = make_executor(stack, on_step=direct_invariant_hook(stack, moto.url, seen))
     try:
         outs = [await ex.run(request(s)) for s in ("coturn", "nat", "frp")]
         proxy.throttle = proxy.errors = 0.0
@@ -415,6 +434,7 @@ async def test_throttling_and_server_errors_are_retried(proxied):
     assert "throttled ec2:" in kinds and "error " in kinds, proxy.faults
     assert sum(proxy.faults.values()) >= 5
     assert proxy.count("ec2:StartInstances") == 3  # each side effect happened once
+    assert len(seen) >= 3 * 7  # the invariant held after every step, faults and all
 
 
 # --------------------------------------------------------------------------- CLI
