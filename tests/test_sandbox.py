@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sandbox")]
 
 PORTS = (3000, 3478, 7000, 8080, 9478, 9479)
 
