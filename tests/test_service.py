@@ -198,3 +198,84 @@ def test_second_daemon_on_the_same_port_fails_clearly(tmp_path, listener):
         busy.close()
     assert r.returncode == 1
     assert "cannot listen" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_secrets_stay_out_of_status_metrics_and_logs(tmp_path):
+    http_port = free_port()
+    closed = free_port()
+    secret_file = tmp_path / "frp.token"
+    secret_file.write_text("frp-token-from-a-file-XYZ\n")
+    doc = {
+        "aws": {"enabled": False},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "state_dir": str(tmp_path / "state"),
+        "log": {"format": "json", "level": "debug"},
+        "defaults": {"interval": 0.2, "fast_interval": 0.05, "timeout": 0.1, "jitter": 0},
+        "services": {
+            "coturn": {
+                "probe": {
+                    "kind": "turn",
+                    "port": closed,
+                    "options": {"secret": {"env": "SECRET_UNDER_TEST"}},
+                },
+                "primary": {"address": "127.0.0.2"},
+            },
+            "frp": {
+                "probe": {
+                    "kind": "frp",
+                    "port": closed,
+                    "options": {"token": {"file": str(secret_file)}},
+                },
+                "primary": {"address": "127.0.0.2"},
+            },
+            "thingsboard": {
+                "probe": {
+                    "kind": "thingsboard",
+                    "port": closed,
+                    "options": {"username": "u", "password": "tb-pass-XYZ"},
+                },
+                "primary": {"address": "127.0.0.2"},
+            },
+        },
+    }
+    cfg = tmp_path / "jupiterd.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "SECRET_UNDER_TEST": "turn-secret-XYZ"}
+    out = tmp_path / "out.log"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupiterd", "--config", str(cfg)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            base = f"http://127.0.0.1:{http_port}"
+            wait(
+                lambda: get(f"{base}/healthz")[0] == 200 if _up(base) else False, what="the daemon"
+            )
+            wait(
+                lambda: (
+                    json.loads(get(f"{base}/status")[1])["services"]["frp"]["targets"]["primary"][
+                        "state"
+                    ]
+                    == "down"
+                ),
+                what="probes failing",
+            )
+            texts = [get(f"{base}/status")[1], get(f"{base}/metrics")[1]]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    texts.append(out.read_text())
+    for text in texts:
+        for secret in ("turn-secret-XYZ", "frp-token-from-a-file-XYZ", "tb-pass-XYZ"):
+            assert secret not in text
+
+
+def _up(base: str) -> bool:
+    try:
+        get(f"{base}/healthz")
+    except OSError:
+        return False
+    return True
