@@ -2,8 +2,11 @@
 """Daemon benchmarks: detection latency, scheduling at scale, memory.
 
     python bench/daemon.py detection [--runs 10] [--mode refused|silent|both]
-    python bench/daemon.py scale [--targets 1000] [--seconds 30]
+    python bench/daemon.py scale [--targets 1000] [--seconds 30] [--scrape 15]
+    python bench/daemon.py scale-search [--start 1000] [--step 1000] [--scrape 15]
     python bench/daemon.py memory
+    python bench/daemon.py growth [--targets 2000] [--minutes 1]
+    python bench/daemon.py startup [--runs 5] [--services 5]
 
 All traffic stays on loopback. Figures are printed; nothing is asserted.
 
@@ -14,18 +17,32 @@ detection: three http services, default thresholds (interval 2 s, fast
   failover decision (the executor being called).
 scale: N tcp targets on a handful of loopback listeners at a 1 s interval;
   measured: probe-start lateness (p50/p99/max), CPU share of one core, RSS.
+  The supervisor runs in this process (pinned to core 0 unless --no-pin),
+  the listeners in their own (on the other cores). ``--scrape S`` renders
+  /metrics on the loop every S seconds, as a Prometheus scrape does.
+scale-search: `scale` in a fresh process per count, counts growing by
+  ``--step`` until p99 lateness reaches 100 ms; prints the largest count
+  that stayed under it.
 memory: RSS of the supervisor with the full example configuration, its
   addresses rewritten to loopback (no traffic ever leaves the machine).
+growth: `jupiterd run` as a process (monitor-only, loopback-only config)
+  with N tcp targets at a 1 s interval; its RSS sampled from /proc every
+  ``--sample`` seconds: at start, after the warm-up, at the end, and the
+  slope over the second half of the run (growth that is not start-up).
+startup: `jupiterd run` as a process; from exec to /healthz answering and
+  to the first probe arriving at a listener in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,10 +182,14 @@ async def detection(args: argparse.Namespace) -> None:
 
 
 async def scale(args: argparse.Namespace) -> None:
-    from bench.peers import spawn
+    from bench.peers import MEASURED_CPU, helper_cpus, spawn
 
+    pinned = args.pin and len(os.sched_getaffinity(0)) > 1
+    helpers = helper_cpus() if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, {MEASURED_CPU})
     with spawn(
-        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)]
+        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)], cpus=helpers
     ) as addrs:
         await _scale(args, addrs.split())
 
@@ -217,14 +238,27 @@ async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
         lateness.clear()
         probes0 = sum(t.loop.probes_run for t in sup.targets.values())
         cpu0, wall0 = time.process_time(), time.monotonic()
-        await asyncio.sleep(args.seconds)
+        scrapes = 0
+        if args.scrape:
+            from prometheus_client import generate_latest
+
+            # What aiohttp's /metrics handler does, on the same loop.
+            end = wall0 + args.seconds
+            while time.monotonic() + args.scrape <= end:
+                await asyncio.sleep(args.scrape)
+                generate_latest(metrics.registry)
+                scrapes += 1
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
+        else:
+            await asyncio.sleep(args.seconds)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         probes = sum(t.loop.probes_run for t in sup.targets.values()) - probes0
         up = sum(1 for s in sup.state.services.values() if s.primary.status.value == "up")
         await sup.stop(grace=0.5)
     print(
         f"targets {len(services) * 2}: {probes / wall:.0f} probes/s, CPU {100 * cpu / wall:.1f}% "
-        f"of one core ({1e3 * cpu / max(probes, 1):.3f} ms CPU per probe incl. scheduling)"
+        f"of one core ({1e3 * cpu / max(probes, 1):.3f} ms CPU per probe incl. scheduling"
+        f"{f', {scrapes} /metrics renders' if args.scrape else ''})"
     )
     print(
         f"start lateness: p50 {1e3 * pct(lateness, 50):.1f} ms  p99 {1e3 * pct(lateness, 99):.1f} ms  "
@@ -233,6 +267,69 @@ async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
     print(
         f"primaries up: {up}/{len(services)}; RSS {rss_mb():.1f} MB; "
         f"maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
+    )
+    if args.json:
+        print(
+            "json "
+            + json.dumps(
+                {
+                    "targets": len(services) * 2,
+                    "probes_per_s": probes / wall,
+                    "cpu_share": cpu / wall,
+                    "p50": pct(lateness, 50),
+                    "p99": pct(lateness, 99),
+                    "max": max(lateness),
+                    "up": up,
+                    "services": len(services),
+                    "rss_mb": rss_mb(),
+                }
+            ),
+            flush=True,
+        )
+
+
+def scale_search(args: argparse.Namespace) -> None:
+    """Fresh process per count: no state or heap carried from the last one."""
+    print(
+        f"scale search: 1 s interval, 500 ms timeout, tcp targets, p99 start lateness < 100 ms; "
+        f"{args.seconds:g} s per count{f', /metrics rendered every {args.scrape:g} s' if args.scrape else ''}",
+        flush=True,
+    )
+    best = 0
+    n = args.start
+    while n <= args.max:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "scale",
+            "--targets",
+            str(n),
+            "--seconds",
+            str(args.seconds),
+            "--json",
+            *(["--scrape", str(args.scrape)] if args.scrape else []),
+            *([] if args.pin else ["--no-pin"]),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
+        line = next((x for x in out.splitlines() if x.startswith("json ")), None)
+        if line is None:
+            print(f"  {n}: no result\n{out}", flush=True)
+            break
+        r = json.loads(line[5:])
+        ok = r["p99"] < 0.1 and r["up"] == r["services"]
+        print(
+            f"  {n:6d} targets: {r['probes_per_s']:6.0f} probes/s, CPU {100 * r['cpu_share']:5.1f}%, "
+            f"lateness p50 {1e3 * r['p50']:.1f} ms p99 {1e3 * r['p99']:.1f} ms max {1e3 * r['max']:.0f} ms, "
+            f"RSS {r['rss_mb']:.0f} MB {'ok' if ok else 'MISSED'}",
+            flush=True,
+        )
+        if not ok:
+            break
+        best = n
+        n += args.step
+    print(
+        f"most targets with p99 start lateness < 100 ms: {best}"
+        + (" (search cap reached)" if n > args.max else "")
     )
 
 
@@ -266,6 +363,115 @@ async def memory(args: argparse.Namespace) -> None:
         await sup.stop(grace=0.5)
 
 
+def _tcp_services(addrs: list[str], n: int) -> dict[str, Any]:
+    from bench.peers import services_for
+
+    return services_for("tcp", addrs, n)
+
+
+def growth(args: argparse.Namespace) -> None:
+    from bench.peers import Daemon, helper_cpus, rss_mb, spawn
+
+    pinned = args.pin and len(os.sched_getaffinity(0)) > 1
+    helpers = helper_cpus() if pinned else None
+    if helpers:
+        os.sched_setaffinity(0, helpers)
+    with spawn(
+        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)], cpus=helpers
+    ) as addrs:
+        services = _tcp_services(addrs.split(), args.targets)
+        defaults = {"interval": "1s", "timeout": "500ms"}
+        with Daemon(services, cpus={0} if pinned else None, defaults=defaults) as d:
+            d.wait_ready(60)
+            start = rss_mb(d.pid)
+            t0 = time.monotonic()
+            end = t0 + 60 * args.minutes
+            samples: list[tuple[float, float]] = []
+            print(
+                f"growth: jupiterd run, {args.targets} tcp targets at 1 s, {args.minutes:g} min, "
+                f"RSS every {args.sample:g} s; RSS at start (first /healthz) {start:.1f} MB",
+                flush=True,
+            )
+            scrape_at = t0 + args.scrape if args.scrape else None
+            while time.monotonic() < end:
+                time.sleep(min(args.sample, max(0.0, end - time.monotonic())))
+                now = time.monotonic()
+                if scrape_at is not None and now >= scrape_at:
+                    d.get("/metrics", timeout=30)  # as Prometheus would
+                    scrape_at += args.scrape
+                if d.proc is not None and d.proc.poll() is not None:
+                    raise SystemExit(f"jupiterd died:\n{d.log_tail()}")
+                samples.append((now - t0, rss_mb(d.pid)))
+                if args.verbose or len(samples) % max(1, round(60 / args.sample)) == 0:
+                    print(f"  t={now - t0:7.0f} s  RSS {samples[-1][1]:.1f} MB", flush=True)
+    xs = [t for t, _ in samples]
+    ys = [r for _, r in samples]
+    half = [(t, r) for t, r in samples if t >= xs[-1] / 2]
+    slope = _slope(half) * 3600
+    warm = next((r for t, r in samples if t >= args.warmup), ys[0])
+    print(
+        f"RSS: start {start:.1f} MB, after {args.warmup:g} s {warm:.1f} MB, end {ys[-1]:.1f} MB, "
+        f"min {min(ys):.1f}, max {max(ys):.1f} MB; second half slope {slope:+.2f} MB/hour "
+        f"(n={len(samples)})"
+    )
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    mx = statistics.fmean(t for t, _ in points)
+    my = statistics.fmean(r for _, r in points)
+    den = sum((t - mx) ** 2 for t, _ in points)
+    return sum((t - mx) * (r - my) for t, r in points) / den if den else 0.0
+
+
+def startup(args: argparse.Namespace) -> None:
+    """exec -> /healthz, and exec -> the first probe accepted by a listener here."""
+    import select
+    import socket
+
+    from bench.peers import Daemon
+
+    ready_times, first_times = [], []
+    print(
+        f"startup: jupiterd run with {args.services} tcp service(s) (default thresholds: "
+        f"interval 2 s), {args.runs} runs",
+        flush=True,
+    )
+    for i in range(args.runs):
+        lsock = socket.socket()
+        lsock.bind(("127.0.5.1", 0))
+        lsock.listen(1024)
+        addr = f"127.0.5.1:{lsock.getsockname()[1]}"
+        first = healthz = float("nan")
+        d = Daemon(_tcp_services([addr], args.services))
+        try:
+            d.start()
+            deadline = d.exec_at + 30
+            while (first != first or healthz != healthz) and time.monotonic() < deadline:
+                if first != first:
+                    ready, _, _ = select.select([lsock], [], [], 0.002)
+                    if ready:
+                        first = time.monotonic() - d.exec_at
+                if healthz != healthz:
+                    try:
+                        d.get("/healthz", 0.5)
+                        healthz = time.monotonic() - d.exec_at
+                    except OSError:
+                        pass
+        finally:
+            d.stop()
+            lsock.close()
+        ready_times.append(healthz)
+        first_times.append(first)
+        print(f"  run {i + 1}: first probe {first:.3f} s, /healthz {healthz:.3f} s", flush=True)
+    print(
+        f"exec -> first probe: median {statistics.median(first_times):.3f} s, "
+        f"max {max(first_times):.3f} s; exec -> /healthz: median "
+        f"{statistics.median(ready_times):.3f} s, max {max(ready_times):.3f} s"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,9 +492,37 @@ def main() -> None:
     s.add_argument("--listeners", type=int, default=8)
     s.add_argument("--seconds", type=float, default=30)
     s.add_argument("--warmup", type=float, default=3)
+    s.add_argument("--scrape", type=float, default=0, help="render /metrics every S seconds")
+    s.add_argument("--json", action="store_true", help="also print one machine-readable line")
+    s.add_argument("--no-pin", dest="pin", action="store_false")
+    ss = sub.add_parser("scale-search")
+    ss.add_argument("--start", type=int, default=1000)
+    ss.add_argument("--step", type=int, default=1000)
+    ss.add_argument("--max", type=int, default=20000)
+    ss.add_argument("--seconds", type=float, default=15)
+    ss.add_argument("--scrape", type=float, default=0, help="render /metrics every S seconds")
+    ss.add_argument("--no-pin", dest="pin", action="store_false")
     m = sub.add_parser("memory")
     m.add_argument("--seconds", type=float, default=5)
+    g = sub.add_parser("growth")
+    g.add_argument("--targets", type=int, default=2000)
+    g.add_argument("--listeners", type=int, default=8)
+    g.add_argument("--minutes", type=float, default=1)
+    g.add_argument("--sample", type=float, default=10)
+    g.add_argument("--warmup", type=float, default=30)
+    g.add_argument("--scrape", type=float, default=15, help="GET /metrics every S s (0: never)")
+    g.add_argument("--verbose", action="store_true")
+    g.add_argument("--no-pin", dest="pin", action="store_false")
+    st = sub.add_parser("startup")
+    st.add_argument("--runs", type=int, default=5)
+    st.add_argument("--services", type=int, default=5)
     args = p.parse_args()
+    if args.cmd == "scale-search":
+        scale_search(args)
+        return
+    if args.cmd in ("growth", "startup"):
+        {"growth": growth, "startup": startup}[args.cmd](args)
+        return
     logs.configure("error", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
     asyncio.run({"detection": detection, "scale": scale, "memory": memory}[args.cmd](args))
 
