@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,13 @@ from probes import ProbeOptions, ProbeResult, Reason
 
 # Extra time a probe gets beyond its own timeout before the scheduler gives up on it.
 GRACE = 0.5
+
+# First probes are spread over one interval so that thousands of targets do
+# not start as a thundering herd, but never thinner than this many per
+# second: a handful of targets is probed at once, not up to one interval
+# after start.
+START_PROBES_PER_SECOND = 500.0
+_live: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -76,6 +84,8 @@ class TargetLoop:
 
     def start(self, first_delay: float | None = None) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(first_delay), name=self.name)
+        _live.add(self._task)
+        self._task.add_done_callback(_live.discard)
 
     def wake(self) -> None:
         """Probe now (no-op while a probe of this target is running)."""
@@ -113,9 +123,13 @@ class TargetLoop:
     async def _run(self, first_delay: float | None) -> None:
         loop = asyncio.get_running_loop()
         seconds, jitter = self.interval()
-        if first_delay is None:
-            # Spread the first probes of many targets over one interval.
-            first_delay = self.rng.uniform(0, seconds) if seconds else 0.0
+        if first_delay is None and seconds:
+            # Loops started together all run this line after the last start():
+            # the spread fits how many there are.
+            spread = min(seconds, len(_live) / START_PROBES_PER_SECOND)
+            first_delay = self.rng.uniform(0, spread)
+        elif first_delay is None:
+            first_delay = 0.0
         planned: float | None = loop.time() + first_delay if seconds is not None else None
         while True:
             await self._sleep_until(planned)
