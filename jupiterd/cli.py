@@ -121,14 +121,21 @@ def _default_executor(config: Any, dry_run: bool, metrics: Any) -> Any:
     return AwsExecutor(config, dry_run=dry_run, metrics=metrics)
 
 
-def _default_inventory(config: Any, metrics: Any) -> Any:
+def _default_inventory(config: Any, metrics: Any, executor: Any = None) -> Any:
     if not config.aws.enabled:
         from .inventory import StaticInventory
 
         return StaticInventory(config)
     from .awsinventory import AwsInventory
 
-    return AwsInventory(config, metrics=metrics)
+    # One set of AWS clients for the daemon: the executor's.
+    return AwsInventory(config, getattr(executor, "aws", None), metrics=metrics)
+
+
+def _drill_executor(config: Any, metrics: Any) -> Any:
+    from .executor import AwsExecutor
+
+    return AwsExecutor(config, dry_run=True, metrics=metrics)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -143,6 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config=cfg,
             make_executor=_default_executor,
             make_inventory=_default_inventory,
+            make_drill_executor=_drill_executor if cfg.aws.enabled else None,
         )
     )
 

@@ -315,10 +315,10 @@ class DrillConfig(Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+        from .drills import cron_trigger  # crontab's weekday numbers (0 and 7 = Sunday)
 
         try:
-            CronTrigger.from_crontab(v, timezone="UTC")
+            cron_trigger(v)
         except ValueError as exc:
             raise ValueError(f"'{v}' is not a crontab expression: {exc}") from None
         return v

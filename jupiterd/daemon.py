@@ -147,6 +147,7 @@ class Supervisor:
         # Called with every action, probe result and finished plan (the
         # sandbox's drill timeline; tests).
         self.observers: list[Observer] = []
+        self.drills: Any = None  # the scheduled drills' runner, for /status
 
     # ------------------------------------------------------------------ time
 
@@ -449,6 +450,22 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self.refresh_inventory()
 
+    def resumed(self, o: FailoverOutcome) -> None:
+        """A plan a crash interrupted, finished by the executor at start."""
+        req = FailoverRequest(
+            o.service, o.from_role, o.to_role, "resumed after a restart", "resume"
+        )
+        self.log.warning(
+            "resumed an interrupted plan", service=o.service, result=o.result, detail=o.detail
+        )
+        self._record_outcome(req, o)
+        if o.service in self.state.services:
+            self.dispatch(
+                FailoverFinished(
+                    o.service, o.to_role, o.ok, self.now(), o.detail, stopped_old=o.stopped_old
+                )
+            )
+
     def _record_outcome(self, req: FailoverRequest, o: FailoverOutcome) -> None:
         m = self.metrics
         direction = direction_of(req.to_role)
@@ -693,4 +710,5 @@ class Supervisor:
             "inventory_error": self.inventory_error,
             "services": services,
             "recent_plans": list(self.outcomes),
+            "drills": self.drills.status() if self.drills is not None else {},
         }

@@ -4,7 +4,8 @@ Load and validate the configuration (exit 78 on error), resume a plan a
 crash interrupted, start the HTTP listener and the probes, tell systemd
 READY=1, then serve until SIGTERM/SIGINT. SIGHUP reloads: the new file is
 validated first; on error the running configuration stays, the error is
-logged and exported. Signal handlers only set flags.
+logged and exported. Signal handlers only set flags. Scheduled dry-run
+drills run alongside when the configuration has some.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from .metrics import Metrics
 from .sdnotify import Notifier
 
 ExecutorFactory = Callable[[Config, bool, Metrics], Executor]
-InventoryFactory = Callable[[Config, Metrics], Inventory]
+# The executor is passed so an AWS inventory can share its clients.
+InventoryFactory = Callable[[Config, Metrics, Executor], Inventory]
+# A dry-run executor for the scheduled drills; None: no drills.
+DrillExecutorFactory = Callable[[Config, Metrics], Executor] | None
 
 
 async def serve(
@@ -33,16 +37,16 @@ async def serve(
     dry_run: bool,
     make_executor: ExecutorFactory,
     make_inventory: InventoryFactory,
+    make_drill_executor: DrillExecutorFactory = None,
     notifier: Notifier | None = None,
     config: Config | None = None,
 ) -> int:
     config = config or load_config(config_path)
     logs.configure(config.log.level, config.log.format)
-    log = logs.get("jupiterd")
     notifier = notifier or Notifier()
     metrics = Metrics()
     executor = make_executor(config, dry_run, metrics)
-    inventory = make_inventory(config, metrics)
+    inventory = make_inventory(config, metrics, executor)
     sup = Supervisor(
         config,
         executor=executor,
@@ -51,18 +55,54 @@ async def serve(
         notifier=notifier,
         config_path=config_path,
     )
-    resume = getattr(executor, "resume_pending", None)
+    try:
+        return await _serve(sup, config_path, dry_run, notifier, make_drill_executor)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()  # its thread pool and the journal's file
+
+
+class _Drills:
+    """The scheduled drills' task, rebuilt when the configuration changes."""
+
+    def __init__(self, sup: Supervisor, make: DrillExecutorFactory) -> None:
+        self.sup, self.make = sup, make
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        sup, make = self.sup, self.make
+        sup.drills = None
+        if make is None or not sup.config.drills:
+            return
+        from .drills import DrillRunner
+
+        runner = DrillRunner(sup.config, lambda c: make(c, sup.metrics), sup.metrics)
+        sup.drills = runner
+        self.task = asyncio.create_task(runner.run(), name="drills")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+
+async def _serve(
+    sup: Supervisor,
+    config_path: str,
+    dry_run: bool,
+    notifier: Notifier,
+    make_drill_executor: DrillExecutorFactory,
+) -> int:
+    log = logs.get("jupiterd")
+    config = sup.config
+    resumed: list[Any] = []
+    resume = getattr(sup.executor, "resume_pending", None)
     if resume is not None and not dry_run:
         # A plan a crash interrupted is finished (or rolled back) before any
         # new decision is taken.
-        outcomes: Any = await resume()
-        for outcome in outcomes or ():
-            log.warning(
-                "resumed an interrupted plan",
-                service=outcome.service,
-                result=outcome.result,
-                detail=outcome.detail,
-            )
+        resumed = list(await resume() or ())
     try:
         runner = await start_server(sup, config.http.listen)
     except OSError as exc:
@@ -74,6 +114,10 @@ async def serve(
         )
         return 1
     await sup.start()
+    for outcome in resumed:
+        sup.resumed(outcome)
+    drills = _Drills(sup, make_drill_executor)
+    drills.start()
     mode = "dry run" if dry_run else "live"
     notifier.ready(f"watching {len(config.services)} services ({mode})")
     log.info("listening", listen=config.http.listen, dry_run=dry_run)
@@ -99,12 +143,15 @@ async def serve(
                     sup.reload_failed(str(exc))
                 else:
                     await sup.reload(new)
+                    await drills.stop()
+                    drills.start()
                 notifier.ready(f"watching {len(sup.config.services)} services ({mode})")
     finally:
         log.info("stopping")
         notifier.stopping()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        await drills.stop()
         await sup.stop()
         await runner.cleanup()
         notifier.close()
