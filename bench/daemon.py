@@ -227,6 +227,9 @@ async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
             cfg, executor=FakeExecutor(), inventory=inv, metrics=metrics, rng=random.Random(1)
         )
         await sup.start()
+        import gc
+
+        gc.freeze()  # as `jupiterd run` does after starting the supervisor
         for t in sup.targets.values():
             t.loop.on_late = lateness.append
         print(
@@ -240,13 +243,16 @@ async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
         cpu0, wall0 = time.process_time(), time.monotonic()
         scrapes = 0
         if args.scrape:
-            from prometheus_client import generate_latest
+            from types import SimpleNamespace
 
-            # What aiohttp's /metrics handler does, on the same loop.
+            from jupiterd.api import SUPERVISOR, _metrics
+
+            # The daemon's own /metrics handler, minus the HTTP around it.
+            request: Any = SimpleNamespace(app={SUPERVISOR: sup})
             end = wall0 + args.seconds
             while time.monotonic() + args.scrape <= end:
                 await asyncio.sleep(args.scrape)
-                generate_latest(metrics.registry)
+                await _metrics(request)
                 scrapes += 1
             await asyncio.sleep(max(0.0, end - time.monotonic()))
         else:
