@@ -1,16 +1,25 @@
 """Socket helpers shared by the probes: resolve, connect, read exactly.
 
-Kept on plain non-blocking sockets and ``loop.sock_*`` calls where that is
+Kept on plain non-blocking sockets and readiness callbacks where that is
 enough (a TCP connect costs a few tens of microseconds this way), with
 streams only where a protocol needs buffering or TLS.
+
+A TCP connect is hedged: a lost SYN (or SYN-ACK) costs the kernel's initial
+retransmission timeout, 1 s, the whole default probe budget. So when the
+first attempt has not connected after ``HEDGE_AFTER`` seconds, a second one
+starts alongside it and the first to connect wins (the "happy eyeballs"
+idea, RFC 8305, applied to loss rather than address families). A refusal or
+any other error ends the connect at once: only silence is hedged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
+import os
 import socket
 import ssl
 
@@ -45,19 +54,103 @@ async def resolve(
     return fam, addr  # type: ignore[return-value]
 
 
+# Longer than a connect takes within a region (cross-region RTTs stay under
+# it too), well under the 1 s SYN retransmission it works around.
+HEDGE_AFTER = 0.25
+
+
 async def tcp_connect(trace: Trace, hp: HostPort) -> socket.socket:
     """A connected non-blocking TCP socket; the caller closes it."""
     family, addr = await resolve(trace, hp, socket.SOCK_STREAM)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with trace.phase("connect"):
-            await asyncio.get_running_loop().sock_connect(sock, addr)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    with trace.phase("connect"):
+        return await _HedgedConnect(family, addr).run()
+
+
+class _HedgedConnect:
+    """One connect attempt, and a second one if the first is still silent
+    after ``HEDGE_AFTER``; the first success wins, the other is closed.
+    Readiness callbacks rather than a task per attempt: this runs for
+    every probe."""
+
+    __slots__ = ("addr", "error", "family", "hedge", "loop", "pending", "result")
+
+    def __init__(self, family: int, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.family = family
+        self.addr = addr
+        self.result: asyncio.Future[socket.socket] = self.loop.create_future()
+        self.pending: dict[int, socket.socket] = {}  # fd -> socket still connecting
+        self.error: OSError | None = None
+        self.hedge: asyncio.TimerHandle | None = None
+
+    async def run(self) -> socket.socket:
+        self._start()
+        if not self.result.done():
+            self.hedge = self.loop.call_later(HEDGE_AFTER, self._hedge)
+        try:
+            return await self.result
+        except BaseException:
+            # Cancelled (the probe's timeout) just as an attempt connected.
+            if self.result.done() and not self.result.cancelled() and not self.result.exception():
+                self.result.result().close()
+            raise
+        finally:
+            if self.hedge is not None:
+                self.hedge.cancel()
+            for fd, sock in self.pending.items():
+                self.loop.remove_writer(fd)
+                sock.close()
+            self.pending.clear()
+
+    def _start(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(self.addr)
+        except BaseException:
+            sock.close()
+            raise
+        if err == 0:
+            self._won(sock)
+        elif err in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+            fd = sock.fileno()
+            self.pending[fd] = sock
+            self.loop.add_writer(fd, self._writable, fd)
+        else:
+            sock.close()
+            self._failed(OSError(err, os.strerror(err)))
+
+    def _writable(self, fd: int) -> None:
+        self.loop.remove_writer(fd)
+        sock = self.pending.pop(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._failed(OSError(err, os.strerror(err)))  # the errno's subclass, e.g. refused
+        else:
+            self._won(sock)
+
+    def _won(self, sock: socket.socket) -> None:
+        if self.result.done():
+            sock.close()
+        else:
+            self.result.set_result(sock)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+        if self.result.done() or self.pending:
+            return  # another attempt may still connect
+        if self.hedge is not None:
+            self.hedge.cancel()  # an answer, even a refusal, is not silence
+            self.hedge = None
+        self.result.set_exception(self.error)
+
+    def _hedge(self) -> None:
+        self.hedge = None
+        if not self.result.done():
+            self._start()
 
 
 @functools.cache
