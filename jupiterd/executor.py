@@ -233,8 +233,6 @@ class AwsExecutor:
             except (LockBusy, JournalError) as exc:
                 return self._outcome(run, _Verdict("aborted", str(exc)))
         self._in_flight.add(req.service)
-        if self.metrics is not None and not self.dry_run:
-            self.metrics.failover_in_progress.labels(req.service).set(1)
         try:
             verdict = await self._execute(run)
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -246,12 +244,9 @@ class AwsExecutor:
             self._in_flight.discard(req.service)
             if run.plan_id:
                 self._plan_ids.discard(run.plan_id)
-            if self.metrics is not None and not self.dry_run:
-                self.metrics.failover_in_progress.labels(req.service).set(0)
             if not self.dry_run:
                 self.lock.release()
         outcome = self._outcome(run, verdict)
-        self._count(outcome)
         log.info(
             "plan_end",
             service=req.service,
@@ -277,17 +272,6 @@ class AwsExecutor:
             steps=tuple(run.reports),
             stopped_old=run.stopped_old,
         )
-
-    def _count(self, outcome: FailoverOutcome) -> None:
-        if self.metrics is None:
-            return
-        direction = "failover" if outcome.to_role is Role.BACKUP else "failback"
-        self.metrics.failovers.labels(outcome.service, direction, outcome.result).inc()
-        if not self.dry_run:
-            self.metrics.failover_duration.labels(outcome.service, direction).observe(
-                outcome.seconds
-            )
-            self.metrics.last_failover.labels(outcome.service).set(time.time())
 
     # ------------------------------------------------------------------ the plan
 
@@ -804,10 +788,47 @@ class AwsExecutor:
                 f"refusing to stop the {step.role} instance {iid}: the {step.role.other} "
                 f"({other.instance_id}) is {o_state}, and jupiterd never leaves both stopped"
             )
+        drained = await self._dns_drain(run, step, iid)
         await self._mutate(run, "ec2", "StopInstances", iid, InstanceIds=[iid])
         if self.dry_run:
             return f"would stop {iid}: ec2:StopInstances is allowed", {}
-        return f"stop requested for {iid} (was {state})", {"stopped": True}
+        return f"stop requested for {iid} (was {state}){drained}", {"stopped": True}
+
+    async def _dns_drain(self, run: _Run, step: Step, iid: str) -> str:
+        """Clients keep resolving a moved record to the old address until its
+        TTL runs out. If the old instance still serves (a planned move, not a
+        crash), keep it up that long, bounded by drain_timeout, as a target
+        group's deregistration delay does for connections."""
+        if self.dry_run or run.plan is None or run.facts is None:
+            return ""
+        ttls = []
+        for s in run.plan.steps:
+            if s.kind is not StepKind.UPSERT_RECORD:
+                continue
+            rec = run.facts.record(s.params["zone_id"], s.params["name"], s.params["type"])
+            ttls.append(rec.ttl if rec is not None and rec.ttl is not None else 60)
+        if not ttls:
+            return ""
+        th = self._th(run)
+        wait = min(float(max(ttls)), th.drain_timeout)
+        address = run.facts.instance(step.role).address
+        if wait <= 0 or not address:
+            return ""
+        svc = self.config.services[run.service]
+        target = svc.probe.target_for(address)
+        result = await self.prober(svc.probe.kind, target, svc.probe.parsed_options, th.timeout)
+        if not result.ok:
+            return ""  # nothing is served there: no client to protect
+        log.info(
+            "waiting",
+            service=run.service,
+            step=step.name,
+            what=f"the old DNS answers to expire before stopping {iid}, which still serves",
+            seconds=0.0,
+            timeout=wait,
+        )
+        await asyncio.sleep(wait)
+        return f" after {wait:g}s for cached DNS answers (record TTL) to expire"
 
     async def _step_healthy(self, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
         assert run.facts is not None

@@ -61,7 +61,7 @@ THRESHOLDS: dict[str, Any] = {
     "max_failovers_per_hour": 10,
     "start_timeout": "30s",
     "healthy_timeout": "30s",
-    "drain_timeout": "15s",
+    "drain_timeout": "3s",  # also bounds the DNS drain of a still-serving old instance
     "target_healthy_timeout": "30s",
 }
 AWS_ENV = {

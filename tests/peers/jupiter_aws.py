@@ -42,7 +42,7 @@ FAST: dict[str, Any] = {
     "rise": 2,
     "healthy_timeout": 1.0,
     "start_timeout": 5,
-    "drain_timeout": 5,
+    "drain_timeout": 0.5,  # also bounds the DNS drain before stopping a still-serving instance
     "target_healthy_timeout": 5,
 }
 
