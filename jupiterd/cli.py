@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -87,10 +88,10 @@ def _add_probe(sub: Any) -> None:
     p.set_defaults(func=_cmd_probe)
 
 
-def _load(path: str) -> Any:
+def _load(path: str, secrets: bool = True) -> Any:
     from .config import load_config
 
-    return load_config(path)
+    return load_config(path, secrets=secrets)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -159,7 +160,7 @@ def _api_post(args: argparse.Namespace, path: str) -> int:
     import urllib.error
     import urllib.request
 
-    cfg = _load(config_path(args.config))
+    cfg = _load(config_path(args.config), secrets=False)  # only http.listen is needed
     listen = cfg.http.listen
     url = f"http://{listen}{path}"
     by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli"
@@ -248,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `jupiterd status | head`: the reader left; not an error worth a traceback.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - swallow the flush at exit
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import SecretStr
-
 from .cli import EXIT_OK, config_path
-
-_PLACEHOLDER = "not-needed-for-the-policy"
 
 
 def add_commands(sub: Any) -> None:
@@ -34,56 +27,11 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_iam_policy)
 
 
-def _is_secret(kind: str, key: str) -> bool:
-    import probes
-
-    try:
-        field = probes.get_kind(kind).options.model_fields.get(key)
-    except probes.OptionError:
-        return False  # an unknown kind: validation reports it
-    if field is None:
-        return False
-    ann = field.annotation
-    return ann is SecretStr or SecretStr in getattr(ann, "__args__", ())
-
-
-def _placeholder_secrets(doc: Any) -> Any:
-    """The document with each secret reference replaced by a dummy value."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("services"), Mapping):
-        return doc
-    services: dict[Any, Any] = {}
-    for name, svc in doc["services"].items():
-        services[name] = svc
-        if not isinstance(svc, Mapping) or not isinstance(svc.get("probe"), Mapping):
-            continue
-        probe: Mapping[str, Any] = svc["probe"]
-        options, kind = probe.get("options"), probe.get("kind")
-        if not isinstance(options, Mapping) or not isinstance(kind, str):
-            continue
-        opts = {
-            k: _PLACEHOLDER
-            if isinstance(v, Mapping) and set(v) in ({"env"}, {"file"}) and _is_secret(kind, k)
-            else v
-            for k, v in options.items()
-        }
-        services[name] = {**svc, "probe": {**probe, "options": opts}}
-    return {**doc, "services": services}
-
-
-def load_without_secrets(path: str) -> Any:
-    from .config import load_config, parse_config
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return load_config(path)  # raises the ConfigError check-config would
-    return parse_config(_placeholder_secrets(doc), path)
-
-
 def _cmd_iam_policy(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .iam import MANAGED_POLICY_LIMIT, compact_size, policy_json
 
-    cfg = load_without_secrets(config_path(getattr(args, "config", None)))
+    cfg = load_config(config_path(getattr(args, "config", None)), secrets=False)
     text = policy_json(cfg)
     sys.stdout.write(text)
     size = compact_size(text)

@@ -70,11 +70,11 @@ def _common(p: Any) -> None:
     )
 
 
-def _setup(args: argparse.Namespace) -> Any:
+def _setup(args: argparse.Namespace, secrets: bool = True) -> Any:
     from . import logs
     from .config import load_config
 
-    cfg = load_config(config_path(getattr(args, "config", None)))
+    cfg = load_config(config_path(getattr(args, "config", None)), secrets=secrets)
     # Progress on stderr, the summary on stdout.
     logs.configure(cfg.log.level, "console", stream=sys.stderr)
     return cfg
@@ -146,7 +146,7 @@ def _format_outcome(o: Any, resumed: bool) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    cfg = _setup(args)
+    cfg = _setup(args, secrets=False)  # status probes nothing: the secrets may be absent
     for s in args.services:
         if s not in cfg.services:
             raise UsageError(f"no service named '{s}' (configured: {', '.join(cfg.services)})")

@@ -371,10 +371,17 @@ def _is_secret_field(opts: type[ProbeOptions], key: str) -> bool:
     return ann is SecretStr or SecretStr in getattr(ann, "__args__", ())
 
 
-def _resolve_secret(value: Any, key: str) -> Any:
+# What a secret reference becomes when secrets are not needed (pause, resume,
+# status, iam-policy): those commands must work where the secrets are absent.
+UNRESOLVED_SECRET = "<secret not loaded>"
+
+
+def _resolve_secret(value: Any, key: str, resolve: bool = True) -> Any:
     """``{env: NAME}`` or ``{file: PATH}`` -> the secret's text."""
     if not isinstance(value, Mapping):
         return value
+    if not resolve and set(value) in ({"env"}, {"file"}):
+        return UNRESOLVED_SECRET
     if set(value) == {"env"}:
         name = str(value["env"])
         if name not in os.environ:
@@ -391,7 +398,7 @@ def _resolve_secret(value: Any, key: str) -> Any:
     raise ConfigError(None, key, "a secret is a string, {env: NAME} or {file: PATH}")
 
 
-def _check_probe(name: str, svc: ServiceConfig) -> ServiceConfig:
+def _check_probe(name: str, svc: ServiceConfig, secrets: bool = True) -> ServiceConfig:
     """Validate the probe's options with its kind's model, secrets resolved."""
     kind = probes.get_kind(svc.probe.kind)
     base = f"services.{name}.probe"
@@ -404,7 +411,7 @@ def _check_probe(name: str, svc: ServiceConfig) -> ServiceConfig:
     raw = dict(svc.probe.options) if isinstance(svc.probe.options, Mapping) else {}
     for key, value in raw.items():
         if _is_secret_field(kind.options, key):
-            raw[key] = _resolve_secret(value, f"{base}.options.{key}")
+            raw[key] = _resolve_secret(value, f"{base}.options.{key}", secrets)
     try:
         parsed = kind.parse_options(raw)
     except OptionError as exc:
@@ -455,8 +462,9 @@ def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
     return key, msg
 
 
-def parse_config(doc: Any, path: str | None = None) -> Config:
-    """Validate an already-parsed YAML document."""
+def parse_config(doc: Any, path: str | None = None, *, secrets: bool = True) -> Config:
+    """Validate an already-parsed YAML document. ``secrets=False`` leaves
+    ``{env:}``/``{file:}`` secret references unread (placeholders)."""
     if not isinstance(doc, Mapping):
         raise ConfigError(path, None, "the file must be a YAML mapping with a 'services' key")
     try:
@@ -465,7 +473,7 @@ def parse_config(doc: Any, path: str | None = None) -> Config:
         key, msg = _format_validation_error(exc)
         raise ConfigError(path, key, msg) from None
     try:
-        services = {name: _check_probe(name, svc) for name, svc in cfg.services.items()}
+        services = {name: _check_probe(name, svc, secrets) for name, svc in cfg.services.items()}
         for i, drill in enumerate(cfg.drills):
             for s in drill.services:
                 if s != "*" and s not in cfg.services:
@@ -481,7 +489,7 @@ def parse_config(doc: Any, path: str | None = None) -> Config:
     return cfg.model_copy(update={"services": services})
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, *, secrets: bool = True) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -495,4 +503,4 @@ def load_config(path: str) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(path, None, f"YAML syntax error{where}: {problem}") from None
-    return parse_config(doc, path)
+    return parse_config(doc, path, secrets=secrets)

@@ -102,7 +102,16 @@ async def _serve(
     resume = getattr(sup.executor, "resume_pending", None)
     if resume is not None and not dry_run:
         # A plan a crash interrupted is finished (or rolled back) before any
-        # new decision is taken.
+        # new decision is taken. That can take as long as a plan's bounded
+        # waits: tell systemd, so the start timeout does not kill it midway.
+        longest = max(
+            (th.start_timeout + th.healthy_timeout + th.target_healthy_timeout + th.drain_timeout)
+            for th in (config.thresholds(n) for n in config.services)
+        )
+        notifier.notify(
+            f"EXTEND_TIMEOUT_USEC={int((longest + 60) * 1e6)}",
+            "STATUS=finishing any plan a previous run left unfinished",
+        )
         resumed = list(await resume() or ())
     try:
         runner = await start_server(sup, config.http.listen)

@@ -21,7 +21,6 @@ import pytest
 from jupiterd import iam
 from jupiterd.aws import IAM_PREFIX, iam_action
 from jupiterd.cli import main
-from jupiterd.cli_iam import load_without_secrets
 from jupiterd.config import load_config
 from jupiterd.plan import plan_permissions
 
@@ -139,7 +138,7 @@ def test_a_secret_reference_in_a_non_secret_option_is_still_rejected(tmp_path: P
     from jupiterd.config import ConfigError
 
     with pytest.raises(ConfigError, match="username"):
-        load_without_secrets(str(path))
+        load_config(str(path), secrets=False)
 
 
 # --------------------------------------------------------------------------- lint
@@ -281,7 +280,7 @@ def test_project_tag_and_region_follow_the_config(tmp_path: Path) -> None:
         "    backup: {instance_id: i-0123456789abcdef1}\n"
         "    attachments: {elastic_ip: eipalloc-0123456789abcdef0}\n"
     )
-    doc = iam.policy(load_without_secrets(str(path)))
+    doc = iam.policy(load_config(str(path), secrets=False))
     text = json.dumps(doc)
     assert "Jupiter" not in text and "ap-southeast-2" not in text
     assert '"aws:ResourceTag/Project": "Saturn"' in text
@@ -308,7 +307,7 @@ def test_stop_is_allowed_on_both_instances_even_without_stop_old(tmp_path: Path)
         "    primary: {instance_id: i-0123456789abcdef0}\n"
         "    backup: {instance_id: i-0123456789abcdef1}\n"
     )
-    doc = iam.policy(load_without_secrets(str(path)))
+    doc = iam.policy(load_config(str(path), secrets=False))
     stop = next(s for s in _statements(doc) if "ec2:StopInstances" in _as_list(s["Action"]))
     assert len(_as_list(stop["Resource"])) == 2
 

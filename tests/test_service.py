@@ -279,3 +279,53 @@ def _up(base: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_pause_works_without_the_probe_secrets(tmp_path, listener):
+    """pause/resume only need http.listen: a shell without the daemon's
+    secrets must still be able to pause it."""
+    http_port = free_port()
+    cfg = tmp_path / "jupiterd.yaml"
+    write_config(
+        cfg,
+        listener.getsockname()[1],
+        http_port,
+        tmp_path / "state",
+        extra={
+            "coturn": {
+                "probe": {"kind": "turn", "options": {"secret": {"env": "TURN_SECRET_X"}}},
+                "primary": {"address": "127.0.0.2"},
+            }
+        },
+    )
+    env = {**os.environ, "TURN_SECRET_X": "s"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupiterd", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        wait(lambda: _up(base), what="the daemon")
+        bare = {k: v for k, v in os.environ.items() if k != "TURN_SECRET_X"}
+        r = subprocess.run(
+            [sys.executable, "-m", "jupiterd", "pause", "--config", str(cfg), "--by", "oncall"],
+            capture_output=True,
+            text=True,
+            env=bare,
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(get(f"{base}/status")[1])["pause_reason"] == "paused by oncall"
+        r = subprocess.run(
+            [sys.executable, "-m", "jupiterd", "check-config", str(cfg)],
+            capture_output=True,
+            text=True,
+            env=bare,
+            timeout=30,
+        )
+        assert r.returncode == 78 and "TURN_SECRET_X is not set" in r.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
