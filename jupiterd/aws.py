@@ -17,7 +17,11 @@ from the standard chain and never appear in logs or messages.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +30,8 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 import structlog
 from botocore.config import Config as BotoConfig
 
@@ -73,6 +79,115 @@ _THROTTLED = frozenset(
     }
 )
 _ENCODED = re.compile(r"\s*Encoded authorization failure message:.*", re.S)
+
+
+# The API operations jupiterd calls; tests check the code calls no other.
+# botocore's models are pruned to these: EC2's full model alone would hold
+# some 20 MB of the daemon's memory for the eight operations it uses.
+OPERATIONS: dict[str, frozenset[str]] = {
+    "ec2": frozenset(
+        {
+            "AssociateAddress",
+            "DescribeAddresses",
+            "DescribeInstances",
+            "DescribeRouteTables",
+            "ModifyInstanceAttribute",
+            "ReplaceRoute",
+            "StartInstances",
+            "StopInstances",
+        }
+    ),
+    "elbv2": frozenset(
+        {"DeregisterTargets", "DescribeTargetGroups", "DescribeTargetHealth", "RegisterTargets"}
+    ),
+    "route53": frozenset({"ChangeResourceRecordSets", "GetChange", "ListResourceRecordSets"}),
+    "sns": frozenset({"GetTopicAttributes", "Publish"}),
+}
+
+
+def prune_model(model: dict[str, Any], operations: frozenset[str]) -> dict[str, Any]:
+    """A service model with only ``operations``, the shapes they reach, and
+    no documentation strings."""
+    ops = {name: op for name, op in model["operations"].items() if name in operations}
+    shapes = model["shapes"]
+    todo = [
+        ref["shape"]
+        for op in ops.values()
+        for ref in [op.get("input"), op.get("output"), *op.get("errors", ())]
+        if ref
+    ]
+    keep: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        shape = shapes[name]
+        todo.extend(m["shape"] for m in shape.get("members", {}).values())
+        todo.extend(shape[k]["shape"] for k in ("member", "key", "value") if k in shape)
+
+    def bare(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k != "documentation"}
+        if "members" in out:
+            out["members"] = {n: bare(m) for n, m in out["members"].items()}
+        return out
+
+    return {
+        **{k: v for k, v in model.items() if k not in ("operations", "shapes", "documentation")},
+        "operations": {n: bare(op) for n, op in ops.items()},
+        "shapes": {n: bare(shapes[n]) for n in keep},
+    }
+
+
+def _prune_all() -> dict[str, dict[str, Any]]:
+    loader = botocore.session.get_session().get_component("data_loader")
+    return {
+        svc: prune_model(loader.load_service_model(svc, "service-2"), ops)
+        for svc, ops in OPERATIONS.items()
+    }
+
+
+_pruned: dict[str, dict[str, Any]] | None = None
+_pruned_lock = threading.Lock()
+
+
+def pruned_models() -> dict[str, dict[str, Any]]:
+    """The models of OPERATIONS' services, pruned. They are made in a child
+    process: parsing a full model in this one would leave its memory behind
+    (freed, but not given back to the system)."""
+    global _pruned
+    with _pruned_lock:
+        if _pruned is None:
+            try:
+                out = subprocess.run(
+                    [sys.executable, "-m", "jupiterd.aws"],
+                    capture_output=True,
+                    timeout=120,
+                    check=True,
+                )
+                _pruned = json.loads(out.stdout)
+            except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                log.warning("pruning AWS models in this process", reason=str(exc))
+                _pruned = _prune_all()
+        return _pruned
+
+
+class _PrunedLoader(botocore.loaders.Loader):  # type: ignore[misc]
+    """Serves the pruned models of ``OPERATIONS``' services."""
+
+    def load_service_model(
+        self, service_name: str, type_name: str, api_version: str | None = None
+    ) -> Any:
+        if type_name == "service-2" and service_name in OPERATIONS and api_version is None:
+            return pruned_models()[service_name]
+        return super().load_service_model(service_name, type_name, api_version)
+
+
+def _session(region: str) -> boto3.session.Session:
+    core = botocore.session.get_session()
+    paths = [p for p in (core.get_config_variable("data_path") or "").split(os.pathsep) if p]
+    core.register_component("data_loader", _PrunedLoader(extra_search_paths=paths))
+    return boto3.session.Session(botocore_session=core, region_name=region)
 
 
 def iam_action(service: str, operation: str) -> str:
@@ -190,7 +305,7 @@ class Aws:
         config: AwsConfig,
         metrics: Metrics | None = None,
         *,
-        max_workers: int = 16,
+        max_workers: int = 8,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -217,7 +332,7 @@ class Aws:
             c = self._clients.get(service)
             if c is None:
                 if self._session is None:
-                    self._session = boto3.session.Session(region_name=self.config.region)
+                    self._session = _session(self.config.region)
                 c = self._session.client(
                     service, endpoint_url=self.config.endpoint_url, config=self._boto_config
                 )
@@ -312,3 +427,7 @@ class Aws:
         if retries:
             log.info("aws_call_retried", action=action, resource=resource, retries=retries)
         return response
+
+
+if __name__ == "__main__":  # the child process of pruned_models()
+    json.dump(_prune_all(), sys.stdout)

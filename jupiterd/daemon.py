@@ -65,6 +65,7 @@ TICK_SECONDS = 1.0
 HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for this long
 SHUTDOWN_GRACE_SECONDS = 5.0
 REFRESH_SECONDS = 30.0
+INITIAL_INVENTORY_SECONDS = 1.0  # how long start-up waits for AWS before probing anyway
 PAUSE_FILE = "paused"
 
 
@@ -167,7 +168,17 @@ class Supervisor:
         self.metrics.paused.set(1 if self.state.paused else 0)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(self.started_wall)
-        await self.refresh_inventory()
+        # Start from what AWS says when it answers promptly; when it does not
+        # (an API outage, a throttled account), probe the configured addresses
+        # meanwhile: the refresh lands when it lands.
+        first = asyncio.create_task(self.refresh_inventory(), name="inventory-first")
+        self._tasks.append(first)
+        done, _ = await asyncio.wait({first}, timeout=INITIAL_INVENTORY_SECONDS)
+        if not done:
+            self.log.warning(
+                "AWS has not answered yet: probing the configured addresses meanwhile",
+                waited_seconds=INITIAL_INVENTORY_SECONDS,
+            )
         for name in self.config.services:
             for role in Role:
                 self._add_target(name, role)
@@ -544,6 +555,7 @@ class Supervisor:
                     if address != t.address:
                         t.address = address
                         t.loop.spec = self._spec(name, address)
+                        t.loop.wake()  # a target that had no address waits for this
                         status = self.state.services[name].target(role).status
                         self._update_watch(name, role, status)
             if view.active is not None and view.active is not current.active:

@@ -132,7 +132,9 @@ async def test_endpoint_from_the_environment_chain(moto: MotoServer, monkeypatch
 async def test_dry_run_permission_proof(moto: MotoServer):
     aws = Aws(AwsConfig(endpoint_url=moto.url))
     try:
-        ec2 = aws.client("ec2")
+        # The wrapper's clients know only the operations jupiterd calls: the
+        # test makes its instance with a full client.
+        ec2 = _client("ec2", moto.url)
         iid = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0][
             "InstanceId"
         ]
@@ -281,3 +283,21 @@ def test_proxy_forwards_and_counts(moto: MotoServer):
 def test_proxy_names_route53_actions(method, path, action):
     auth = "AWS4-HMAC-SHA256 Credential=AK/20260101/us-east-1/route53/aws4_request, X"
     assert fault_proxy.classify(method, path, {"authorization": auth}, b"") == ("route53", action)
+
+
+def test_models_are_pruned_to_the_operations_jupiterd_calls():
+    from jupiterd.aws import OPERATIONS, iam_action
+    from tests.test_iam import _aws_calls
+
+    called, _ = _aws_calls()
+    allowed = {iam_action(svc, op) for svc, ops in OPERATIONS.items() for op in ops}
+    assert called == allowed, "update aws.OPERATIONS: the code calls " + ", ".join(
+        sorted(called ^ allowed)
+    )
+    aws = Aws(AwsConfig(endpoint_url="http://127.0.0.1:9"))
+    try:
+        ec2 = aws.client("ec2")
+        assert hasattr(ec2, "start_instances") and not hasattr(ec2, "run_instances")
+        assert ec2.can_paginate("describe_instances")
+    finally:
+        aws.close()
