@@ -57,7 +57,10 @@ class Options(ProbeOptions):
     secret: SecretStr | None = None  # coturn's static-auth-secret (TURN REST API)
     user: str = Field(default="jupiterd", min_length=1)  # the user part of a REST username
     ttl: int = Field(default=600, gt=0)  # lifetime of REST credentials (s)
-    rto: float = Field(default=0.5, gt=0, le=60)  # initial UDP retransmission timeout (s)
+    # Initial UDP retransmission timeout (s). RFC 5389 suggests 0.5 s or more for
+    # unknown Internet paths; with a 1 s probe budget that leaves one retransmission
+    # per transaction, too few under loss (measured in bench/lossy.py).
+    rto: float = Field(default=0.25, gt=0, le=60)
 
     @model_validator(mode="after")
     def _credentials(self) -> Self:
