@@ -19,11 +19,15 @@ The proxy (its own process, on the cores the daemon is not pinned to):
 - TCP, ``--tcp-loss filter`` (default): loss happens in the kernel, so TCP
   itself sees it and recovers as it would on a real path (SYN retransmitted
   after the 1 s initial RTO, data after the 200 ms minimum RTO or a tail loss
-  probe). A classic BPF socket filter that drops a ``loss`` share of packets
-  at random (``SKF_AD_RANDOM``) is attached to the proxy's listening socket
-  (inherited by accepted sockets: client to server) and to its upstream
-  sockets (server to client). Each direction of the end-to-end path thus
-  loses ``loss`` of its packets, handshake included.
+  probe). Classic BPF socket filters drop packets at random
+  (``SKF_AD_RANDOM``): on the proxy's listening socket (inherited by the
+  accepted ones) ``loss`` of the client's segments, and on its upstream
+  sockets ``loss`` of the server's. Each direction of the end-to-end path
+  thus loses ``loss`` of its data. The handshake is two handshakes here, so
+  its loss is moved to the client's: its SYN is dropped with the chance that
+  a SYN or a SYN-ACK is lost, 1-(1-loss)^2, and the proxy's own handshake
+  with the server loses nothing (else a lost SYN-ACK there would look, to
+  the client, like a stalled established connection).
 - TCP, ``--tcp-loss delay``: an emulation without the kernel's help. A
   ``loss`` share of new connections reach the server 1 s late (a lost SYN or
   SYN-ACK) and a ``loss`` share of forwarded chunks are held back 200 to
@@ -64,14 +68,24 @@ stats: Counter[str] = Counter()
 # --------------------------------------------------------------------------- loss in the kernel
 
 
-def attach_drop_filter(sock: socket.socket, share: float) -> None:
-    """Drop ``share`` of the packets this socket receives, at random."""
-    threshold = min(0xFFFFFFFF, int(share * 2**32))
+def attach_drop_filter(sock: socket.socket, share: float, syn_share: float | None = None) -> None:
+    """Drop ``share`` of the packets this socket receives at random, and
+    ``syn_share`` (default: ``share``) of those carrying SYN. The filter sees
+    a TCP segment from its header on: byte 13 holds the flags."""
+    syn = share if syn_share is None else syn_share
+
+    def th(p: float) -> int:
+        return min(0xFFFFFFFF, int(p * 2**32))
+
     insns = [
-        (0x20, 0, 0, SKF_AD_RANDOM),  # ld  rand
-        (0x35, 0, 1, threshold),  # jge #threshold -> accept, else drop
-        (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1 (accept the whole packet)
-        (0x06, 0, 0, 0),  # ret #0  (drop)
+        (0x30, 0, 0, 13),  # 0: ldb [13]          (TCP flags; UDP: its checksum, harmless)
+        (0x45, 0, 2, 0x02),  # 1: jset #SYN       -> 2, else -> 4
+        (0x20, 0, 0, SKF_AD_RANDOM),  # 2: ld rand
+        (0x35, 2, 3, th(syn)),  # 3: jge #syn     -> accept, else drop
+        (0x20, 0, 0, SKF_AD_RANDOM),  # 4: ld rand
+        (0x35, 0, 1, th(share)),  # 5: jge #share -> accept, else drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # 6: accept the whole packet
+        (0x06, 0, 0, 0),  # 7: drop
     ]
     prog = b"".join(struct.pack("HBBI", *i) for i in insns)
     buf = ctypes.create_string_buffer(prog)
@@ -155,7 +169,9 @@ async def tcp_session(
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if link.mode == "filter" and link.loss > 0:
-                attach_drop_filter(sock, link.loss)
+                # Data from the server is lost here; the handshake's losses
+                # are all taken on the client's side (see the listener).
+                attach_drop_filter(sock, link.loss, syn_share=0.0)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             async with asyncio.timeout(30):
@@ -251,7 +267,9 @@ async def serve_proxy(args: argparse.Namespace) -> None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if link.mode == "filter" and link.loss > 0:
-                attach_drop_filter(sock, link.loss)  # accepted sockets inherit it
+                # Accepted sockets inherit it. A SYN stands for the whole
+                # handshake: it fails if the SYN or the SYN-ACK is lost.
+                attach_drop_filter(sock, link.loss, syn_share=1 - (1 - link.loss) ** 2)
             sock.bind((host, 0))
             sock.listen(1024)
             sock.setblocking(False)
