@@ -130,11 +130,29 @@ async def test_when_every_syn_is_lost_the_timeout_wins_and_nothing_leaks(listene
     drop_everything(listener)
     before = open_fds()
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.6):
+        async with asyncio.timeout(net.HEDGE_AFTER * (net.ATTEMPTS + 0.5)):
             await net.tcp_connect(Trace("tcp", "x"), hp_of(listener))
-    assert attempts[0] == 2
+    assert attempts[0] == net.ATTEMPTS
     assert open_fds() == before
     assert accepted(listener) == 0
+
+
+async def test_a_refusal_during_a_hedge_ends_the_connect(attempts):
+    """The first SYN is lost; by the time of the hedge the port is closed:
+    the hedge's refusal is the answer, not a wait for the first attempt."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    drop_everything(lsock)
+    lsock.listen(16)
+    hp = hp_of(lsock)
+    asyncio.get_running_loop().call_later(net.HEDGE_AFTER / 2, lsock.close)
+    before = open_fds()
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await net.tcp_connect(Trace("tcp", "x"), hp)
+    assert time.monotonic() - t0 < 0.9
+    assert attempts[0] == 2
+    assert open_fds() == before - 1  # the listener closed; nothing of ours left open
 
 
 async def test_a_refusal_is_not_hedged(attempts):
@@ -154,7 +172,7 @@ async def test_cancelled_while_connecting_closes_every_attempt(listener):
     drop_everything(listener)
     before = open_fds()
     task = asyncio.create_task(net.tcp_connect(Trace("tcp", "x"), hp_of(listener)))
-    await asyncio.sleep(net.HEDGE_AFTER + 0.1)  # both attempts in flight
+    await asyncio.sleep(net.HEDGE_AFTER * 1.5)  # two attempts in flight
     assert open_fds() == before + 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
