@@ -5,6 +5,7 @@
     python bench/daemon.py scale [--targets 1000] [--seconds 30] [--scrape 15]
     python bench/daemon.py scale-search [--start 1000] [--step 1000] [--scrape 15]
     python bench/daemon.py memory
+    python bench/daemon.py exposition [--targets 2000]
     python bench/daemon.py growth [--targets 2000] [--minutes 1]
     python bench/daemon.py startup [--runs 5] [--services 5]
 
@@ -25,6 +26,9 @@ scale-search: `scale` in a fresh process per count, counts growing by
   that stayed under it.
 memory: RSS of the supervisor with the full example configuration, its
   addresses rewritten to loopback (no traffic ever leaves the machine).
+exposition: the /metrics answer of a supervisor probing N tcp targets: its
+  size, series and CPU per render, without and with the ``*_created`` series
+  (prometheus_client's default, which jupiterd turns off), in one run.
 growth: `jupiterd run` as a process (monitor-only, loopback-only config)
   with N tcp targets at a 1 s interval; its RSS sampled from /proc every
   ``--sample`` seconds: at start, after the warm-up, at the end, and the
@@ -369,6 +373,72 @@ async def memory(args: argparse.Namespace) -> None:
         await sup.stop(grace=0.5)
 
 
+async def exposition(args: argparse.Namespace) -> None:
+    from prometheus_client import disable_created_metrics, enable_created_metrics, generate_latest
+
+    from bench.peers import MEASURED_CPU, helper_cpus, spawn
+
+    pinned = args.pin and len(os.sched_getaffinity(0)) > 1
+    if pinned:
+        os.sched_setaffinity(0, {MEASURED_CPU})
+    with (
+        spawn(
+            [sys.executable, str(ROOT / "bench" / "listeners.py"), "8"],
+            cpus=helper_cpus() if pinned else None,
+        ) as addrs,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        services = _tcp_services(addrs.split(), args.targets // 2)  # both roles probed
+        cfg = parse_config(
+            {
+                "state_dir": tmp,
+                "services": services,
+                "defaults": {"interval": "1s", "timeout": "500ms"},
+                "guards": {"isolation": {"enabled": False}},
+            }
+        )
+        from jupiterd.machine import Role
+
+        inv = StaticInventory(cfg, {(n, r): "running" for n in services for r in Role})
+        sup = Supervisor(cfg, executor=FakeExecutor(), inventory=inv, metrics=Metrics())
+        await sup.start()
+        print(
+            f"exposition: {len(sup.targets)} tcp targets probed at 1 s; warming up {args.warmup:g} s",
+            flush=True,
+        )
+        await asyncio.sleep(args.warmup)
+        modes = {"with _created": enable_created_metrics, "without": disable_created_metrics}
+        cpu: dict[str, list[float]] = {label: [] for label in modes}
+        bodies: dict[str, bytes] = {}
+
+        def render() -> tuple[bytes, float]:
+            c0 = time.thread_time()
+            body = generate_latest(sup.metrics.registry)
+            return body, time.thread_time() - c0
+
+        for i in range(args.renders):  # interleaved, alternating which goes first
+            for label in sorted(modes, reverse=bool(i % 2)):
+                modes[label]()
+                bodies[label], c = await asyncio.to_thread(render)
+                cpu[label].append(c)
+        rows = {}
+        for label, body in bodies.items():
+            series = sum(1 for ln in body.splitlines() if ln and not ln.startswith(b"#"))
+            rows[label] = (len(body), series, statistics.median(cpu[label]))
+            print(
+                f"  {label:14s} {len(body) / 1e6:6.2f} MB  {series:7d} series  "
+                f"render CPU median {1e3 * rows[label][2]:6.0f} ms (n={len(cpu[label])})",
+                flush=True,
+            )
+        disable_created_metrics()
+        await sup.stop(grace=0.5)
+    (b0, s0, c0), (b1, s1, c1) = rows["with _created"], rows["without"]
+    print(
+        f"without/with: size {b1 / b0:.2f}, series {s1 / s0:.2f}, render CPU {c1 / c0:.2f}; "
+        f"per target without: {b1 / len(sup.targets):.0f} bytes, {s1 / len(sup.targets):.1f} series"
+    )
+
+
 def _tcp_services(addrs: list[str], n: int) -> dict[str, Any]:
     from bench.peers import services_for
 
@@ -510,6 +580,11 @@ def main() -> None:
     ss.add_argument("--no-pin", dest="pin", action="store_false")
     m = sub.add_parser("memory")
     m.add_argument("--seconds", type=float, default=5)
+    e = sub.add_parser("exposition")
+    e.add_argument("--targets", type=int, default=2000)
+    e.add_argument("--warmup", type=float, default=5)
+    e.add_argument("--renders", type=int, default=5)
+    e.add_argument("--no-pin", dest="pin", action="store_false")
     g = sub.add_parser("growth")
     g.add_argument("--targets", type=int, default=2000)
     g.add_argument("--listeners", type=int, default=8)
@@ -530,7 +605,8 @@ def main() -> None:
         {"growth": growth, "startup": startup}[args.cmd](args)
         return
     logs.configure("error", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
-    asyncio.run({"detection": detection, "scale": scale, "memory": memory}[args.cmd](args))
+    commands = {"detection": detection, "scale": scale, "memory": memory, "exposition": exposition}
+    asyncio.run(commands[args.cmd](args))
 
 
 if __name__ == "__main__":

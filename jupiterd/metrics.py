@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from . import __version__
 
@@ -21,6 +29,11 @@ TARGET_STATES = ["unknown", "up", "suspect", "down", "recovering", "stopped"]
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No ``*_created`` series: one more series per counter and histogram child
+        # (two per target), which Prometheus ingests as a gauge of its own and no
+        # rule or panel reads. prometheus_client's switch is process-wide; jupiterd
+        # owns its process.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.build_info = Info("jupiterd_build", "jupiterd version and runtime.", registry=r)

@@ -83,3 +83,12 @@ def test_every_metric_is_prefixed_and_promtool_accepts_them():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "" and r.stderr.strip() == "", r.stdout + r.stderr
+
+
+def test_no_created_series():
+    """Counters and histograms export no ``*_created`` series: one series per
+    child that Prometheus would ingest and nothing reads."""
+    text = generate_latest(populated().registry).decode()
+    assert "jupiterd_probe_results_total{" in text
+    assert "jupiterd_probe_duration_seconds_bucket{" in text
+    assert "_created" not in text, [ln for ln in text.splitlines() if "_created" in ln][:3]

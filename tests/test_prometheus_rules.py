@@ -105,9 +105,9 @@ def _exported_names() -> set[str]:
         base = family.name
         names.add(base)
         if family.type == "counter":
-            names |= {base + "_total", base + "_created"}
+            names.add(base + "_total")
         elif family.type == "histogram":
-            names |= {base + s for s in ("_bucket", "_sum", "_count", "_created")}
+            names |= {base + s for s in ("_bucket", "_sum", "_count")}
         elif family.type == "info":
             names.add(base + "_info")
     return names
