@@ -43,16 +43,24 @@ def main() -> None:
             d["failover"].append(rep["failover_seconds"])
             d["restored"].append(rep["restored_seconds"])
         print(f"run {i + 1}/{args.runs}: ok in {walls[-1]:.1f}s", flush=True)
-    print(f"\nsandbox start-up: median {statistics.median(starts):.2f}s "
-          f"(min {min(starts):.2f}, max {max(starts):.2f}, n={len(starts)})")
-    print(f"whole `--drill all{' --failback' if args.failback else ''}` run: median "
-          f"{statistics.median(walls):.1f}s")
-    print(f"{'service':12} {'detect s (median)':>18} {'failover s (median)':>20} "
-          f"{'restored s (median)':>20}  n")
+    print(
+        f"\nsandbox start-up: median {statistics.median(starts):.2f}s "
+        f"(min {min(starts):.2f}, max {max(starts):.2f}, n={len(starts)})"
+    )
+    print(
+        f"whole `--drill all{' --failback' if args.failback else ''}` run: median "
+        f"{statistics.median(walls):.1f}s"
+    )
+    print(
+        f"{'service':12} {'detect s (median)':>18} {'failover s (median)':>20} "
+        f"{'restored s (median)':>20}  n"
+    )
     for name, d in per.items():
-        print(f"{name:12} {statistics.median(d['detect']):18.2f} "
-              f"{statistics.median(d['failover']):20.2f} "
-              f"{statistics.median(d['restored']):20.2f}  {len(d['detect'])}")
+        print(
+            f"{name:12} {statistics.median(d['detect']):18.2f} "
+            f"{statistics.median(d['failover']):20.2f} "
+            f"{statistics.median(d['restored']):20.2f}  {len(d['detect'])}"
+        )
 
 
 if __name__ == "__main__":
