@@ -33,7 +33,7 @@ class Metrics:
         # (two per target), which Prometheus ingests as a gauge of its own and no
         # rule or panel reads. prometheus_client's switch is process-wide; jupiterd
         # owns its process.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.build_info = Info("jupiterd_build", "jupiterd version and runtime.", registry=r)
