@@ -258,16 +258,17 @@ class HttpConnection:
                 f"the server closed the connection after {len(exc.partial)} of {n} {what} bytes",
             ) from None
 
+    async def _line(self, what: str) -> bytes:
+        try:
+            return await self.reader.readuntil(b"\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"truncated or malformed {what}") from None
+
     async def _read_chunked(self, max_body: int) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         total = 0
         while True:
-            try:
-                line = await self.reader.readuntil(b"\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR, "truncated or malformed chunked body"
-                ) from None
+            line = await self._line("chunked body")
             size_text = line.split(b";", 1)[0].strip()
             if not _CHUNK_SIZE.fullmatch(size_text):
                 raise ProbeFailure(Reason.PROTOCOL_ERROR, f"bad chunk size: '{excerpt(size_text)}'")
@@ -289,12 +290,7 @@ class HttpConnection:
         not keep the probe reading forever."""
         total = 0
         while True:
-            try:
-                line = await self.reader.readuntil(b"\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR, "truncated or malformed chunked body trailer"
-                ) from None
+            line = await self._line("chunked body trailer")
             if line == b"\r\n":
                 return
             total += len(line)

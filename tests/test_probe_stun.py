@@ -20,7 +20,7 @@ from probes import stun
 from tests.conftest import need
 from tests.peers import hostile
 from tests.peers.coturn import coturn
-from tests.peers.stun_standin import stun_standin
+from tests.peers.stun_standin import ask, attribute_layout, stun_standin
 
 Reason = probes.Reason
 
@@ -118,23 +118,6 @@ async def test_binding_against_the_standin(transport):
     assert result.ok, result
     assert result.facts["mapped_address"].startswith("127.0.0.1:")
     assert result.facts["software"] == "jupiterd STUN stand-in"
-
-
-def attribute_layout(data: bytes) -> tuple[int, list[int]]:
-    """Message type and attribute types in order, walked by hand."""
-    types, pos = [], 20
-    while pos < len(data):
-        code, n = struct.unpack_from("!HH", data, pos)
-        types.append(code)
-        pos += 4 + n + (-n % 4)
-    return struct.unpack_from("!H", data)[0], types
-
-
-def ask(host: str, port: int, request: bytes) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        s.sendto(request, (host, port))
-        return s.recv(4096)
 
 
 async def test_standin_binding_layout_matches_coturn(server):

@@ -25,7 +25,7 @@ from probes import turn
 from tests.conftest import need
 from tests.peers import hostile
 from tests.peers.coturn import binding_answered, coturn
-from tests.peers.stun_standin import stun_standin
+from tests.peers.stun_standin import ask, attribute_layout, stun_standin
 
 Reason = probes.Reason
 SECRET = "rest-shared-secret-0123"
@@ -219,22 +219,6 @@ async def test_challenge_against_the_standin(transport):
     assert result.facts["nonce_length"] == 16
 
 
-def layout(data: bytes) -> tuple[int, list[int]]:
-    types, pos = [], 20
-    while pos < len(data):
-        code, n = struct.unpack_from("!HH", data, pos)
-        types.append(code)
-        pos += 4 + n + (-n % 4)
-    return struct.unpack_from("!H", data)[0], types
-
-
-def ask(host: str, port: int, request: bytes) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        s.sendto(request, (host, port))
-        return s.recv(4096)
-
-
 async def test_standin_challenge_layout_matches_coturn(server):
     request = aio.Message(
         aio.Method.ALLOCATE, aio.Class.REQUEST, attributes={"REQUESTED-TRANSPORT": 0x11000000}
@@ -243,7 +227,7 @@ async def test_standin_challenge_layout_matches_coturn(server):
     real = ask(server.host, server.port, bytes(request))
     async with stun_standin() as standin:
         fake = await asyncio.to_thread(ask, standin.host, standin.port, bytes(request))
-    assert layout(fake) == layout(real)
+    assert attribute_layout(fake) == attribute_layout(real)
     real_msg, fake_msg = aio.parse_message(real), aio.parse_message(fake)
     assert fake_msg.attributes["ERROR-CODE"] == real_msg.attributes["ERROR-CODE"]
     assert len(fake_msg.attributes["NONCE"]) == len(real_msg.attributes["NONCE"])

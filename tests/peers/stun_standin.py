@@ -187,6 +187,25 @@ def _free_pair(host: str) -> int:
     raise RuntimeError(f"no port free for both TCP and UDP on {host}")
 
 
+def attribute_layout(data: bytes) -> tuple[int, list[int]]:
+    """Message type and attribute types in order, walked by hand: what a
+    test compares between this stand-in's answer and coturn's."""
+    types, pos = [], 20
+    while pos < len(data):
+        code, n = struct.unpack_from("!HH", data, pos)
+        types.append(code)
+        pos += 4 + n + (-n % 4)
+    return struct.unpack_from("!H", data)[0], types
+
+
+def ask(host: str, port: int, request: bytes) -> bytes:
+    """One UDP request, its answer (blocking, 2 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(request, (host, port))
+        return s.recv(4096)
+
+
 @contextlib.asynccontextmanager
 async def stun_standin(
     host: str = "127.0.0.1", port: int = 0, *, realm: str = DEFAULT_REALM
