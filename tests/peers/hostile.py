@@ -9,6 +9,9 @@ Each is an async context manager yielding ``(host, port)``:
   bytes after the first read (or at once with ``greet=True``), then closes
   (or keeps the connection open with ``close=False``).
 - ``udp_responder(reply)``: answers each datagram with ``reply(data)``.
+- ``drip_tcp(head, body)``: after the first read, sends ``head`` and then
+  ``body`` over and over, one byte every ``every`` seconds, never ending:
+  a peer that is never silent and never done.
 
 Replies are functions of what the probe sent, so a test can echo a
 transaction id with a corrupted body, truncate a frame, or claim an absurd
@@ -80,6 +83,41 @@ async def tcp_responder(
     finally:
         for w in held:
             w.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def drip_tcp(
+    head: bytes, body: bytes, host: str = "127.0.0.1", *, every: float = 0.01
+) -> AsyncIterator[tuple[str, int]]:
+    held: list[asyncio.StreamWriter] = []
+    handlers: set[asyncio.Task[object]] = set()
+    stop = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            handlers.add(task)
+        with contextlib.suppress(Exception):
+            await reader.read(65536)
+            writer.write(head)
+            while not stop.is_set() and not writer.is_closing():
+                for i in range(len(body)):
+                    writer.write(body[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(every)
+
+    server = await asyncio.start_server(handle, host, 0)
+    try:
+        yield host, server.sockets[0].getsockname()[1]
+    finally:
+        stop.set()
+        for w in held:
+            w.transport.abort()
+        if handlers:  # each sees the stop within one drip
+            await asyncio.wait(handlers, timeout=1)
         server.close()
         await server.wait_closed()
 
