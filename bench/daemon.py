@@ -4,10 +4,10 @@
     python bench/daemon.py detection [--runs 10] [--mode refused|silent|both]
     python bench/daemon.py scale [--targets 1000] [--seconds 30] [--scrape 15]
     python bench/daemon.py scale-search [--start 1000] [--step 1000] [--scrape 15]
-    python bench/daemon.py memory
+    python bench/daemon.py memory [--process]
     python bench/daemon.py exposition [--targets 2000]
     python bench/daemon.py growth [--targets 2000] [--minutes 1]
-    python bench/daemon.py startup [--runs 5] [--services 5]
+    python bench/daemon.py startup [--runs 5] [--services 5] [--aws]
 
 All traffic stays on loopback. Figures are printed; nothing is asserted.
 
@@ -25,7 +25,8 @@ scale-search: `scale` in a fresh process per count, counts growing by
   ``--step`` until p99 lateness reaches 100 ms; prints the largest count
   that stayed under it.
 memory: RSS of the supervisor with the full example configuration, its
-  addresses rewritten to loopback (no traffic ever leaves the machine).
+  addresses rewritten to loopback (no traffic ever leaves the machine);
+  ``--process``: of `jupiterd run` as a process, the AWS client included.
 exposition: the /metrics answer of a supervisor probing N tcp targets: its
   size, series and CPU per render, without and with the ``*_created`` series
   (prometheus_client's default, which jupiterd turns off), in one run.
@@ -343,16 +344,31 @@ def scale_search(args: argparse.Namespace) -> None:
     )
 
 
-async def memory(args: argparse.Namespace) -> None:
+def example_on_loopback() -> dict[str, Any]:
+    """config/jupiter.example.yaml with every instance address rewritten to
+    127.0.3.x; refuses to return a document with any other IPv4 address."""
+    import ipaddress
+    import re
+
     import yaml
 
     doc = yaml.safe_load((ROOT / "config" / "jupiter.example.yaml").read_text())
     for i, svc in enumerate(doc["services"].values()):
         svc["primary"]["address"] = f"127.0.3.{2 * i + 1}"
         svc["backup"]["address"] = f"127.0.3.{2 * i + 2}"
-    os.environ.setdefault("JUPITERD_TURN_SECRET", "x")
-    os.environ.setdefault("JUPITERD_FRP_TOKEN", "x")
-    os.environ.setdefault("JUPITERD_TB_PASSWORD", "x")
+    for found in re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", json.dumps(doc)):
+        if not ipaddress.ip_address(found).is_loopback:
+            raise SystemExit(f"refusing to run: {found} is left in the example configuration")
+    for var in ("JUPITERD_TURN_SECRET", "JUPITERD_FRP_TOKEN", "JUPITERD_TB_PASSWORD"):
+        os.environ.setdefault(var, "x")
+    return doc
+
+
+async def memory(args: argparse.Namespace) -> None:
+    doc = example_on_loopback()
+    if args.process:
+        memory_process(args, doc)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         doc["state_dir"] = tmp
         before = rss_mb()
@@ -371,6 +387,27 @@ async def memory(args: argparse.Namespace) -> None:
             " probes run"
         )
         await sup.stop(grace=0.5)
+
+
+def memory_process(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """`jupiterd run` as a process: the AWS client included, its endpoint a
+    closed loopback port (calls fail fast; nothing leaves the machine)."""
+    from bench.peers import Daemon, free_port, total
+    from bench.peers import rss_mb as rss_of
+
+    doc["aws"] = {**doc.get("aws", {}), "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    with Daemon({}, doc=doc) as d:
+        ready = d.wait_ready(60)
+        time.sleep(args.seconds)
+        if d.proc is not None and d.proc.poll() is not None:
+            raise SystemExit(f"jupiterd died:\n{d.log_tail()}")
+        rss = rss_of(d.pid)
+        probes = total(d.metrics(), "jupiterd_probe_results_total")
+    print(
+        f"memory: `jupiterd run` with the full example config (addresses on loopback, AWS "
+        f"endpoint a closed loopback port): RSS {rss:.1f} MB after {args.seconds:g} s; "
+        f"/healthz after {ready:.2f} s; {probes:.0f} probes run"
+    )
 
 
 async def exposition(args: argparse.Namespace) -> None:
@@ -506,21 +543,41 @@ def startup(args: argparse.Namespace) -> None:
     import select
     import socket
 
-    from bench.peers import Daemon
+    from bench.peers import Daemon, daemon_config, free_port
 
     ready_times, first_times = [], []
+    aws = (
+        "AWS enabled, its endpoint a closed loopback port, "
+        + (
+            "a new state directory each run (nothing kept from the last start)"
+            if args.cold
+            else "one state directory for all runs (run 1 starts with it empty)"
+        )
+        if args.aws
+        else "monitor only"
+    )
     print(
         f"startup: jupiterd run with {args.services} tcp service(s) (default thresholds: "
-        f"interval 2 s), {args.runs} runs",
+        f"interval 2 s), {aws}, {args.runs} runs",
         flush=True,
     )
+    state = tempfile.TemporaryDirectory(prefix="jupiterd-bench-state-")
     for i in range(args.runs):
         lsock = socket.socket()
         lsock.bind(("127.0.5.1", 0))
         lsock.listen(1024)
         addr = f"127.0.5.1:{lsock.getsockname()[1]}"
         first = healthz = float("nan")
-        d = Daemon(_tcp_services([addr], args.services))
+        services = _tcp_services([addr], args.services)
+        if args.aws and args.cold:
+            state.cleanup()
+            state = tempfile.TemporaryDirectory(prefix="jupiterd-bench-state-")
+        if args.aws:
+            doc = daemon_config(services, state.name, 0)
+            doc["aws"] = {"enabled": True, "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+            d = Daemon(services, doc=doc, state_dir=state.name)
+        else:
+            d = Daemon(services)
         try:
             d.start()
             deadline = d.exec_at + 30
@@ -541,6 +598,7 @@ def startup(args: argparse.Namespace) -> None:
         ready_times.append(healthz)
         first_times.append(first)
         print(f"  run {i + 1}: first probe {first:.3f} s, /healthz {healthz:.3f} s", flush=True)
+    state.cleanup()
     print(
         f"exec -> first probe: median {statistics.median(first_times):.3f} s, "
         f"max {max(first_times):.3f} s; exec -> /healthz: median "
@@ -580,6 +638,9 @@ def main() -> None:
     ss.add_argument("--no-pin", dest="pin", action="store_false")
     m = sub.add_parser("memory")
     m.add_argument("--seconds", type=float, default=5)
+    m.add_argument(
+        "--process", action="store_true", help="`jupiterd run` as a process, AWS client included"
+    )
     e = sub.add_parser("exposition")
     e.add_argument("--targets", type=int, default=2000)
     e.add_argument("--warmup", type=float, default=5)
@@ -597,6 +658,14 @@ def main() -> None:
     st = sub.add_parser("startup")
     st.add_argument("--runs", type=int, default=5)
     st.add_argument("--services", type=int, default=5)
+    st.add_argument(
+        "--aws",
+        action="store_true",
+        help="AWS enabled (a closed loopback endpoint): the client and its models load",
+    )
+    st.add_argument(
+        "--cold", action="store_true", help="with --aws: a new state directory each run"
+    )
     args = p.parse_args()
     if args.cmd == "scale-search":
         scale_search(args)

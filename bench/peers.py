@@ -155,13 +155,25 @@ class Daemon:
         *,
         cpus: set[int] | None = None,
         defaults: dict[str, Any] | None = None,
+        doc: dict[str, Any] | None = None,
+        state_dir: str | None = None,
     ) -> None:
+        """``doc``: a whole configuration to run instead of the generated
+        monitor-only one; its ``http`` and ``state_dir`` are replaced.
+        ``state_dir``: one that outlives this daemon (a restart's)."""
         self.tmp = tempfile.TemporaryDirectory(prefix="jupiterd-bench-")
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        state = Path(self.tmp.name) / "state"
+        state = Path(state_dir) if state_dir is not None else Path(self.tmp.name) / "state"
         self.config_path = Path(self.tmp.name) / "jupiterd.yaml"
-        doc = daemon_config(services, str(state), self.http_port, **(defaults or {}))
+        if doc is None:
+            doc = daemon_config(services, str(state), self.http_port, **(defaults or {}))
+        else:
+            doc = {
+                **doc,
+                "http": {"listen": f"127.0.0.1:{self.http_port}"},
+                "state_dir": str(state),
+            }
         self.config_path.write_text(yaml.safe_dump(doc))
         self.log_path = Path(self.tmp.name) / "jupiterd.log"
         self.cpus = cpus

@@ -17,6 +17,8 @@ from the standard chain and never appear in logs or messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -151,42 +154,99 @@ _pruned: dict[str, dict[str, Any]] | None = None
 _pruned_lock = threading.Lock()
 
 
-def pruned_models() -> dict[str, dict[str, Any]]:
+def models_cache_file(cache_dir: Path) -> Path:
+    """Where the pruned models are kept between runs: named by botocore's
+    version and OPERATIONS, so an upgrade or a new call makes a new file."""
+    digest = hashlib.sha256(
+        json.dumps({k: sorted(v) for k, v in sorted(OPERATIONS.items())}).encode()
+    ).hexdigest()[:12]
+    return cache_dir / f"aws-models-{botocore.__version__}-{digest}.json"
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, Any]] | None:
+    try:
+        models = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(models, dict) or set(models) != set(OPERATIONS):
+        return None
+    if any(
+        not isinstance(m, dict) or set(m.get("operations", ())) != OPERATIONS[svc]
+        for svc, m in models.items()
+    ):
+        return None
+    return models
+
+
+def _write_cache(path: Path, models: dict[str, dict[str, Any]]) -> None:
+    """Best effort: a read-only state directory only costs the next start
+    the pruning again."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(models))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot keep the pruned AWS models", path=str(path), error=str(exc))
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return
+    for old in path.parent.glob("aws-models-*.json"):
+        if old != path:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def pruned_models(cache_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """The models of OPERATIONS' services, pruned. They are made in a child
     process: parsing a full model in this one would leave its memory behind
-    (freed, but not given back to the system)."""
+    (freed, but not given back to the system). That costs about half a
+    second, so the result is kept in ``cache_dir`` (the state directory)
+    and read from there at the next start."""
     global _pruned
     with _pruned_lock:
-        if _pruned is None:
-            try:
-                out = subprocess.run(
-                    [sys.executable, "-m", "jupiterd.aws"],
-                    capture_output=True,
-                    timeout=120,
-                    check=True,
-                )
-                _pruned = json.loads(out.stdout)
-            except (OSError, subprocess.SubprocessError, ValueError) as exc:
-                log.warning("pruning AWS models in this process", reason=str(exc))
-                _pruned = _prune_all()
+        if _pruned is not None:
+            return _pruned
+        path = models_cache_file(cache_dir) if cache_dir is not None else None
+        if path is not None and (cached := _read_cache(path)) is not None:
+            _pruned = cached
+            return _pruned
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "jupiterd.aws"],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
+            _pruned = json.loads(out.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            log.warning("pruning AWS models in this process", reason=str(exc))
+            _pruned = _prune_all()
+        if path is not None:
+            _write_cache(path, _pruned)
         return _pruned
 
 
 class _PrunedLoader(botocore.loaders.Loader):  # type: ignore[misc]
     """Serves the pruned models of ``OPERATIONS``' services."""
 
+    def __init__(self, cache_dir: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cache_dir = cache_dir
+
     def load_service_model(
         self, service_name: str, type_name: str, api_version: str | None = None
     ) -> Any:
         if type_name == "service-2" and service_name in OPERATIONS and api_version is None:
-            return pruned_models()[service_name]
+            return pruned_models(self.cache_dir)[service_name]
         return super().load_service_model(service_name, type_name, api_version)
 
 
-def _session(region: str) -> boto3.session.Session:
+def _session(region: str, cache_dir: Path | None = None) -> boto3.session.Session:
     core = botocore.session.get_session()
     paths = [p for p in (core.get_config_variable("data_path") or "").split(os.pathsep) if p]
-    core.register_component("data_loader", _PrunedLoader(extra_search_paths=paths))
+    core.register_component(
+        "data_loader", _PrunedLoader(cache_dir=cache_dir, extra_search_paths=paths)
+    )
     return boto3.session.Session(botocore_session=core, region_name=region)
 
 
@@ -306,9 +366,13 @@ class Aws:
         metrics: Metrics | None = None,
         *,
         max_workers: int = 8,
+        cache_dir: Path | None = None,
     ) -> None:
+        """``cache_dir``: where the pruned AWS models are kept between runs
+        (the state directory; best effort)."""
         self.config = config
         self.metrics = metrics
+        self.cache_dir = cache_dir
         self._boto_config = BotoConfig(
             region_name=config.region,
             # total_max_attempts counts the first try; botocore's max_attempts
@@ -332,7 +396,7 @@ class Aws:
             c = self._clients.get(service)
             if c is None:
                 if self._session is None:
-                    self._session = _session(self.config.region)
+                    self._session = _session(self.config.region, self.cache_dir)
                 c = self._session.client(
                     service, endpoint_url=self.config.endpoint_url, config=self._boto_config
                 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .aws import Aws, AwsNotFound
@@ -60,7 +61,9 @@ class AwsInventory:
         self, config: Config, aws: Aws | None = None, *, metrics: Metrics | None = None
     ) -> None:
         self.config = config
-        self.aws = aws if aws is not None else Aws(config.aws, metrics)
+        self.aws = (
+            aws if aws is not None else Aws(config.aws, metrics, cache_dir=Path(config.state_dir))
+        )
 
     async def snapshot(self) -> Mapping[str, ServiceView]:
         facts = await self.facts()

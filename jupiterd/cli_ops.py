@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .cli import EXIT_FAIL, EXIT_OK, UsageError, config_path
@@ -170,7 +171,7 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     from .journal import Journal, JournalError
     from .plan import service_status
 
-    aws = Aws(cfg.aws)
+    aws = Aws(cfg.aws, cache_dir=Path(cfg.state_dir))
     try:
         facts = await AwsInventory(cfg, aws).facts(services)
     finally:

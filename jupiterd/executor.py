@@ -41,6 +41,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -144,7 +145,9 @@ class AwsExecutor:
         self.dry_run = dry_run
         self.metrics = metrics
         self._own_aws = aws is None
-        self.aws = aws if aws is not None else Aws(config.aws, metrics)
+        self.aws = (
+            aws if aws is not None else Aws(config.aws, metrics, cache_dir=Path(config.state_dir))
+        )
         self.inventory = AwsInventory(config, self.aws)
         self.prober = prober or default_prober
         self.poll_interval = poll_interval

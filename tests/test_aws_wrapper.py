@@ -301,3 +301,67 @@ def test_models_are_pruned_to_the_operations_jupiterd_calls():
         assert ec2.can_paginate("describe_instances")
     finally:
         aws.close()
+
+
+# ---------------------------------------------------------------- the pruned models' cache
+
+
+def _no_child(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the pruned models were made again instead of read from the cache")
+
+
+def test_pruned_models_are_kept_in_the_state_dir_and_read_back(tmp_path, monkeypatch):
+    import jupiterd.aws as awsmod
+
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    made = awsmod.pruned_models(tmp_path)
+    path = awsmod.models_cache_file(tmp_path)
+    assert path.exists() and botocore.__version__ in path.name
+    assert {svc: set(m["operations"]) for svc, m in made.items()} == awsmod.OPERATIONS
+
+    # The next start reads the file: no child process, the same models.
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    monkeypatch.setattr(awsmod.subprocess, "run", _no_child)
+    assert awsmod.pruned_models(tmp_path) == made
+    aws = Aws(AwsConfig(endpoint_url="http://127.0.0.1:9"), cache_dir=tmp_path)
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    try:
+        assert hasattr(aws.client("sns"), "publish")
+    finally:
+        aws.close()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b"[]", b'{"ec2": {"operations": {}}}', b"\xff\xfe"],
+    ids=["empty", "truncated", "not-a-mapping", "wrong-operations", "not-utf8"],
+)
+def test_a_damaged_cache_is_made_again(tmp_path, monkeypatch, content):
+    import jupiterd.aws as awsmod
+
+    path = awsmod.models_cache_file(tmp_path)
+    path.write_bytes(content)
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    made = awsmod.pruned_models(tmp_path)
+    assert set(made) == set(awsmod.OPERATIONS)
+    assert awsmod._read_cache(path) == made  # rewritten whole
+
+
+def test_a_new_botocore_leaves_no_old_cache_behind(tmp_path, monkeypatch):
+    import jupiterd.aws as awsmod
+
+    old = tmp_path / "aws-models-0.0.1-000000000000.json"
+    old.write_text("{}")
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    awsmod.pruned_models(tmp_path)
+    assert not old.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [awsmod.models_cache_file(tmp_path).name]
+
+
+def test_an_unwritable_state_dir_only_costs_the_pruning(tmp_path, monkeypatch):
+    import jupiterd.aws as awsmod
+
+    missing = tmp_path / "no" / "such" / "dir"
+    monkeypatch.setattr(awsmod, "_pruned", None)
+    assert set(awsmod.pruned_models(missing)) == set(awsmod.OPERATIONS)
+    assert not missing.exists()
