@@ -522,6 +522,14 @@ def growth(args: argparse.Namespace) -> None:
     half = [(t, r) for t, r in samples if t >= xs[-1] / 2]
     slope = _slope(half) * 3600
     warm = next((r for t, r in samples if t >= args.warmup), ys[0])
+    after = [(t, r) for t, r in samples if t >= args.warmup]
+    third = max(1, len(after) // 3)
+    first_third = statistics.median(r for _, r in after[:third])
+    last_third = statistics.median(r for _, r in after[-third:])
+    print(
+        f"RSS median over the first third after the warm-up {first_third:.1f} MB, over the last "
+        f"third {last_third:.1f} MB (change {last_third - first_third:+.1f} MB)"
+    )
     print(
         f"RSS: start {start:.1f} MB, after {args.warmup:g} s {warm:.1f} MB, end {ys[-1]:.1f} MB, "
         f"min {min(ys):.1f}, max {max(ys):.1f} MB; second half slope {slope:+.2f} MB/hour "
