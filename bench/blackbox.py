@@ -51,6 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.peers import pct
+
 BLACKBOX = "prometheus-blackbox-exporter"
 MODULES = {"tcp": "tcp_connect", "http": "http_2xx"}
 BLACKBOX_CONFIG = """\
@@ -67,16 +69,10 @@ modules:
       preferred_ip_protocol: ip4
 """
 TOKEN = "bench-token"
+
 SETTLE = 2.0
 SCRAPES = 3
 SCRAPE_INTERVAL = 15.0  # a common Prometheus scrape_interval
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 # --------------------------------------------------------------------------- driver
@@ -238,7 +234,7 @@ def run_jupiterd(
 def run_blackbox(
     kind: str, addrs: list[str], args: argparse.Namespace, listeners: Any
 ) -> dict[str, Any]:
-    from bench.peers import cpu_seconds, free_port, helper_cpus, served
+    from bench.peers import cpu_seconds, free_port, helper_cpus, served, taskset
 
     with tempfile.TemporaryDirectory(prefix="blackbox-bench-") as tmp:
         cfg = Path(tmp) / "blackbox.yml"
@@ -250,8 +246,7 @@ def run_blackbox(
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
         ]
-        if args.measured_cpus is not None:
-            cmd = ["taskset", "-c", ",".join(map(str, sorted(args.measured_cpus))), *cmd]
+        cmd = taskset(cmd, args.measured_cpus)
         bb = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -275,8 +270,7 @@ def run_blackbox(
                 str(args.rate),
                 *("--start", repr(start), "--w0", repr(w0), "--w1", repr(w1), "--end", repr(end)),
             ]
-            if args.measured_cpus is not None:
-                dcmd = ["taskset", "-c", ",".join(map(str, sorted(helper_cpus()))), *dcmd]
+            dcmd = taskset(dcmd, None if args.measured_cpus is None else helper_cpus())
             driver = subprocess.Popen(dcmd, stdout=subprocess.PIPE, text=True)
             _sleep_until(w0)
             s0 = served(listeners)
@@ -387,7 +381,8 @@ def others(args: argparse.Namespace) -> None:
     """Daemon CPU per probe for the kinds blackbox_exporter has no prober for."""
     import contextlib
 
-    from bench.peers import helper_cpus, node_sio, py, spawn
+    from bench.peers import helper_cpus, node_sio, spawn
+    from tests.peers.process import python_peer
 
     cpus = helper_cpus() if args.measured_cpus else None
     kinds = [k for k in args.others.split(",") if k]
@@ -405,7 +400,7 @@ def others(args: argparse.Namespace) -> None:
                 port = free_port_pair("127.0.0.1")
                 addr = stack.enter_context(
                     spawn(
-                        py(
+                        python_peer(
                             "coturn.py", "--host", "127.0.0.1", "--port", str(port), "--user", "u:p"
                         ),
                         cpus=cpus,
@@ -414,7 +409,7 @@ def others(args: argparse.Namespace) -> None:
             elif kind == "frp":
                 addr = stack.enter_context(
                     spawn(
-                        py(
+                        python_peer(
                             "frps_standin.py",
                             "--host",
                             "127.0.0.1",

@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from bench.peers import pct
 from jupiterd import logs
 from jupiterd.config import parse_config
 from jupiterd.daemon import Supervisor
@@ -69,16 +70,40 @@ from tests.daemon_helpers import FakeExecutor
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's RSS."""
+    from bench.peers import rss_mb as rss_of
+
+    return rss_of(os.getpid())
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+def _listeners(n: int, cpus: set[int] | None) -> Any:
+    """bench/listeners.py in its own process; yields its addresses."""
+    from bench.peers import bench_script, peer_process
+
+    return peer_process(bench_script("listeners.py", str(n)), cpus=cpus)
+
+
+def _supervisor(tmp: str, services: dict[str, Any], **defaults: str) -> Supervisor:
+    """A supervisor over ``services`` with both roles running (both probed),
+    no isolation guard and a fake executor."""
+    from jupiterd.machine import Role
+
+    cfg = parse_config(
+        {
+            "state_dir": tmp,
+            "services": services,
+            "defaults": defaults,
+            "guards": {"isolation": {"enabled": False}},
+        }
+    )
+    inv = StaticInventory(cfg, {(n, r): "running" for n in services for r in Role})
+    return Supervisor(
+        cfg,
+        executor=FakeExecutor(),
+        inventory=inv,
+        metrics=Metrics(CollectorRegistry()),
+        rng=random.Random(1),
+    )
 
 
 class Server:
@@ -187,50 +212,21 @@ async def detection(args: argparse.Namespace) -> None:
 
 
 async def scale(args: argparse.Namespace) -> None:
-    from bench.peers import MEASURED_CPU, helper_cpus, spawn
+    from bench.peers import MEASURED_CPU, helper_cpus
 
     pinned = args.pin and len(os.sched_getaffinity(0)) > 1
     helpers = helper_cpus() if pinned else None
     if pinned:
         os.sched_setaffinity(0, {MEASURED_CPU})
-    with spawn(
-        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)], cpus=helpers
-    ) as addrs:
-        await _scale(args, addrs.split())
+    with _listeners(args.listeners, helpers) as lp:
+        await _scale(args, lp.addresses)
 
 
 async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
-    per = args.targets // 2  # a service has two targets; both are probed here
-    services: dict[str, Any] = {}
-    for i in range(per):
-        host, port = addrs[i % len(addrs)].rsplit(":", 1)
-        services[f"s{i}"] = {
-            "probe": {"kind": "tcp", "port": port},
-            "primary": {"address": host},
-            "backup": {"address": host},
-        }
+    services = _tcp_services(addrs, args.targets // 2)  # both roles probed
     lateness: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config(
-            {
-                "state_dir": tmp,
-                "services": services,
-                "defaults": {"interval": "1s", "fast_interval": "250ms", "timeout": "500ms"},
-                "guards": {"isolation": {"enabled": False}},
-            }
-        )
-        inv = StaticInventory(
-            cfg,
-            {
-                (n, r): "running"
-                for n in services
-                for r in __import__("jupiterd.machine").machine.Role
-            },
-        )
-        metrics = Metrics(CollectorRegistry())
-        sup = Supervisor(
-            cfg, executor=FakeExecutor(), inventory=inv, metrics=metrics, rng=random.Random(1)
-        )
+        sup = _supervisor(tmp, services, interval="1s", fast_interval="250ms", timeout="500ms")
         await sup.start()
         import gc
 
@@ -413,31 +409,18 @@ def memory_process(args: argparse.Namespace, doc: dict[str, Any]) -> None:
 async def exposition(args: argparse.Namespace) -> None:
     from prometheus_client import disable_created_metrics, enable_created_metrics, generate_latest
 
-    from bench.peers import MEASURED_CPU, helper_cpus, spawn
+    from bench.peers import MEASURED_CPU, helper_cpus
 
     pinned = args.pin and len(os.sched_getaffinity(0)) > 1
     if pinned:
         os.sched_setaffinity(0, {MEASURED_CPU})
     with (
-        spawn(
-            [sys.executable, str(ROOT / "bench" / "listeners.py"), "8"],
-            cpus=helper_cpus() if pinned else None,
-        ) as addrs,
+        _listeners(8, helper_cpus() if pinned else None) as lp,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        services = _tcp_services(addrs.split(), args.targets // 2)  # both roles probed
-        cfg = parse_config(
-            {
-                "state_dir": tmp,
-                "services": services,
-                "defaults": {"interval": "1s", "timeout": "500ms"},
-                "guards": {"isolation": {"enabled": False}},
-            }
+        sup = _supervisor(
+            tmp, _tcp_services(lp.addresses, args.targets // 2), interval="1s", timeout="500ms"
         )
-        from jupiterd.machine import Role
-
-        inv = StaticInventory(cfg, {(n, r): "running" for n in services for r in Role})
-        sup = Supervisor(cfg, executor=FakeExecutor(), inventory=inv, metrics=Metrics())
         await sup.start()
         print(
             f"exposition: {len(sup.targets)} tcp targets probed at 1 s; warming up {args.warmup:g} s",
@@ -483,18 +466,16 @@ def _tcp_services(addrs: list[str], n: int) -> dict[str, Any]:
 
 
 def growth(args: argparse.Namespace) -> None:
-    from bench.peers import Daemon, helper_cpus, rss_mb, spawn
+    from bench.peers import MEASURED_CPU, Daemon, helper_cpus, rss_mb
 
     pinned = args.pin and len(os.sched_getaffinity(0)) > 1
     helpers = helper_cpus() if pinned else None
     if helpers:
         os.sched_setaffinity(0, helpers)
-    with spawn(
-        [sys.executable, str(ROOT / "bench" / "listeners.py"), str(args.listeners)], cpus=helpers
-    ) as addrs:
-        services = _tcp_services(addrs.split(), args.targets)
+    with _listeners(args.listeners, helpers) as lp:
+        services = _tcp_services(lp.addresses, args.targets)
         defaults = {"interval": "1s", "timeout": "500ms"}
-        with Daemon(services, cpus={0} if pinned else None, defaults=defaults) as d:
+        with Daemon(services, cpus={MEASURED_CPU} if pinned else None, defaults=defaults) as d:
             d.wait_ready(60)
             start = rss_mb(d.pid)
             t0 = time.monotonic()

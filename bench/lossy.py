@@ -303,8 +303,16 @@ TB_USER, TB_PASSWORD = "probe@example.com", "pw"
 
 
 def run(args: argparse.Namespace) -> None:
-    from bench.peers import Daemon, helper_cpus, node_sio, peer_process, py, spawn
+    from bench.peers import (
+        MEASURED_CPU,
+        Daemon,
+        helper_cpus,
+        node_sio,
+        peer_process,
+        spawn,
+    )
     from tests.peers.coturn import free_port_pair
+    from tests.peers.process import python_peer
 
     pinned = args.pin and len(os.sched_getaffinity(0)) > 1
     cpus = helper_cpus() if pinned else None
@@ -313,7 +321,7 @@ def run(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         tb = stack.enter_context(
             spawn(
-                py(
+                python_peer(
                     "thingsboard_standin.py",
                     *("--host", "127.0.0.1", "--port", "0"),
                     *("--user", TB_USER, "--password", TB_PASSWORD),
@@ -327,13 +335,17 @@ def run(args: argparse.Namespace) -> None:
         port = free_port_pair("127.0.0.1")
         turn = stack.enter_context(
             spawn(
-                py("coturn.py", "--host", "127.0.0.1", "--port", str(port), "--secret", SECRET),
+                python_peer(
+                    "coturn.py", "--host", "127.0.0.1", "--port", str(port), "--secret", SECRET
+                ),
                 cpus=cpus,
             )
         )
         frps = stack.enter_context(
             spawn(
-                py("frps_standin.py", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN),
+                python_peer(
+                    "frps_standin.py", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN
+                ),
                 cpus=cpus,
             )
         )
@@ -377,7 +389,7 @@ def run(args: argparse.Namespace) -> None:
             f"{1e3 * args.jitter:g} ms each way",
             flush=True,
         )
-        with Daemon(services, cpus={0} if pinned else None) as d:
+        with Daemon(services, cpus={MEASURED_CPU} if pinned else None) as d:
             d.wait_ready()
             t0 = time.monotonic()
             end = t0 + 60 * args.minutes

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from tests.peers.hostile import free_port
-from tests.peers.process import ROOT, Peer, node_peer, python_peer
+from tests.peers.process import ROOT, Peer, node_peer, peer
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MEASURED_CPU = 0  # the core the measured process runs on when pinning
@@ -36,13 +36,17 @@ def helper_cpus() -> set[int]:
     return rest or cpus
 
 
-def pin(pid: int, cpus: set[int] | None) -> None:
-    """Pin a process and every thread it already has."""
-    if cpus is None:
-        return
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), cpus)
+def taskset(cmd: list[str], cpus: set[int] | None) -> list[str]:
+    """``cmd`` run on ``cpus`` (as it is when None)."""
+    return cmd if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus))), *cmd]
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank); nan for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 @contextlib.contextmanager
@@ -56,17 +60,8 @@ def spawn(cmd: list[str], timeout: float = 20.0, cpus: set[int] | None = None) -
 def peer_process(
     cmd: list[str], timeout: float = 20.0, cpus: set[int] | None = None
 ) -> Iterator[Peer]:
-    if cpus is not None:
-        cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *cmd]
-    p = Peer(cmd, timeout)
-    try:
+    with peer(taskset(cmd, cpus), timeout) as p:
         yield p
-    finally:
-        p.stop()
-
-
-def py(script: str, *args: str) -> list[str]:
-    return python_peer(script, *args)
 
 
 def node_sio(*args: str) -> list[str]:
@@ -182,8 +177,7 @@ class Daemon:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "jupiterd", "run", "--config", str(self.config_path)]
-        if self.cpus is not None:
-            cmd = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *cmd]
+        cmd = taskset(cmd, self.cpus)
         log = open(self.log_path, "wb")  # noqa: SIM115 (kept for the process's lifetime)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["PYTHONPATH"] = str(ROOT)

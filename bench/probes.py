@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import probes
-from bench.peers import node_sio, py, spawn
+from bench.peers import node_sio, spawn
+from tests.peers.process import python_peer
 
 TOKEN = "bench-token"
 SECRET = "bench-secret"
@@ -56,7 +57,7 @@ def cases(stack: contextlib.ExitStack, kinds: set[str]) -> list[tuple[str, str, 
     out: list[tuple[str, str, str, dict]] = []
     tb = stack.enter_context(
         spawn(
-            py(
+            python_peer(
                 "thingsboard_standin.py",
                 "--host",
                 "127.0.0.1",
@@ -93,7 +94,11 @@ def cases(stack: contextlib.ExitStack, kinds: set[str]) -> list[tuple[str, str, 
 
         port = free_port_pair("127.0.0.1")
         turn = stack.enter_context(
-            spawn(py("coturn.py", "--host", "127.0.0.1", "--port", str(port), "--secret", SECRET))
+            spawn(
+                python_peer(
+                    "coturn.py", "--host", "127.0.0.1", "--port", str(port), "--secret", SECRET
+                )
+            )
         )
         out.append(("stun", "stun (udp)", turn, {}))
         out.append(("stun", "stun (tcp)", turn, {"transport": "tcp"}))
@@ -101,7 +106,11 @@ def cases(stack: contextlib.ExitStack, kinds: set[str]) -> list[tuple[str, str, 
         out.append(("turn", "turn (allocate+release)", turn, {"secret": SECRET}))
     if kinds & {"frp"}:
         frps = stack.enter_context(
-            spawn(py("frps_standin.py", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN))
+            spawn(
+                python_peer(
+                    "frps_standin.py", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN
+                )
+            )
         )
         out.append(("frp", "frp (plain, yamux)", frps, {"token": TOKEN}))
         out.append(("frp", "frp (tls, yamux)", frps, {"token": TOKEN, "tls": True}))
