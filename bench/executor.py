@@ -12,7 +12,9 @@ every AWS call. All traffic stays on loopback. Measured per run:
 - total: the plan's wall time, preflight to notification;
 - waits: the union of the intervals during which an AWS call was in flight
   or the standby's health probes ran (``rise`` probes, ``fast_interval``
-  apart): what any executor must wait for. Two views of "in flight": at the
+  apart), and the DNS drain before stopping the old instance (it still
+  serves; the record's TTL, bounded by ``drain_timeout``, is waited out on
+  purpose): what any executor must wait for. Two views of "in flight": at the
   SDK (the boto3 call, so botocore's own CPU counts as AWS time) and at the
   proxy (only the injected latency and moto's time);
 - overhead = total - waits: the executor's own time (journal fsyncs, thread
@@ -30,8 +32,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +53,7 @@ from jupiterd.machine import Role
 from jupiterd.seed import seed
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 from tests.peers.moto_server import moto_server
+from tests.peers.process import Peer, python_peer
 
 ATTACH = ("source_dest_check", "register_target", "associate_eip", "upsert_record", "replace_route")
 
@@ -63,6 +66,10 @@ def union(intervals: list[tuple[float, float]]) -> float:
         total += b - max(a, end)
         end = b
     return total
+
+
+# How the stop step reports the DNS drain it waited out (executor._dns_drain).
+DNS_DRAIN = re.compile(r"after ([0-9.]+)s for cached DNS answers")
 
 
 class TimedAws(Aws):
@@ -96,9 +103,14 @@ def proxy_stats(url: str, reset: bool = False) -> dict[str, Any]:
 async def one_run(ex: AwsExecutor, aws: TimedAws, proxy_url: str, to: Role) -> dict[str, Any]:
     spans: dict[str, tuple[float, float]] = {}
 
+    drains: list[float] = []
+
     async def hook(service: str, r: StepReport) -> None:
         end = time.monotonic()
         spans[r.name] = (end - r.seconds, end)
+        drain = DNS_DRAIN.search(r.detail)
+        if drain:
+            drains.append(float(drain.group(1)))
 
     ex.on_step = hook
     aws.spans = []
@@ -116,8 +128,9 @@ async def one_run(ex: AwsExecutor, aws: TimedAws, proxy_url: str, to: Role) -> d
     routes = [d for n, d in durations.items() if n.startswith("replace_route")]
     chain = durations.get("source_dest_check", 0.0) + max(routes, default=0.0)
     singles = [d for n, d in durations.items() if not n.startswith(("replace_route", "source"))]
-    sdk_waits = union(aws.spans + health)
-    proxy_waits = union(at_proxy + health)
+    # The drain is a sleep between two AWS calls: it overlaps nothing else.
+    sdk_waits = union(aws.spans + health) + sum(drains)
+    proxy_waits = union(at_proxy + health) + sum(drains)
     return {
         "total": total,
         "sdk_waits": sdk_waits,
@@ -133,23 +146,13 @@ async def one_run(ex: AwsExecutor, aws: TimedAws, proxy_url: str, to: Role) -> d
 
 async def main(latency: float, runs: int) -> None:
     with moto_server(patch_env=True) as moto:
-        proxy = subprocess.Popen(  # noqa: ASYNC220 (started once, before any timing)
-            [
-                sys.executable,
-                str(ROOT / "tests" / "peers" / "fault_proxy.py"),
-                "--upstream",
-                moto.url,
-                "--latency",
-                str(latency),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+        proxy = Peer(
+            python_peer("fault_proxy.py", "--upstream", moto.url, "--latency", str(latency))
         )
         ls = Listeners([EDGE])
         ls.start()
         try:
-            assert proxy.stdout is not None
-            proxy_url = "http://" + proxy.stdout.readline().split()[1]
+            proxy_url = "http://" + proxy.address
             topo = seed(moto.url)
             with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_STATE_DIR")) as d:
                 doc = edge_service(topo, ls, state_dir=d, client_endpoint=proxy_url)
@@ -167,8 +170,7 @@ async def main(latency: float, runs: int) -> None:
                 aws.close()
         finally:
             ls.stop()
-            proxy.terminate()
-            proxy.wait(5)
+            proxy.stop()
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in results)
