@@ -76,8 +76,7 @@ class AwsInventory:
                 facts.instance(r).instance_id,
                 facts.instance(r).address,
                 facts.instance(r).state,
-                facts.instance(r).public_ip,
-                facts.instance(r).maintenance,
+                maintenance=facts.instance(r).maintenance,
             )
             for r in _ROLES
         }

@@ -17,7 +17,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -98,6 +98,11 @@ class PlanEvent:
 
 Observer = Callable[[Action | ProbeEvent | PlanEvent], None]
 
+# Actions and events that change what a service's metrics show (tuples: a
+# union type would be built anew at each isinstance on the hot path).
+_SERVICE_ACTIONS = (Transition, StartFailover, Hold, HoldCleared, Alert, Note)
+_SERVICE_EVENTS = (FailoverFinished, ActiveObserved, MaintenanceObserved)
+
 
 @dataclass(slots=True)
 class _Target:
@@ -106,6 +111,7 @@ class _Target:
     instance_id: str | None
     labels: tuple[Any, Any, Any]  # cached metric children: success, duration, kind
     watch: Watch | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # reason -> counter child
 
 
 class Supervisor:
@@ -254,7 +260,7 @@ class Supervisor:
         loop = TargetLoop(
             f"probe:{name}:{role}",
             self._spec(name, address),
-            lambda result, planned, end: self._on_result(name, role, result, end),
+            lambda result, end: self._on_result(name, role, result, end),
             lambda: self._interval(name, role),
             rng=self.rng,
             on_late=m.probe_lateness.observe,
@@ -310,7 +316,13 @@ class Supervisor:
         success, duration, kind = t.labels
         success.set(1 if result.ok else 0)
         duration.observe(result.duration_seconds)
-        self.metrics.probe_results.labels(name, role.value, kind, result.reason.value).inc()
+        reason = result.reason.value
+        counter = t.results.get(reason)
+        if counter is None:
+            counter = t.results[reason] = self.metrics.probe_results.labels(
+                name, role.value, kind, reason
+            )
+        counter.inc()
         for observe in self.observers:
             observe(ProbeEvent(name, role, result, at))
         if not result.ok:
@@ -333,9 +345,9 @@ class Supervisor:
             self._apply(a)
             for observe in self.observers:
                 observe(a)
-            if isinstance(a, Transition | StartFailover | Hold | HoldCleared | Alert | Note):
+            if isinstance(a, _SERVICE_ACTIONS):
                 touched.add(a.service)
-        if isinstance(event, FailoverFinished | ActiveObserved | MaintenanceObserved):
+        if isinstance(event, _SERVICE_EVENTS):
             touched.add(event.service)
         if isinstance(event, PauseChanged):
             self.metrics.paused.set(1 if self.state.paused else 0)
@@ -446,17 +458,7 @@ class Supervisor:
                 time.monotonic() - started,
             )
         self._record_outcome(req, outcome)
-        self.dispatch(
-            FailoverFinished(
-                req.service,
-                req.to_role,
-                outcome.ok,
-                self.now(),
-                outcome.detail,
-                stopped_old=outcome.stopped_old,
-                dry_run=outcome.result == "dry_run",
-            )
-        )
+        self.dispatch(self._finished(outcome))
         if outcome.result != "dry_run":
             with contextlib.suppress(Exception):
                 await self.refresh_inventory()
@@ -471,15 +473,22 @@ class Supervisor:
         )
         self._record_outcome(req, o)
         if o.service in self.state.services:
-            self.dispatch(
-                FailoverFinished(
-                    o.service, o.to_role, o.ok, self.now(), o.detail, stopped_old=o.stopped_old
-                )
-            )
+            self.dispatch(self._finished(o))
+
+    def _finished(self, o: FailoverOutcome) -> FailoverFinished:
+        return FailoverFinished(
+            o.service,
+            o.to_role,
+            o.ok,
+            self.now(),
+            o.detail,
+            stopped_old=o.stopped_old,
+            dry_run=o.result == "dry_run",
+        )
 
     def _record_outcome(self, req: FailoverRequest, o: FailoverOutcome) -> None:
         m = self.metrics
-        direction = direction_of(req.to_role)
+        direction = req.direction
         m.failovers.labels(req.service, direction, o.result).inc()
         m.failover_duration.labels(req.service, direction).observe(o.seconds)
         m.last_failover.labels(req.service).set(time.time())
@@ -616,7 +625,7 @@ class Supervisor:
         """Apply a new, already validated configuration. Decisions in progress
         (states, holds, a plan in flight) carry over; probe loops are rebuilt
         only for services whose probe or instances changed."""
-        old = self.config
+        old, old_policy = self.config, self.policy
         self.config = config
         self.policy = policy_of(config)
         services = {n: self.state.services.get(n) or ServiceState(name=n) for n in config.services}
@@ -631,7 +640,7 @@ class Supervisor:
                 new is None
                 or was is None
                 or (new.probe, new.primary, new.backup) != (was.probe, was.primary, was.backup)
-                or config.thresholds(name).timeout != old.thresholds(name).timeout
+                or self.policy.thresholds[name].timeout != old_policy.thresholds[name].timeout
             )
             if changed:
                 if t.watch is not None:

@@ -24,7 +24,6 @@ class InstanceInfo:
     instance_id: str | None
     address: str | None  # what the probes target (the private IP unless configured)
     state: InstanceStateName = "running"
-    public_address: str | None = None
     maintenance: bool = False
 
     @property
@@ -56,7 +55,6 @@ class StaticInventory:
     ) -> None:
         self.config = config
         self.states: dict[tuple[str, Role], str] = dict(states or {})
-        self.active: dict[str, Role] = {}
 
     def set_state(self, service: str, role: Role, state: str) -> None:
         self.states[(service, role)] = state
@@ -69,5 +67,5 @@ class StaticInventory:
                 default = "running" if role is Role.PRIMARY else "stopped"
                 state = self.states.get((name, role), default)
                 infos[role] = InstanceInfo(ref.instance_id, ref.address, state)
-            out[name] = ServiceView(infos[Role.PRIMARY], infos[Role.BACKUP], self.active.get(name))
+            out[name] = ServiceView(infos[Role.PRIMARY], infos[Role.BACKUP])
         return out

@@ -77,10 +77,14 @@ class TargetState:
     fail_streak: int = 0
     failing_since: float | None = None  # first failure of the current streak
     last_probe_at: float | None = None
-    last_ok: bool | None = None
     last_reason: str = ""  # the probe's Reason of the last result
     last_detail: str = ""
     why: str = "not probed yet"  # the sentence of the last transition
+
+    @property
+    def last_ok(self) -> bool | None:
+        """Whether the last probe passed (None: not probed since the last reset)."""
+        return True if self.ok_streak else False if self.fail_streak else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +316,6 @@ def observe(
             ok_streak=streak,
             fail_streak=0,
             last_probe_at=at,
-            last_ok=True,
             last_reason=reason,
             last_detail=detail,
         )
@@ -352,7 +355,6 @@ def observe(
         ok_streak=0,
         failing_since=failing_since,
         last_probe_at=at,
-        last_ok=False,
         last_reason=reason,
         last_detail=detail,
     )
@@ -663,7 +665,7 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
     state, acts = evaluate(state, s.name, event.at, policy)
     actions += acts
     # Services waiting for a fresh look at the others decide as soon as it comes.
-    if isinstance(event, Observation):
+    if state.awaiting and isinstance(event, Observation):
         for other in sorted(state.awaiting - {s.name}):
             state, acts = evaluate(state, other, event.at, policy)
             actions += acts

@@ -46,7 +46,7 @@ class ProbeSpec:
     timeout: float
 
 
-ResultCallback = Callable[[ProbeResult, float, float], None]  # result, planned start, end time
+ResultCallback = Callable[[ProbeResult, float], None]  # result, end time
 IntervalFn = Callable[[], tuple[float | None, float]]  # (seconds or None, jitter share)
 
 
@@ -82,8 +82,8 @@ class TargetLoop:
         self.probing = False
         self.probes_run = 0
 
-    def start(self, first_delay: float | None = None) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(first_delay), name=self.name)
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
         _live.add(self._task)
         self._task.add_done_callback(_live.discard)
 
@@ -120,16 +120,14 @@ class TargetLoop:
             return seconds
         return seconds * (1.0 + self.rng.uniform(-jitter, jitter))
 
-    async def _run(self, first_delay: float | None) -> None:
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         seconds, jitter = self.interval()
-        if first_delay is None and seconds:
+        first_delay = 0.0
+        if seconds:
             # Loops started together all run this line after the last start():
             # the spread fits how many there are.
-            spread = min(seconds, len(_live) / START_PROBES_PER_SECOND)
-            first_delay = self.rng.uniform(0, spread)
-        elif first_delay is None:
-            first_delay = 0.0
+            first_delay = self.rng.uniform(0, min(seconds, len(_live) / START_PROBES_PER_SECOND))
         planned: float | None = loop.time() + first_delay if seconds is not None else None
         while True:
             await self._sleep_until(planned)
@@ -152,7 +150,7 @@ class TargetLoop:
             self.probes_run += 1
             self._woken = False  # a wake during the probe is answered by this result
             end = loop.time()
-            self.on_result(result, planned, end)
+            self.on_result(result, end)
             seconds, jitter = self.interval()
             if seconds is None:
                 planned = None  # not probed until woken (instance started)

@@ -22,16 +22,7 @@ class Notifier:
             self._addr = b"\0" + addr[1:].encode()  # abstract namespace
         elif addr.startswith("/"):
             self._addr = addr
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        self.watchdog_seconds: float | None = None
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self.watchdog_seconds = int(usec) / 1e6
         self._sock: socket.socket | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self._addr is not None
 
     def notify(self, *fields: str) -> bool:
         if self._addr is None:
@@ -56,9 +47,6 @@ class Notifier:
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
-
-    def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={text}")
 
     def close(self) -> None:
         if self._sock is not None:

@@ -106,7 +106,7 @@ async def _serve(
         # waits: tell systemd, so the start timeout does not kill it midway.
         longest = max(
             (th.start_timeout + th.healthy_timeout + th.target_healthy_timeout + th.drain_timeout)
-            for th in (config.thresholds(n) for n in config.services)
+            for th in sup.policy.thresholds.values()
         )
         notifier.notify(
             f"EXTEND_TIMEOUT_USEC={int((longest + 60) * 1e6)}",
