@@ -309,6 +309,7 @@ def run(args: argparse.Namespace) -> None:
         helper_cpus,
         node_sio,
         peer_process,
+        report_line,
         spawn,
     )
     from tests.peers.coturn import free_port_pair
@@ -401,9 +402,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"  t={time.monotonic() - t0:5.0f} s: DOWN so far {downs}", flush=True)
             m = d.metrics()
             events = _events(d)
-            os.kill(proxy.proc.pid, signal.SIGUSR1)
-            assert proxy.proc.stdout is not None
-            line = proxy.proc.stdout.readline()
+            line = report_line(proxy)
             pstats = json.loads(line.split(" ", 1)[1]) if line.startswith("stats ") else {}
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)
     for key, value in m.items():

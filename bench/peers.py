@@ -72,15 +72,21 @@ def bench_script(name: str, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / name), *args]
 
 
-def served(p: Peer, timeout: float = 5.0) -> int:
-    """Ask bench/listeners.py how many probes it has served (SIGUSR1)."""
+def report_line(p: Peer, timeout: float = 5.0) -> str:
+    """SIGUSR1 to a peer that answers with one line on stdout ("" if none
+    comes within ``timeout``)."""
     import select
     import signal
 
     os.kill(p.proc.pid, signal.SIGUSR1)
     assert p.proc.stdout is not None
     ready, _, _ = select.select([p.proc.stdout], [], [], timeout)
-    line = p.proc.stdout.readline() if ready else ""
+    return p.proc.stdout.readline() if ready else ""
+
+
+def served(p: Peer, timeout: float = 5.0) -> int:
+    """Ask bench/listeners.py how many probes it has served."""
+    line = report_line(p, timeout)
     if not line.startswith("served "):
         raise RuntimeError(f"listeners did not report: {line!r}")
     return int(line.split()[1])

@@ -12,7 +12,9 @@ traffic is moved back, then checked the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,16 +235,26 @@ def _step_observer(service: str, phase: Phase, t0: float) -> Any:
     return step
 
 
+@contextlib.contextmanager
+def _observing(stack: Stack, service: str, phase: Phase, t0: float) -> Iterator[None]:
+    """The phase's timeline follows the daemon's actions and the plan's steps."""
+    observe = _observer(stack, service, phase, t0)
+    steps = _step_observer(service, phase, t0)
+    stack.supervisor.observers.append(observe)
+    stack.step_listeners.append(steps)
+    try:
+        yield
+    finally:
+        stack.supervisor.observers.remove(observe)
+        stack.step_listeners.remove(steps)
+
+
 async def failover_phase(stack: Stack, service: str) -> Phase:
     sup = stack.supervisor
     active = sup.state.services[service].active
     phase = Phase("failover" if active is Role.PRIMARY else "failback", active, active.other)
     t0 = time.monotonic()
-    observe = _observer(stack, service, phase, t0)
-    steps = _step_observer(service, phase, t0)
-    sup.observers.append(observe)
-    stack.step_listeners.append(steps)
-    try:
+    with _observing(stack, service, phase, t0):
         phase.event(0.0, f"break: {stack.break_service(service)}")
         restore = asyncio.create_task(_watch_restore(stack, service, phase, t0))
         done = await _wait(lambda: phase.outcome is not None, PLAN_TIMEOUT, 0.05)
@@ -255,9 +267,6 @@ async def failover_phase(stack: Stack, service: str) -> Phase:
                 phase.event(time.monotonic() - t0, "the public attachment never answered")
         restore.cancel()
         await asyncio.gather(restore, return_exceptions=True)
-    finally:
-        sup.observers.remove(observe)
-        stack.step_listeners.remove(steps)
     await verify(stack, service, phase)
     return phase
 
@@ -270,32 +279,26 @@ async def failback_phase(stack: Stack, service: str) -> Phase:
     phase = Phase("failback" if active is Role.BACKUP else "failover", active, active.other)
     t0 = time.monotonic()
     phase.event(0.0, stack.heal_service(service))
-    observe = _observer(stack, service, phase, t0)
-    steps = _step_observer(service, phase, t0)
-    sup.observers.append(observe)
-    stack.step_listeners.append(steps)
-    try:
-        phase.marks["decision"] = 0.0
-        phase.event(0.0, f"operator: jupiterd {phase.direction} {service}")
-        outcome = await stack.executor.run(
-            FailoverRequest(
-                service,
-                phase.from_role,
-                phase.to_role,
-                "sandbox drill: the primary is healed, moving traffic back",
-                "cli",
+    with _observing(stack, service, phase, t0):
+        try:
+            phase.marks["decision"] = 0.0
+            phase.event(0.0, f"operator: jupiterd {phase.direction} {service}")
+            outcome = await stack.executor.run(
+                FailoverRequest(
+                    service,
+                    phase.from_role,
+                    phase.to_role,
+                    "sandbox drill: the primary is healed, moving traffic back",
+                    "cli",
+                )
             )
-        )
-        phase.outcome = outcome
-        phase.event(time.monotonic() - t0, f"plan {outcome.result} in {outcome.seconds:.2f}s")
-        if outcome.ok:
-            await asyncio.wait_for(_watch_restore(stack, service, phase, t0), RESTORE_TIMEOUT)
-        await sup.refresh_inventory()
-    except TimeoutError:
-        phase.event(time.monotonic() - t0, "the public attachment never answered")
-    finally:
-        sup.observers.remove(observe)
-        stack.step_listeners.remove(steps)
+            phase.outcome = outcome
+            phase.event(time.monotonic() - t0, f"plan {outcome.result} in {outcome.seconds:.2f}s")
+            if outcome.ok:
+                await asyncio.wait_for(_watch_restore(stack, service, phase, t0), RESTORE_TIMEOUT)
+            await sup.refresh_inventory()
+        except TimeoutError:
+            phase.event(time.monotonic() - t0, "the public attachment never answered")
     await verify(stack, service, phase)
     return phase
 

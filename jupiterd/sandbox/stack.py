@@ -208,7 +208,7 @@ class Stack:
         self.say = log
         self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
         self.coturn = shutil.which("turnserver") is not None
-        self.moto: subprocess.Popen[bytes] | None = None
+        self._exit = contextlib.ExitStack()  # moto's server
         self.endpoint = ""
         self.topology: Any = None
         self.instances: dict[tuple[str, Role], Instance] = {}
@@ -291,32 +291,14 @@ class Stack:
                 os.environ[k] = v
 
     def _start_moto(self) -> None:
-        import urllib.request
+        from tests.peers.moto_server import moto_server
 
-        port = _any_port()
-        self.endpoint = f"http://{FRONT_HOST}:{port}"
-        env = {**os.environ, **AWS_ENV}
-        self.moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", FRONT_HOST, "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.moto.poll() is not None:
-                raise SandboxError(
-                    "moto's server exited at start: is moto[server] installed? "
-                    "pip install -e '.[sandbox]'"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SandboxError("moto's server did not answer within 30 s")
+        try:
+            self.endpoint = self._exit.enter_context(moto_server(FRONT_HOST)).url
+        except RuntimeError as exc:
+            raise SandboxError(
+                f"{exc}: is moto[server] installed? pip install -e '.[sandbox]'"
+            ) from exc
 
     def _probe_spec(self, name: str) -> dict[str, Any]:
         port = self.ports.get(name)
@@ -596,17 +578,9 @@ class Stack:
                 inst.process = None
         if self.nat is not None:
             await asyncio.to_thread(self.nat.destroy)
-        if self.moto is not None and self.moto.poll() is None:
-            self.moto.kill()
-            self.moto.wait(10)
+        self._exit.close()
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
         self._restore_env()
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _any_port() -> int:
-    with socket.socket() as s:
-        s.bind((FRONT_HOST, 0))
-        return int(s.getsockname()[1])

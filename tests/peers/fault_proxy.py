@@ -31,7 +31,6 @@ log of forwarded calls (monotonic start, action, seconds) as JSON, and
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -43,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -315,13 +314,6 @@ class FaultProxy:
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         return Handler
-
-
-@contextlib.contextmanager
-def fault_proxy(upstream: str, **kw: object) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(upstream, **kw)  # type: ignore[arg-type]
-    with proxy:
-        yield proxy
 
 
 def main() -> int:

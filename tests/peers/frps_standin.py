@@ -77,7 +77,6 @@ from typing import Any
 
 VERSION = "0.70.1"  # pkg/util/version/version.go
 CONN_READ_TIMEOUT = 10.0  # server/service.go connReadTimeout
-CONN_WRITE_TIMEOUT = 5.0  # server/service.go connWriteTimeout
 MUX_KEEPALIVE_INTERVAL = 30.0  # transport.tcpMuxKeepaliveInterval default
 MUX_WRITE_TIMEOUT = 10.0  # yamux ConnectionWriteTimeout: the Ping answer deadline
 FRP_TLS_HEAD_BYTE = 0x17

@@ -146,14 +146,6 @@ class Stack:
     listeners: Listeners
     config: Config
     config_path: Path
-    doc: dict[str, Any]
-
-    def rewrite(self, doc: Mapping[str, Any]) -> Config:
-        """A new configuration (the file too, for CLI subprocesses)."""
-        self.doc = dict(doc)
-        self.config_path.write_text(yaml.safe_dump(self.doc, sort_keys=False))
-        self.config = parse_config(self.doc)
-        return self.config
 
 
 @contextlib.contextmanager
@@ -178,7 +170,7 @@ def jupiter_stack(
         )
         path = tmp / "jupiterd.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        yield Stack(topo, ls, parse_config(doc), path, doc)
+        yield Stack(topo, ls, parse_config(doc), path)
 
 
 EDGE = "edge"
