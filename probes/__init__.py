@@ -9,6 +9,7 @@ of the daemon. Adding a protocol is one module and one line in ``KINDS``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ __all__ = [
 TargetStyle = Literal["hostport", "url", "host"]
 
 
+@functools.cache
+def _module(name: str) -> Any:
+    """A kind's module, imported on first use. The module is cached, not its
+    functions: a patched ``probes.<kind>.probe`` is still the one called."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
 @dataclass(frozen=True, slots=True)
 class Kind:
     name: str
@@ -43,7 +51,7 @@ class Kind:
     summary: str
 
     def _mod(self) -> Any:
-        return importlib.import_module(f"{__name__}.{self.module}")
+        return _module(self.module)
 
     @property
     def options(self) -> type[ProbeOptions]:

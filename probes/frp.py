@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import json
 import platform
-import ssl
 import struct
 import sys
 import time
@@ -45,7 +44,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from . import yamux
-from .net import close_stream, open_stream
+from .net import close_stream, insecure_tls_context, open_stream
 from .options import ProbeOptions, parse_hostport
 from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
 
@@ -95,19 +94,6 @@ def _go_arch() -> str:
 # Computed once: the daemon runs thousands of probes a second.
 _GO_OS = _go_os()
 _GO_ARCH = _go_arch()
-_TLS_CONTEXT: ssl.SSLContext | None = None
-
-
-def _tls_context() -> ssl.SSLContext:
-    """One shared client context with no CA store: loading the system's CAs
-    for a certificate we never verify would cost milliseconds per probe."""
-    global _TLS_CONTEXT
-    if _TLS_CONTEXT is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        _TLS_CONTEXT = ctx
-    return _TLS_CONTEXT
 
 
 def privilege_key(token: str, timestamp: int) -> str:
@@ -337,7 +323,7 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     reader, writer = await open_stream(
         trace,
         hp,
-        tls=_tls_context() if options.tls else None,
+        tls=insecure_tls_context() if options.tls else None,
         server_hostname=options.server_name,
         prefix=TLS_HEAD_BYTE if options.tls and options.tls_prefix else b"",
     )

@@ -20,13 +20,12 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, PlainSerializer, PrivateAttr, field_validator
 from pydantic_core import PydanticCustomError
 
-from .httpclient import Response, excerpt, fetch
+from .httpclient import TOKEN, Response, excerpt, fetch
 from .options import ProbeOptions, Url, parse_url
 from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
 
 MAX_BODY_LIMIT = 16 * 1024 * 1024
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
 _CLASS = re.compile(r"([1-5])xx")
 _RANGE = re.compile(r"(\d{3})-(\d{3})")
 _CODE = re.compile(r"\d{3}")
@@ -117,7 +116,7 @@ class Options(ProbeOptions):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if not _TOKEN.fullmatch(v):
+        if not TOKEN.fullmatch(v):
             raise PydanticCustomError("method", "'{v}' is not an HTTP method", {"v": v[:40]})
         return v.upper()
 
@@ -134,7 +133,7 @@ class Options(ProbeOptions):
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not _TOKEN.fullmatch(name):
+            if not TOKEN.fullmatch(name):
                 raise PydanticCustomError("header", "'{n}' is not a header name", {"n": name[:40]})
             _check_header_text(f"header '{name}'", value)
         return v
@@ -155,7 +154,7 @@ class Options(ProbeOptions):
             return v
         media = v.split(";", 1)[0].strip().lower()
         kind, sep, sub = media.partition("/")
-        if not (sep and _TOKEN.fullmatch(kind) and (sub == "*" or _TOKEN.fullmatch(sub))):
+        if not (sep and TOKEN.fullmatch(kind) and (sub == "*" or TOKEN.fullmatch(sub))):
             raise PydanticCustomError(
                 "content_type", "'{v}' is not a media type such as application/json", {"v": v[:40]}
             )
@@ -184,10 +183,6 @@ def _media_matches(expected: str, actual: str) -> bool:
     return actual == expected
 
 
-def _status_text(resp: Response) -> str:
-    return f"HTTP {resp.status} {resp.reason}".rstrip()
-
-
 def _where(resp: Response) -> str:
     return f" in the first {len(resp.body)} bytes" if resp.truncated else ""
 
@@ -195,14 +190,14 @@ def _where(resp: Response) -> str:
 def judge(resp: Response, options: Options) -> str | None:
     """Why ``resp`` is unhealthy, or None. Pure: the tests call it directly."""
     if resp.status not in options.valid_status:
-        detail = f"{_status_text(resp)}, expected {options.valid_status}"
+        detail = f"{resp.status_line}, expected {options.valid_status}"
         return f"{detail}: '{excerpt(resp.body)}'" if resp.body else detail
     if options.content_type is not None and not _media_matches(
         options.content_type, resp.content_type
     ):
         got = resp.headers.get("content-type", "")
         shown = f"'{excerpt(got.encode('latin-1', 'replace'))}'" if got else "no Content-Type"
-        return f"{_status_text(resp)} with {shown}, expected {options.content_type}"
+        return f"{resp.status_line} with {shown}, expected {options.content_type}"
     body = resp.body
     if options.body_contains is not None and options.body_contains.encode() not in body:
         return (
@@ -254,4 +249,4 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     if problem is not None:
         raise ProbeFailure(Reason.UNEXPECTED_RESPONSE, problem)
     more = " (body truncated)" if resp.truncated else ""
-    return trace.ok(f"{options.method} {path} answered {_status_text(resp)}{more}")
+    return trace.ok(f"{options.method} {path} answered {resp.status_line}{more}")

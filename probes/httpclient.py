@@ -14,7 +14,6 @@ exposes its streams, so the Socket.IO probe can upgrade it to a WebSocket.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import ssl
 from collections.abc import Mapping
@@ -31,16 +30,16 @@ MAX_TRAILER_BYTES = 8 * 1024
 DEFAULT_MAX_BODY = 64 * 1024
 USER_AGENT = "jupiterd-probe"
 
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+
 # int(x, 16) also takes "0x1f", "+1f", "1_f" and spaces; HTTP does not.
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
-@functools.cache
-def _shared_tls() -> ssl.SSLContext:
-    """One unverified client context for every probe: building one loads the
-    CA store (about 15 ms of CPU), and a client context carries no state
-    between connections unless a session is passed explicitly."""
-    return insecure_tls_context()
+# The default for https: one unverified client context for every probe (a
+# client context carries no state between connections unless a session is
+# passed explicitly).
+_shared_tls = insecure_tls_context
 
 
 def _buffered(reader: asyncio.StreamReader, limit: int = 60) -> bytes:
@@ -64,6 +63,11 @@ class Response:
     headers: Mapping[str, str]  # lower-case names; repeated headers joined by ", "
     body: bytes
     truncated: bool  # the body was longer than max_body
+
+    @property
+    def status_line(self) -> str:
+        """``HTTP 404 Not Found``, for detail sentences."""
+        return f"HTTP {self.status} {self.reason}".rstrip()
 
     @property
     def content_type(self) -> str:

@@ -11,6 +11,7 @@ Errors here are the *user's* errors (usage or config), raised as
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,8 +43,14 @@ class ProbeOptions(BaseModel):
 
 
 def option_error(model: type[BaseModel], exc: ValidationError) -> OptionError:
-    """One sentence for the first problem, naming the key and what is allowed."""
-    err = exc.errors(include_input=False)[0]
+    """One sentence for the first problem, naming the key and what is allowed.
+    An ``OptionError`` raised by a validator is the sentence itself."""
+    errors = exc.errors(include_input=False)
+    for e in errors:
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, OptionError):
+            return OptionError(str(cause), cause.key)
+    err = errors[0]
     key = ".".join(str(p) for p in err["loc"]) or "?"
     if err["type"] == "extra_forbidden":
         known = ", ".join(sorted(model.model_fields)) or "none"
@@ -66,6 +73,9 @@ def _check_port(text: str, target: str) -> int:
     return int(text)
 
 
+# The parsers below are pure, take hashable arguments and return frozen values,
+# and run for every probe with one of a few targets: cached.
+@functools.lru_cache(maxsize=8192)
 def parse_hostport(target: str, default_port: int | None) -> HostPort:
     """``host``, ``host:port``, ``[v6]:port``, bare ``v6``, or a URL's netloc."""
     text = target.strip()
@@ -98,6 +108,7 @@ def parse_hostport(target: str, default_port: int | None) -> HostPort:
     return HostPort(host, port)
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_host(target: str) -> str:
     """A bare host (for ICMP): ``host``, ``[v6]`` or ``v6``; no port allowed."""
     text = target.strip()
@@ -128,6 +139,7 @@ class Url:
         return f"{self.origin()}{self.path}"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_url(target: str, default_port: int, *, tls: bool = False) -> Url:
     """A URL (http/https/ws/wss), or ``host:port`` taken as its origin."""
     text = target.strip()

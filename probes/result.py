@@ -175,11 +175,10 @@ _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, str]:
-    """Map what network code raises to a reason and a human sentence."""
+    """Map what network code raises to a reason and a human sentence.
+    ``entrypoint`` handles ``ProbeFailure`` and ``TimeoutError`` itself."""
     during = f" during {where}" if where else ""
-    if isinstance(exc, ProbeFailure):
-        return exc.reason, exc.detail
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+    if isinstance(exc, ssl.SSLError):  # ssl.CertificateError is a subclass
         return Reason.TLS_ERROR, f"TLS failed{during}: {exc}"
     if isinstance(exc, asyncio.IncompleteReadError):
         got = len(exc.partial)
@@ -191,15 +190,9 @@ def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, s
         return Reason.DNS_ERROR, f"name resolution failed: {exc.strerror or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return Reason.REFUSED, f"connection refused{during}: nothing listens on that port"
-    if isinstance(exc, TimeoutError):
-        return Reason.TIMEOUT, f"timed out{during}"
-    if isinstance(exc, ConnectionError | OSError):
-        code = exc.errno if isinstance(exc, OSError) else None
-        text = (
-            exc.strerror
-            if isinstance(exc, OSError) and exc.strerror
-            else str(exc) or type(exc).__name__
-        )
+    if isinstance(exc, OSError):
+        code = exc.errno
+        text = exc.strerror or str(exc) or type(exc).__name__
         if code in _UNREACHABLE_ERRNOS:
             return Reason.UNREACHABLE, f"{text}{during}"
         if code in (errno.EACCES, errno.EPERM):
@@ -218,14 +211,8 @@ OptT = TypeVar("OptT")
 ProbeImpl = Callable[[Trace, str, OptT, float], Awaitable[ProbeResult]]
 Probe = Callable[[str, OptT, float], Awaitable[ProbeResult]]
 
-# Extra exception types a module may ask ``entrypoint`` to treat as network
-# failures (aiohttp's ClientError, for one), mapped by a function it provides.
-ExtraClassifier = Callable[[BaseException, str | None], tuple[Reason, str] | None]
 
-
-def entrypoint(
-    kind: str, extra: ExtraClassifier | None = None
-) -> Callable[[ProbeImpl[OptT]], Probe[OptT]]:
+def entrypoint(kind: str) -> Callable[[ProbeImpl[OptT]], Probe[OptT]]:
     """Wrap a protocol implementation into a probe that never raises on peer
     behaviour and always returns within ``timeout`` seconds."""
 
@@ -242,14 +229,9 @@ def entrypoint(
             except ProbeFailure as exc:
                 return trace.fail(exc.reason, exc.detail, **exc.facts)
             except Exception as exc:
-                if extra is not None:
-                    mapped = extra(exc, trace.where)
-                    if mapped is not None:
-                        return trace.fail(*mapped)
                 reason, detail = classify_exception(exc, trace.where)
                 return trace.fail(reason, detail)
 
-        probe.__dict__["kind"] = kind
         return probe
 
     return decorate

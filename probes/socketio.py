@@ -26,8 +26,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import re
-import ssl
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Final, Literal
@@ -35,11 +33,10 @@ from typing import Any, Final, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from . import engineio as eio
-from .httpclient import HttpConnection, Response, excerpt
-from .net import insecure_tls_context
+from .httpclient import TOKEN, HttpConnection, Response, excerpt
 from .options import ProbeOptions, parse_url
 from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
-from .websocket import WebSocket, WebSocketError, check_upgrade, new_key, upgrade_headers
+from .websocket import WebSocket, WebSocketError, open_websocket
 
 DEFAULT_PORT: Final = 3000
 MAX_SKIPPED: Final = 64  # packets tolerated before the CONNECT reply
@@ -62,7 +59,6 @@ _RESERVED_HEADERS: Final = frozenset(
         "sec-websocket-protocol",
     }
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Options(ProbeOptions):
@@ -133,7 +129,7 @@ class Options(ProbeOptions):
     @classmethod
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
+            if not TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
                 raise ValueError(f"invalid header {name!r}")
             if name.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by the probe itself")
@@ -147,17 +143,6 @@ class Options(ProbeOptions):
             self._auth_query = urllib.parse.urlencode(
                 {k: v if isinstance(v, str) else json.dumps(v) for k, v in doc.items()}
             )
-
-
-_tls_context: ssl.SSLContext | None = None
-
-
-def _tls() -> ssl.SSLContext:
-    """One context for all probes: building one costs more than a whole probe."""
-    global _tls_context
-    if _tls_context is None:
-        _tls_context = insecure_tls_context()
-    return _tls_context
 
 
 def _engine_error(resp: Response) -> str | None:
@@ -247,16 +232,15 @@ class _Session:
         self.step = previous
 
     async def open_http(self) -> HttpConnection:
-        tls = _tls() if self.url.scheme == "https" else None
         previous, self.step = self.step, f"the connection to {self.url.netloc}"
-        conn = await HttpConnection.open(self.trace, self.url, tls=tls)
+        conn = await HttpConnection.open(self.trace, self.url)
         self.step = previous
         return conn
 
     def http_failure(self, resp: Response, what: str) -> ProbeFailure:
         """The sentence for an HTTP answer that is not the Engine.IO one expected."""
         engine = _engine_error(resp)
-        status = f"HTTP {resp.status} {resp.reason}".rstrip()
+        status = resp.status_line
         if resp.status == 404:
             return ProbeFailure(
                 Reason.UNEXPECTED_RESPONSE,
@@ -414,17 +398,13 @@ class _Session:
 
     async def open_ws(self, *, sid: bool) -> WebSocket:
         self.ws_conn = await self.open_http()
-        key = new_key()
-        headers = dict(self.opts.headers)
-        headers.update(upgrade_headers(key))
-        resp = await self.ws_conn.request(
-            "GET", self.query("websocket", sid=sid), headers=headers, max_body=4096
+        return await open_websocket(
+            self.ws_conn,
+            self.query("websocket", sid=sid),
+            self.opts.headers,
+            max_message=MAX_WS_MESSAGE,
+            refused=lambda resp: self.http_failure(resp, "WebSocket upgrade"),
         )
-        if resp.status != 101:
-            raise self.http_failure(resp, "WebSocket upgrade")
-        check_upgrade(resp, key)
-        self.ws_conn.reusable = False
-        return WebSocket(self.ws_conn.reader, self.ws_conn.writer, max_message=MAX_WS_MESSAGE)
 
     async def handshake_websocket(self) -> None:
         with self.stage("handshake", "the Engine.IO handshake (WebSocket only)"):

@@ -32,7 +32,6 @@ _READS_PER_WAKEUP = 32  # bound the work one readiness callback does under a flo
 
 _BINDING_REQUEST = stunmsg.message_type(Method.BINDING, Class.REQUEST)
 SOFTWARE_NAME = "jupiterd"
-_COOKIE = stunmsg.MAGIC_COOKIE.to_bytes(4, "big")
 
 T = TypeVar("T")
 
@@ -62,8 +61,7 @@ def clean(text: str, limit: int = 80) -> str:
 
 
 def show_address(addr: stunmsg.Address) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(HostPort(*addr))
 
 
 def read(msg: Message, attr: stunmsg.Attr[T], peer: str) -> T | None:
@@ -273,7 +271,7 @@ class UdpChannel(Channel):
 
 def _is_foreign(data: bytes) -> bool:
     """Well formed but for the magic cookie: another transaction's message."""
-    if data[4:8] == _COOKIE:
+    if data[4:8] == stunmsg.COOKIE_BYTES:
         return False
     try:
         stunmsg.decode(data, cookie=False)

@@ -37,7 +37,7 @@ _HEADER = struct.Struct("!HHI12s")
 _TLV = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_COOKIE_BYTES = _U32.pack(MAGIC_COOKIE)
+COOKIE_BYTES = _U32.pack(MAGIC_COOKIE)
 _XOR_PORT = MAGIC_COOKIE >> 16
 
 
@@ -151,11 +151,11 @@ def unpack_address(value: bytes, txid: bytes) -> Address:
 
 def pack_xor_address(value: Address, txid: bytes) -> bytes:
     # IPv4 is XORed with the cookie, IPv6 with the cookie and transaction id.
-    return _pack_address(value, _COOKIE_BYTES + txid)
+    return _pack_address(value, COOKIE_BYTES + txid)
 
 
 def unpack_xor_address(value: bytes, txid: bytes) -> Address:
-    return _unpack_address(value, _COOKIE_BYTES + txid)
+    return _unpack_address(value, COOKIE_BYTES + txid)
 
 
 def pack_error_code(value: tuple[int, str], txid: bytes) -> bytes:

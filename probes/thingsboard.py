@@ -140,10 +140,6 @@ class _Conn:
             self.conn.close()
 
 
-def _status(resp: Response) -> str:
-    return f"HTTP {resp.status} {resp.reason}".rstrip()
-
-
 def _json_object(resp: Response) -> dict[str, Any] | None:
     if resp.truncated:
         return None
@@ -180,7 +176,7 @@ def check_spa(resp: Response, path: str) -> None:
         to = f" to '{excerpt(where.encode('latin-1', 'replace'))}'" if where else ""
         raise ProbeFailure(
             Reason.UNEXPECTED_RESPONSE,
-            f"GET {path} answered {_status(resp)}{to}, {expected}: {_tb_says(resp)}",
+            f"GET {path} answered {resp.status_line}{to}, {expected}: {_tb_says(resp)}",
         )
     if resp.content_type != "text/html":
         got = resp.content_type or "no Content-Type"
@@ -244,7 +240,7 @@ def read_login(resp: Response, username: str) -> str:
         )
     raise ProbeFailure(
         Reason.UNEXPECTED_RESPONSE,
-        f"{what} answered {_status(resp)}, expected 200 with a token: {_tb_says(resp)}",
+        f"{what} answered {resp.status_line}, expected 200 with a token: {_tb_says(resp)}",
     )
 
 
@@ -258,16 +254,16 @@ def read_api(resp: Response, path: str) -> dict[str, Any]:
                 f"GET {path} answered 200 with {ct or 'no Content-Type'}, expected JSON: "
                 f"'{excerpt(resp.body)}'",
             )
-        doc = _json_object(resp)
-        if doc is None and not resp.truncated:
-            try:
-                json.loads(resp.body)
-            except ValueError:
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR,
-                    f"GET {path} answered 200 with a body that is not JSON: '{excerpt(resp.body)}'",
-                ) from None
-        return _user_facts(doc or {})
+        if resp.truncated:
+            return {}
+        try:
+            doc = json.loads(resp.body)
+        except ValueError:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR,
+                f"GET {path} answered 200 with a body that is not JSON: '{excerpt(resp.body)}'",
+            ) from None
+        return _user_facts(doc) if isinstance(doc, dict) else {}
     err = _tb_error(resp)
     if resp.status == 401:
         hint = ""
@@ -284,7 +280,7 @@ def read_api(resp: Response, path: str) -> dict[str, Any]:
             "(choose another api or user)",
         )
     raise ProbeFailure(
-        Reason.UNEXPECTED_RESPONSE, f"GET {path} answered {_status(resp)}: {_tb_says(resp)}"
+        Reason.UNEXPECTED_RESPONSE, f"GET {path} answered {resp.status_line}: {_tb_says(resp)}"
     )
 
 
@@ -315,7 +311,7 @@ def read_telemetry(resp: Response) -> None:
         )
     raise ProbeFailure(
         Reason.UNEXPECTED_RESPONSE,
-        f"{what} answered {_status(resp)}, expected 200: {_tb_says(resp)}",
+        f"{what} answered {resp.status_line}, expected 200: {_tb_says(resp)}",
     )
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import base64
 import hmac
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from . import stunmsg
-from .options import OptionError, ProbeOptions, option_error, parse_hostport
+from .options import OptionError, ProbeOptions, parse_hostport
 from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
 from .stun import (
     DEFAULT_PORT,
@@ -79,17 +78,6 @@ class Options(ProbeOptions):
                 "username",
             )
         return self
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None) -> Self:
-        try:
-            return cls.model_validate(dict(raw or {}))
-        except ValidationError as exc:
-            for err in exc.errors(include_input=False):
-                cause = err.get("ctx", {}).get("error")
-                if isinstance(cause, OptionError):
-                    raise OptionError(str(cause), cause.key) from None
-            raise option_error(cls, exc) from None
 
 
 def rest_credentials(secret: str, user: str, ttl: int, now: float | None = None) -> tuple[str, str]:
@@ -193,10 +181,11 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
             trace.facts["stale_port_retried"] = True
             msg = await _challenge(trace, channel)
         trace.facts["local_address"] = channel.local
-        return await _allocate(trace, channel, creds, msg, _auth_hint(options))
+        detail = await _allocate(trace, channel, creds, msg, _auth_hint(options))
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
+    return trace.ok(detail)
 
 
 def _code(msg: Message) -> int | None:
@@ -231,7 +220,9 @@ async def _allocate(
     creds: tuple[str, str] | None,
     msg: Message,
     auth_hint: str,
-) -> ProbeResult:
+) -> str:
+    """The success detail, once the challenge (and, with credentials, the
+    allocation and its release) passed; the caller writes requests_sent."""
     peer = channel.peer
     software = software_of(msg)
     if software:
@@ -268,8 +259,7 @@ async def _allocate(
     trace.facts["nonce_length"] = len(nonce)
     by = f" ({software})" if software else ""
     if creds is None:
-        trace.facts["requests_sent"] = channel.sent
-        return trace.ok(
+        return (
             f"{peer}{by} challenged our Allocate request with 401 in realm '{clean(realm)}' "
             f"over {channel.transport.upper()}: the allocator is alive"
         )
@@ -335,8 +325,7 @@ async def _allocate(
     if problem is not None:
         raise problem
     life = f", lifetime {trace.facts['lifetime']} s" if "lifetime" in trace.facts else ""
-    trace.facts["requests_sent"] = channel.sent
-    return trace.ok(
+    return (
         f"{peer}{by} allocated relay {shown}{life} for {who} over "
         f"{channel.transport.upper()}, and released it"
     )

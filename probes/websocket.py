@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -87,7 +87,7 @@ def check_upgrade(resp: Response, key: str) -> None:
     if resp.status != 101:
         raise ProbeFailure(
             Reason.UNEXPECTED_RESPONSE,
-            f"WebSocket upgrade refused: HTTP {resp.status} {resp.reason}".rstrip()
+            f"WebSocket upgrade refused: {resp.status_line}"
             + (f": '{excerpt(resp.body)}'" if resp.body else ""),
         )
     if resp.headers.get("upgrade", "").lower() != "websocket":
@@ -113,13 +113,17 @@ async def open_websocket(
     headers: Mapping[str, str] | None = None,
     *,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    refused: Callable[[Response], ProbeFailure] | None = None,
 ) -> WebSocket:
     """Upgrade ``conn`` (fresh or idle keep-alive) to a WebSocket; the connection's
-    streams then belong to the returned object."""
+    streams then belong to the returned object. ``refused`` turns a non-101 answer
+    into the caller's own failure (it knows the application)."""
     key = new_key()
     all_headers = dict(headers or {})
     all_headers.update(upgrade_headers(key))
     resp = await conn.request("GET", path, headers=all_headers, max_body=4096)
+    if refused is not None and resp.status != 101:
+        raise refused(resp)
     check_upgrade(resp, key)
     conn.reusable = False
     return WebSocket(conn.reader, conn.writer, max_message=max_message)
@@ -133,7 +137,6 @@ class FrameHeader:
     fin: bool
     opcode: int
     length: int
-    size: int  # header bytes, including the extended length
 
 
 def header_size(first_two: bytes) -> int:
@@ -168,7 +171,7 @@ def parse_header(head: bytes, max_frame: int) -> FrameHeader:
         raise WebSocketError("fragmented or oversized control frame")
     if length > max_frame:
         raise WebSocketError(f"frame of {length} bytes exceeds the {max_frame}-byte limit")
-    return FrameHeader(fin, opcode, length, header_size(head[:2]))
+    return FrameHeader(fin, opcode, length)
 
 
 def decode_frames(

@@ -99,13 +99,6 @@ def check_start(version: int, frame_type: int | None) -> None:
         raise YamuxError(f"yamux frame type {frame_type} is not one of 0-3")
 
 
-def flag_names(flags: int) -> str:
-    names = [
-        n for bit, n in ((SYN, "SYN"), (ACK, "ACK"), (FIN, "FIN"), (RST, "RST")) if flags & bit
-    ]
-    return "|".join(names) or "none"
-
-
 class ClientSession:
     """The client side of one yamux session that uses a single stream.
 
