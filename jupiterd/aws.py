@@ -324,8 +324,7 @@ def classify(exc: BaseException, action: str, resource: str) -> AwsError | None:
         if code in _THROTTLED:
             return AwsThrottled(action, resource, code, message)
         if (
-            code.endswith(".NotFound")
-            or code.endswith("NotFound")
+            code.endswith("NotFound")
             or code.startswith("NoSuch")
             or code == "InvalidInstanceID.Malformed"
         ):

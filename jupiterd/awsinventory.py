@@ -315,34 +315,44 @@ class AwsInventory:
 
     # -- Route 53
 
-    async def _record(self, zone_id: str, name: str, type_: str) -> RecordFacts:
-        try:
-            resp = await self.aws.call(
-                "route53",
-                "ListResourceRecordSets",
-                resource=f"hosted zone {zone_key(zone_id)}",
-                HostedZoneId=zone_key(zone_id),
-                StartRecordName=name,
-                StartRecordType=type_,
-                MaxItems="1",
-            )
-        except AwsNotFound:
-            return RecordFacts(zone_id, name, type_, False)
-        for rr in resp.get("ResourceRecordSets", []):
+    async def record_set(self, zone_id: str, name: str, type_: str) -> dict[str, Any] | None:
+        """The record set ``name`` ``type_`` of the hosted zone, as Route 53
+        lists it; None when the zone has no such record."""
+        zone = zone_key(zone_id)
+        resp = await self.aws.call(
+            "route53",
+            "ListResourceRecordSets",
+            resource=f"hosted zone {zone}",
+            HostedZoneId=zone,
+            StartRecordName=name,
+            StartRecordType=type_,
+            MaxItems="1",
+        )
+        found: list[dict[str, Any]] = resp.get("ResourceRecordSets", [])
+        for rr in found:
             if normalize_record_name(rr.get("Name", "")) == normalize_record_name(name) and (
                 rr.get("Type") == type_
             ):
-                return RecordFacts(
-                    zone_id,
-                    str(rr["Name"]),
-                    type_,
-                    True,
-                    rr.get("TTL"),
-                    tuple(v["Value"] for v in rr.get("ResourceRecords", [])),
-                    alias="AliasTarget" in rr,
-                    routing_policy="SetIdentifier" in rr,
-                )
-        return RecordFacts(zone_id, name, type_, False)
+                return rr
+        return None
+
+    async def _record(self, zone_id: str, name: str, type_: str) -> RecordFacts:
+        try:
+            rr = await self.record_set(zone_id, name, type_)
+        except AwsNotFound:
+            return RecordFacts(zone_id, name, type_, False)
+        if rr is None:
+            return RecordFacts(zone_id, name, type_, False)
+        return RecordFacts(
+            zone_id,
+            str(rr["Name"]),
+            type_,
+            True,
+            rr.get("TTL"),
+            tuple(v["Value"] for v in rr.get("ResourceRecords", [])),
+            alias="AliasTarget" in rr,
+            routing_policy="SetIdentifier" in rr,
+        )
 
     # -- route tables
 

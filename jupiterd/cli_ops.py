@@ -133,7 +133,9 @@ async def _failover(
 
 
 def _format_outcome(o: Any, resumed: bool) -> str:
-    direction = "failover" if str(o.to_role) == "backup" else "failback"
+    from .executor_api import direction_of
+
+    direction = direction_of(o.to_role)
     head = "resumed interrupted " if resumed else ""
     lines = [f"{o.service}: {head}{direction} {o.result} in {o.seconds:.1f}s: {o.detail}"]
     width = max((len(s.name) for s in o.steps), default=0)

@@ -11,7 +11,7 @@ The outcome is exported (``jupiterd_drill_success``,
 and logged with the failing step's reason, so an alert fires the day
 failover stops working, not the night it is needed.
 
-The daemon runs ``run_drills(...)`` as a task on its loop; ``DrillRunner``
+The daemon runs ``DrillRunner.run()`` as a task on its loop; the runner
 keeps the last result per service for ``/status``. Fire times come from
 APScheduler's ``CronTrigger``; the clock is injected so tests need not wait.
 """
@@ -30,7 +30,7 @@ import structlog
 from apscheduler.triggers.cron import CronTrigger
 
 from .config import Config
-from .executor_api import Executor, FailoverOutcome, FailoverRequest
+from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
 from .machine import Role
 from .metrics import Metrics
 
@@ -219,7 +219,7 @@ class DrillRunner:
         if not ok:
             failed = next((s.name for s in outcome.steps if not s.ok), "preflight")
         now = self.clock.time()
-        direction = "failover" if outcome.to_role is Role.BACKUP else "failback"
+        direction = direction_of(outcome.to_role)
         result = DrillResult(
             outcome.service, ok, now, outcome.seconds, direction, failed, outcome.detail
         )
@@ -249,17 +249,3 @@ class DrillRunner:
             m.drill_failed_step.labels(name, step).set(0 if ok else 1)
             self._failed_step[name] = step
         return result
-
-
-async def run_drills(
-    config: Config,
-    executor_factory: ExecutorFactory,
-    metrics: Metrics | None = None,
-    clock: Clock | None = None,
-    *,
-    runner: DrillRunner | None = None,
-) -> None:
-    """The daemon's drill task: runs until cancelled. Pass ``runner`` to keep
-    a handle on the results (``runner.status()`` for /status)."""
-    runner = runner or DrillRunner(config, executor_factory, metrics, clock)
-    await runner.run()

@@ -50,7 +50,7 @@ import probes
 from probes import ProbeOptions, ProbeResult
 
 from .aws import Aws, AwsError, iam_action
-from .awsinventory import AwsInventory
+from .awsinventory import AwsInventory, _instances
 from .config import Config, Thresholds
 from .executor_api import FailoverOutcome, FailoverRequest, Result, StepReport
 from .journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord
@@ -69,7 +69,6 @@ from .plan import (
     build_plan,
     build_rollback,
     is_done,
-    normalize_record_name,
     preflight_problems,
     record_value,
     target_id,
@@ -95,6 +94,14 @@ class StepFailed(Exception):
     """A step could not do its job; the message is the sentence to report."""
 
 
+def _target(tid: str, port: int | None) -> dict[str, Any]:
+    """A target group's target, as ELB's calls take it."""
+    target: dict[str, Any] = {"Id": tid}
+    if port is not None:
+        target["Port"] = port
+    return target
+
+
 @dataclass
 class _Run:
     """One execution of one plan (a fresh run, or the resumption of one)."""
@@ -116,6 +123,9 @@ class _Run:
     @property
     def plan_id(self) -> str | None:
         return self.record.id if self.record else None
+
+    def elapsed(self) -> float:
+        return time.time() - self.wall_started if self.resumed else time.monotonic() - self.started
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,6 @@ class AwsExecutor:
         self.lock = lock if lock is not None else PlanLock(config.state_dir)
         self.on_step = on_step
         self._in_flight: set[str] = set()
-        self._plan_ids: set[str] = set()
 
     def close(self) -> None:
         if self._own_aws:
@@ -185,13 +194,13 @@ class AwsExecutor:
             return []
         try:
             try:
-                unfinished = self.journal.unfinished()
+                unfinished = await asyncio.to_thread(self.journal.unfinished)
             except JournalError as exc:
                 log.error("resume_failed", reason=str(exc))
                 return []
             runs: list[_Run] = []
             for rec in unfinished:
-                if rec.id in self._plan_ids or rec.service in self._in_flight:
+                if rec.service in self._in_flight:
                     continue  # running in this process: not interrupted
                 if rec.service not in self.config.services:
                     detail = f"service {rec.service} is no longer configured: plan {rec.id} dropped"
@@ -245,8 +254,6 @@ class AwsExecutor:
             verdict = _Verdict("failed", f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._in_flight.discard(req.service)
-            if run.plan_id:
-                self._plan_ids.discard(run.plan_id)
             if not self.dry_run:
                 self.lock.release()
         outcome = self._outcome(run, verdict)
@@ -269,9 +276,7 @@ class AwsExecutor:
             to_role=req.to_role,
             result=verdict.result,
             detail=verdict.detail,
-            seconds=time.time() - run.wall_started
-            if run.resumed
-            else time.monotonic() - run.started,
+            seconds=run.elapsed(),
             steps=tuple(run.reports),
             stopped_old=run.stopped_old,
         )
@@ -308,7 +313,7 @@ class AwsExecutor:
             )
         run.plan = build_plan(self.config, req.service, req.to_role, run.facts)
         if not self.dry_run and run.record is None:
-            rec = await asyncio.to_thread(
+            run.record = await asyncio.to_thread(
                 self.journal.start_plan,
                 req.service,
                 str(req.from_role),
@@ -317,10 +322,6 @@ class AwsExecutor:
                 req.requested_by,
                 run.facts.instance(req.to_role).state,
             )
-            run.record = rec
-            self._plan_ids.add(rec.id)
-        elif run.record is not None:
-            self._plan_ids.add(run.record.id)
         journaled = run.record
         if journaled is not None and journaled.result is not None:
             self._journaled_reports(run)
@@ -359,7 +360,8 @@ class AwsExecutor:
             problems = preflight_problems(self.config, req.service, facts, req.to_role)
             if run.record is None and not self.dry_run:
                 try:
-                    others = [p for p in self.journal.unfinished() if p.service == req.service]
+                    unfinished = await asyncio.to_thread(self.journal.unfinished)
+                    others = [p for p in unfinished if p.service == req.service]
                 except JournalError as exc:
                     others = []
                     problems.append(str(exc))
@@ -457,29 +459,22 @@ class AwsExecutor:
         req = run.request
         if self.dry_run or run.record is None:
             return _Verdict("failed" if self.dry_run else "aborted", reason)
-        assert run.plan is not None and run.facts is not None
-        rb = build_rollback(
-            self.config,
-            run.plan,
-            run.facts,
-            started_standby=self._started_standby(run),
-            traffic_moved=self._traffic_moved(run),
-        )
-        if not rb.steps:
+        prepared = self._rollback_plan(run)
+        if not prepared[0].steps:
             return _Verdict(
                 "aborted",
                 f"{reason}; the traffic stays on the {req.from_role} and nothing was changed",
             )
         await asyncio.to_thread(self.journal.rollback, run.record.id, reason)
         run.record.rollback = reason
-        return await self._rollback(run, reason)
+        return await self._rollback(run, reason, prepared)
 
     def _started_standby(self, run: _Run) -> bool:
         rec = run.record
         return rec is not None and (rec.standby_state or "") in STOPPED_STATES
 
-    async def _rollback(self, run: _Run, reason: str) -> _Verdict:
-        req = run.request
+    def _rollback_plan(self, run: _Run) -> tuple[Plan, bool]:
+        """The rollback plan, and whether any traffic had moved."""
         assert run.plan is not None and run.facts is not None
         traffic_moved = self._traffic_moved(run)
         rb = build_rollback(
@@ -489,6 +484,14 @@ class AwsExecutor:
             started_standby=self._started_standby(run),
             traffic_moved=traffic_moved,
         )
+        return rb, traffic_moved
+
+    async def _rollback(
+        self, run: _Run, reason: str, prepared: tuple[Plan, bool] | None = None
+    ) -> _Verdict:
+        """``prepared``: what ``_rollback_plan`` returned, if already built."""
+        req = run.request
+        rb, traffic_moved = prepared if prepared is not None else self._rollback_plan(run)
         log.warning("rollback_begin", service=req.service, reason=reason)
         for stage, steps in rb.stages():
             reports = await self._run_stage(run, steps)
@@ -647,8 +650,8 @@ class AwsExecutor:
         ``proof`` as the parameters when given: a harmless variant of the
         call that needs the same permission)."""
         action = iam_action(service, operation)
+        shown = {k: v for k, v in params.items() if k != "Message"}  # the SNS summary: long
         if self.dry_run:
-            shown = {k: v for k, v in params.items() if k != "Message"}
             log.info(
                 "dry_run_call", service=run.service, action=action, resource=resource, params=shown
             )
@@ -656,7 +659,6 @@ class AwsExecutor:
                 sent = dict(proof) if proof is not None else params
                 await self.aws.call(service, operation, resource=resource, dry_run=True, **sent)
             return {}
-        shown = {k: v for k, v in params.items() if k != "Message"}  # the SNS summary: long
         log.info("aws_change", service=run.service, action=action, resource=resource, params=shown)
         return await self.aws.call(service, operation, resource=resource, **params)
 
@@ -700,9 +702,7 @@ class AwsExecutor:
             resource=", ".join(instance_ids),
             Filters=[{"Name": "instance-id", "Values": list(instance_ids)}],
         )
-        return {
-            i["InstanceId"]: i for r in resp.get("Reservations", []) for i in r.get("Instances", [])
-        }
+        return {i["InstanceId"]: i for i in _instances(resp)}
 
     async def _instance(self, iid: str | None, role: Role) -> dict[str, Any]:
         if not iid:
@@ -911,11 +911,12 @@ class AwsExecutor:
     # -- target groups
 
     async def _target_state(self, arn: str, tid: str, port: int | None) -> tuple[str, str, str]:
-        target: dict[str, Any] = {"Id": tid}
-        if port is not None:
-            target["Port"] = port
         resp = await self.aws.call(
-            "elbv2", "DescribeTargetHealth", resource=arn, TargetGroupArn=arn, Targets=[target]
+            "elbv2",
+            "DescribeTargetHealth",
+            resource=arn,
+            TargetGroupArn=arn,
+            Targets=[_target(tid, port)],
         )
         for d in resp.get("TargetHealthDescriptions", []):
             if str(d.get("Target", {}).get("Id")) == tid:
@@ -945,11 +946,13 @@ class AwsExecutor:
         if target_serving(tg, (state, reason)):
             return f"{tid} is already registered and {state} in {tg.name}", {}
         if not target_registered((state, reason)):
-            target: dict[str, Any] = {"Id": tid}
-            if port is not None:
-                target["Port"] = port
             await self._mutate(
-                run, "elbv2", "RegisterTargets", arn, TargetGroupArn=arn, Targets=[target]
+                run,
+                "elbv2",
+                "RegisterTargets",
+                arn,
+                TargetGroupArn=arn,
+                Targets=[_target(tid, port)],
             )
         if self.dry_run:
             return f"would register {tid}:{port} in {tg.name} and wait until healthy", {}
@@ -980,11 +983,13 @@ class AwsExecutor:
         if not target_registered((state, reason)) and state != "draining":
             return f"{tid} is not registered in {tg.name}", {}
         if state != "draining":
-            target: dict[str, Any] = {"Id": tid}
-            if port is not None:
-                target["Port"] = port
             await self._mutate(
-                run, "elbv2", "DeregisterTargets", arn, TargetGroupArn=arn, Targets=[target]
+                run,
+                "elbv2",
+                "DeregisterTargets",
+                arn,
+                TargetGroupArn=arn,
+                Targets=[_target(tid, port)],
             )
         if self.dry_run:
             return f"would deregister {tid}:{port} from {tg.name} and wait for draining", {}
@@ -1046,44 +1051,19 @@ class AwsExecutor:
         assert run.facts is not None
         p = step.params
         zone = zone_key(p["zone_id"])
-        name, type_ = p["name"], p["type"]
-        resp = await self.aws.call(
-            "route53",
-            "ListResourceRecordSets",
-            resource=f"hosted zone {zone}",
-            HostedZoneId=zone,
-            StartRecordName=name,
-            StartRecordType=type_,
-            MaxItems="1",
-        )
-        rr = next(
-            (
-                r
-                for r in resp.get("ResourceRecordSets", [])
-                if normalize_record_name(r.get("Name", "")) == normalize_record_name(name)
-                and r.get("Type") == type_
-            ),
-            None,
-        )
+        name, type_, address = p["name"], p["type"], p["address"]
+        rr = await self.inventory.record_set(zone, name, type_)
         if rr is None:
             raise StepFailed(f"record {name} {type_} does not exist in hosted zone {zone}")
-        rec_cfg = next(
-            r
-            for r in self.config.services[run.service].attachments.route53
-            if zone_key(r.zone_id) == zone
-            and normalize_record_name(r.name) == normalize_record_name(name)
-            and r.type == type_
-        )
         inst = run.facts.instance(step.role)
-        if rec_cfg.address == "public" and run.facts.elastic_ip is None:
+        if address == "public" and run.facts.elastic_ip is None:
             # A public IP without an EIP exists only once the instance runs.
             fresh = await self._instance(inst.instance_id, step.role)
             inst = dataclasses.replace(inst, public_ip=fresh.get("PublicIpAddress"))
-        value = record_value(rec_cfg, inst, run.facts.elastic_ip)
+        value = record_value(address, inst, run.facts.elastic_ip)
         if not value:
             raise StepFailed(
-                f"the {step.role} instance {inst.instance_id} has no {rec_cfg.address} "
-                f"address for {name}"
+                f"the {step.role} instance {inst.instance_id} has no {address} address for {name}"
             )
         current = tuple(v["Value"] for v in rr.get("ResourceRecords", []))
         if current == (value,):
@@ -1188,7 +1168,7 @@ class AwsExecutor:
 
     def _summary(self, run: _Run, verdict: _Verdict) -> tuple[str, str]:
         req = run.request
-        total = time.time() - run.wall_started if run.resumed else time.monotonic() - run.started
+        total = run.elapsed()
         subject = f"jupiterd: {req.service} {req.direction} {verdict.result} in {total:.1f}s"
         body = {
             "service": req.service,

@@ -187,10 +187,7 @@ def permissions(config: Config) -> tuple[Permission, ...]:
     """Everything jupiterd may call for ``config``, narrowed."""
     plans = plans_for(config)
     perms = plan_permissions(plans)  # the read-only calls included
-    narrowed = [
-        _with_region(_with_tag(p, config.project_tag), config.aws.region)
-        for p in merge_permissions(perms)
-    ]
+    narrowed = [_with_region(_with_tag(p, config.project_tag), config.aws.region) for p in perms]
     # Sorted resources, so that actions on the same set share a statement.
     return merge_permissions(
         Permission(p.action, tuple(sorted(p.resources)), p.conditions) for p in narrowed

@@ -172,7 +172,6 @@ class PlanRecord:
     rollback: str | None = None  # why the plan turned to undoing itself
     result: tuple[str, str] | None = None  # (result, detail) once known
     done: bool = False
-    pid: int | None = None
 
     def step(self, name: str) -> StepRecord:
         return self.steps.setdefault(name, StepRecord(name))
@@ -268,7 +267,6 @@ class Journal:
             requested_by=requested_by,
             started_at=time.time(),
             standby_state=standby_state,
-            pid=os.getpid(),
         )
         self.append(
             {
@@ -281,7 +279,7 @@ class Journal:
                 "by": requested_by,
                 "standby_state": standby_state,
                 "at": rec.started_at,
-                "pid": rec.pid,
+                "pid": os.getpid(),
             }
         )
         return rec
@@ -363,7 +361,6 @@ def _apply(plans: dict[str, PlanRecord], rec: dict[str, Any]) -> None:
                 requested_by=str(rec.get("by", "daemon")),
                 started_at=float(rec.get("at", 0.0)),
                 standby_state=rec.get("standby_state"),
-                pid=rec.get("pid"),
             )
         except (KeyError, TypeError, ValueError):
             return

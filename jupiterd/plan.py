@@ -376,21 +376,16 @@ def build_plan(
                 (Permission("ec2:ModifyInstanceAttribute", s_res, s_cond),),
             )
         )
-    seen: set[str] = set()
-    for tg in att.target_groups:
-        if tg.arn in seen:
-            continue
-        seen.add(tg.arn)
-        name = target_group_name(tg.arn)
+    for name, arn, port in _unique_tgs(att.target_groups):
         steps.append(
             Step(
                 f"register_target:{name}",
                 StepKind.REGISTER_TARGET,
                 Stage.ATTACH,
                 to_role,
-                tg.arn,
-                {"arn": tg.arn, "port": tg.port},
-                (Permission("elasticloadbalancing:RegisterTargets", (tg.arn,)),),
+                arn,
+                {"arn": arn, "port": port},
+                (Permission("elasticloadbalancing:RegisterTargets", (arn,)),),
             )
         )
     if att.elastic_ip:
@@ -590,10 +585,11 @@ def target_serving(tg: TargetGroupFacts, state: tuple[str, str] | None) -> bool:
     return not tg.health_check_enabled and state[0] == "unavailable"
 
 
-def record_value(rec: Route53Record, inst: InstanceFacts, eip: EipFacts | None) -> str | None:
-    """The value the record must hold to point at ``inst``. A public record
-    of a service with an Elastic IP holds the EIP, which moves with it."""
-    if rec.address == "private":
+def record_value(address: str, inst: InstanceFacts, eip: EipFacts | None) -> str | None:
+    """The value a record of ``address`` ("private" or "public") must hold to
+    point at ``inst``. A public record of a service with an Elastic IP holds
+    the EIP, which moves with it."""
+    if address == "private":
         return inst.private_ip
     if eip is not None and eip.public_ip:
         return eip.public_ip
@@ -676,7 +672,7 @@ def attachment_states(config: Config, service: str, facts: ServiceFacts) -> list
             holder = eip_role(facts)
             on = [holder] if holder else []
         else:
-            on = [r for r in roles if record_value(rec, facts.instance(r), eip) in values]
+            on = [r for r in roles if record_value(rec.address, facts.instance(r), eip) in values]
         out.append(
             AttachmentState(
                 "route53",

@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
-import yaml
 
 SERVICES = ("signaling", "coturn", "frp", "thingsboard", "nat")
 ROLES = ("primary", "backup")
@@ -102,23 +101,18 @@ class Topology:
         listen: Mapping[str, Mapping[str, Any]],
         *,
         state_dir: str,
-        endpoint: bool = True,
-        by_tags: bool = False,
         defaults: Mapping[str, Any] | None = None,
         drills: Iterable[Mapping[str, Any]] = (),
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A jupiterd configuration for the services in ``listen``:
         ``{service: {"probe": {...}, "primary": ADDRESS, "backup": ADDRESS}}``
-        (the addresses each instance's service listens on). ``by_tags``
-        leaves the instance ids out so jupiterd finds them by their tags."""
+        (the addresses each instance's service listens on)."""
         services: dict[str, Any] = {}
         for name, spec in listen.items():
             svc: dict[str, Any] = {"probe": dict(spec["probe"])}
             for role in ROLES:
-                ref: dict[str, Any] = {}
-                if not by_tags:
-                    ref["instance_id"] = self.instances[name][role]
+                ref: dict[str, Any] = {"instance_id": self.instances[name][role]}
                 if spec.get(role):
                     ref["address"] = spec[role]
                 svc[role] = ref
@@ -127,11 +121,8 @@ class Topology:
                 if key in spec:
                     svc[key] = spec[key]
             services[name] = svc
-        aws: dict[str, Any] = {"region": self.region}
-        if endpoint:
-            aws["endpoint_url"] = self.endpoint_url
         doc: dict[str, Any] = {
-            "aws": aws,
+            "aws": {"region": self.region, "endpoint_url": self.endpoint_url},
             "state_dir": state_dir,
             "sns_topic_arn": self.topic_arn,
             "services": services,
@@ -143,9 +134,6 @@ class Topology:
         if extra:
             doc.update(extra)
         return doc
-
-    def config_yaml(self, listen: Mapping[str, Mapping[str, Any]], **kw: Any) -> str:
-        return yaml.safe_dump(self.config_dict(listen, **kw), sort_keys=False)
 
 
 def _tags(**kv: str) -> list[dict[str, Any]]:
