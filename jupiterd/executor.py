@@ -337,6 +337,8 @@ class AwsExecutor:
         the notification of its resumption."""
         assert run.record is not None and run.plan is not None
         for step in run.plan.steps:
+            if step.kind is StepKind.NOTIFY:
+                continue  # _finish runs it, and reports it, ended or not
             done = run.record.steps.get(step.name)
             if done is not None and done.ended:
                 run.reports.append(
@@ -576,11 +578,9 @@ class AwsExecutor:
             done = rec.steps[step.name]
             if step.kind is StepKind.STOP_INSTANCE and done.data.get("stopped"):
                 run.stopped_old = step.role is run.request.from_role
-            report = StepReport(
+            return StepReport(
                 step.name, True, done.seconds, f"done before the restart: {done.detail}"
             )
-            run.reports.append(report)
-            return report
         log.info("step_begin", service=run.service, step=step.name, resource=step.resource)
         t = time.monotonic()
         if rec is not None:

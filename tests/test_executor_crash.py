@@ -199,6 +199,46 @@ async def test_kill_at_every_journal_point(
     await _kill_then_resume(edge, proxy, n, via_cli=n % 2 == 0)
 
 
+@pytest.mark.parametrize(
+    ("n", "via_cli"),
+    [(14, False), (14, True), (TOTAL_RECORDS - 1, False)],
+    ids=["mid_attach-resume_pending", "mid_attach-cli", "after_notify-resume_pending"],
+)
+async def test_a_resumed_plan_reports_each_step_once(
+    edge: Edge, proxy: FaultProxy, n: int, via_cli: bool
+):
+    # 14: mid-attach (records 6-17), start_standby and some of the attachment
+    # steps, run concurrently, ended. TOTAL_RECORDS - 1: after notify ended,
+    # before the plan's `done`.
+    p = await cli(edge, "failover", SERVICE, kill_after=n)
+    assert p.returncode == -9, p.stdout + p.stderr
+    if via_cli:
+        p = await cli(edge, "failover", SERVICE)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"{SERVICE}: resumed interrupted failover success" in p.stdout
+        names = [ln.split()[0] for ln in p.stdout.splitlines() if ln.startswith("  ")]
+        done = [ln.split()[0] for ln in p.stdout.splitlines() if "done before the restart" in ln]
+    else:
+        ex = executor(edge)
+        try:
+            [out] = await ex.resume_pending()
+        finally:
+            ex.close()
+        assert out.result == "success", out.detail
+        names = [s.name for s in out.steps]
+        done = [s.name for s in out.steps if "done before the restart" in s.detail]
+    assert len(names) == len(set(names)), names
+    assert names[-1] == "notify", names
+    if n == 14:
+        assert "start_standby" in done and len(done) >= 2, done
+    else:
+        assert done == ["notify"], done
+    [note] = read_notifications(edge.topology)
+    sent = [s["name"] for s in note["message"]["steps"]]
+    assert sent == names[:-1]  # published by notify itself
+    assert mutations(proxy) == ONCE
+
+
 async def test_resume_rolls_back_when_the_standby_died(
     edge: Edge, proxy: FaultProxy, listeners: Listeners
 ):
