@@ -24,6 +24,7 @@ import yaml
 
 from jupiterd.config import Config, parse_config
 from jupiterd.executor import AwsExecutor, check_invariant
+from jupiterd.executor_api import FailoverOutcome
 from jupiterd.journal import KILL_ENV, Journal
 from jupiterd.machine import Role
 from jupiterd.plan import service_status
@@ -122,6 +123,15 @@ def executor(edge: Edge) -> AwsExecutor:
     return AwsExecutor(edge.config, poll_interval=0.05, progress_interval=0.5)
 
 
+async def resume(edge: Edge) -> list[FailoverOutcome]:
+    """What a fresh executor's resume_pending() finishes."""
+    ex = executor(edge)
+    try:
+        return await ex.resume_pending()
+    finally:
+        ex.close()
+
+
 async def where(edge: Edge) -> tuple[Role | None, Any]:
     ex = executor(edge)
     try:
@@ -164,11 +174,7 @@ async def _kill_then_resume(edge: Edge, proxy: FaultProxy, n: int, via_cli: bool
         else:
             assert "nothing to do" in p.stdout
     elif pending:
-        ex = executor(edge)
-        try:
-            [out] = await ex.resume_pending()
-        finally:
-            ex.close()
+        [out] = await resume(edge)
         assert out.result == "success", out.detail
         # the outcome (and its notification) tells the whole plan
         names = {s.name for s in out.steps}
@@ -219,11 +225,7 @@ async def test_a_resumed_plan_reports_each_step_once(
         names = [ln.split()[0] for ln in p.stdout.splitlines() if ln.startswith("  ")]
         done = [ln.split()[0] for ln in p.stdout.splitlines() if "done before the restart" in ln]
     else:
-        ex = executor(edge)
-        try:
-            [out] = await ex.resume_pending()
-        finally:
-            ex.close()
+        [out] = await resume(edge)
         assert out.result == "success", out.detail
         names = [s.name for s in out.steps]
         done = [s.name for s in out.steps if "done before the restart" in s.detail]
@@ -247,11 +249,7 @@ async def test_resume_rolls_back_when_the_standby_died(
     assert p.returncode == -9
     listeners.stop(SERVICE, "backup")  # the standby's service dies meanwhile
     try:
-        ex = executor(edge)
-        try:
-            [out] = await ex.resume_pending()
-        finally:
-            ex.close()
+        [out] = await resume(edge)
     finally:
         listeners.start()
     assert out.result == "aborted", out.detail
@@ -272,11 +270,7 @@ async def test_resume_rolls_back_when_the_standby_died(
 
 
 async def test_resume_is_a_no_op_without_a_journal(edge: Edge, proxy: FaultProxy):
-    ex = executor(edge)
-    try:
-        assert await ex.resume_pending() == []
-    finally:
-        ex.close()
+    assert await resume(edge) == []
     assert sum(proxy.forwarded.values()) == 0
 
 
@@ -284,10 +278,6 @@ async def test_resume_drops_a_plan_of_a_service_no_longer_configured(edge: Edge,
     j = Journal(edge.config.state_dir)
     j.start_plan("retired", "primary", "backup", "old", "daemon", "stopped")
     j.close()
-    ex = executor(edge)
-    try:
-        assert await ex.resume_pending() == []
-    finally:
-        ex.close()
+    assert await resume(edge) == []
     assert Journal(edge.config.state_dir).unfinished() == []
     assert sum(proxy.forwarded.values()) == 0
