@@ -551,10 +551,14 @@ class Supervisor:
             if msg != self.inventory_error:
                 self.log.error("inventory refresh failed; keeping the last known state", error=msg)
             self.inventory_error = msg
-            # AwsUnavailable / AwsThrottled (by their metric label: this
-            # module does not import boto3): AWS gives no answer.
-            if getattr(exc, "result", None) in ("unreachable", "throttled"):
+            # AwsError's metric label (this module does not import boto3):
+            # unreachable or throttled is no answer; any other is an answer
+            # (a denial, say), which a plan's preflight reports for itself.
+            answer = getattr(exc, "result", None)
+            if answer in ("unreachable", "throttled"):
                 self.dispatch(AwsReachability(False, self.now(), str(exc)))
+            elif answer is not None and self.state.aws_error is not None:
+                self.dispatch(AwsReachability(True, self.now()))
             if self.state.aws_error is not None:
                 self._retry_aws()
             return

@@ -257,3 +257,43 @@ async def test_monitor_only_reports_due_failovers_without_cooldown(stack):
         reg.get_sample_value("jupiterd_holds_total", {"service": "sig", "guard": "cooldown"})
         is None
     )
+
+
+async def test_aws_unreachable_holds_retries_soon_and_acts_when_aws_answers(stack):
+    from jupiterd.aws import AwsUnavailable
+
+    sup, executor, prim, _, inv = stack
+    sup.aws_retry_seconds = (0.05, 0.2)
+    real = inv.snapshot
+    calls = []
+
+    async def snapshot():
+        calls.append(sup.now())
+        if down:
+            raise AwsUnavailable(
+                "ec2:DescribeInstances", "instances", "EndpointConnectionError", "no answer"
+            )
+        return await real()
+
+    down = True
+    inv.snapshot = snapshot
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    await sup.refresh_inventory()  # the periodic refresh finds AWS gone
+    await prim["sig"].kill()
+    svc = lambda: sup.state.services["sig"]  # noqa: E731
+    await wait_for(
+        lambda: svc().hold is not None and svc().hold.guard is Guard.AWS_UNREACHABLE,
+        what="the aws_unreachable hold",
+    )
+    assert "AWS does not answer jupiterd's reads" in svc().hold.reason
+    await wait_for(lambda: len(calls) >= 4, what="AWS re-read with backoff")
+    assert executor.requests == []
+    doc = sup.status()
+    assert "no answer" in doc["aws_unreachable"]["error"]
+    reg = sup.metrics.registry
+    held = {"service": "sig", "guard": "aws_unreachable"}
+    assert reg.get_sample_value("jupiterd_hold_active", held) == 1
+    down = False
+    await wait_for(lambda: executor.requests, what="the failover once AWS answers")
+    assert sup.status()["aws_unreachable"] is None
+    assert reg.get_sample_value("jupiterd_hold_active", held) == 0
