@@ -68,9 +68,9 @@ HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for
 SHUTDOWN_GRACE_SECONDS = 5.0
 REFRESH_SECONDS = 30.0
 INITIAL_INVENTORY_SECONDS = 1.0  # how long start-up waits for AWS before probing anyway
-# While AWS does not answer, it is re-read after 1 s, doubling up to 30 s,
+# While AWS does not answer, it is re-read after 1 s, doubling up to 10 s,
 # each wait jittered down to half so that many daemons do not retry in step.
-AWS_RETRY_SECONDS = (1.0, 30.0)
+AWS_RETRY_SECONDS = (1.0, 10.0)
 PAUSE_FILE = "paused"
 
 
