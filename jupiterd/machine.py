@@ -622,10 +622,10 @@ def evaluate(
     )
     if policy.monitor_only:
         s = replace(s, awaiting_isolation_check=False)
-        if s.due_since is not None:
-            return state.with_service(s), actions
         s, acts = _clear_hold(s, "failover due (monitor-only mode)", at)
         actions += acts
+        if s.due_since is not None:
+            return state.with_service(s), actions
         reason = (
             f"{where} ({active.why}); a failover to the {standby_word} is due, but AWS "
             "access is off (aws.enabled: false): monitor-only mode changes nothing"

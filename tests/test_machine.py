@@ -632,3 +632,12 @@ def test_monitor_only_still_reports_guards():
     _due(r)
     assert not r.of(FailoverDue)
     assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    r.send(PauseChanged(False, r.t, by="cli"))
+    assert len(r.of(FailoverDue)) == 1
+    assert r.svc("sig").hold is None
+    # Paused and resumed again within the same outage: the hold is lifted,
+    # the due failover is not reported twice.
+    r.send(PauseChanged(True, r.t, by="cli"))
+    assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    r.send(PauseChanged(False, r.t, by="cli"))
+    assert r.svc("sig").hold is None and len(r.of(FailoverDue)) == 1
