@@ -34,7 +34,9 @@ from .machine import (
     Action,
     ActiveObserved,
     Alert,
+    AwsReachability,
     Event,
+    FailoverDue,
     FailoverFinished,
     Guard,
     Hold,
@@ -66,6 +68,9 @@ HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for
 SHUTDOWN_GRACE_SECONDS = 5.0
 REFRESH_SECONDS = 30.0
 INITIAL_INVENTORY_SECONDS = 1.0  # how long start-up waits for AWS before probing anyway
+# While AWS does not answer, it is re-read after 1 s, doubling up to 10 s,
+# each wait jittered down to half so that many daemons do not retry in step.
+AWS_RETRY_SECONDS = (1.0, 10.0)
 PAUSE_FILE = "paused"
 
 
@@ -74,6 +79,7 @@ def policy_of(config: Config) -> Policy:
         thresholds={n: config.thresholds(n) for n in config.services},
         isolation=config.guards.isolation,
         auto_failover={n: s.auto_failover for n, s in config.services.items()},
+        monitor_only=not config.aws.enabled,
     )
 
 
@@ -100,7 +106,7 @@ Observer = Callable[[Action | ProbeEvent | PlanEvent], None]
 
 # Actions and events that change what a service's metrics show (tuples: a
 # union type would be built anew at each isinstance on the hot path).
-_SERVICE_ACTIONS = (Transition, StartFailover, Hold, HoldCleared, Alert, Note)
+_SERVICE_ACTIONS = (Transition, StartFailover, FailoverDue, Hold, HoldCleared, Alert, Note)
 _SERVICE_EVENTS = (FailoverFinished, ActiveObserved, MaintenanceObserved)
 
 
@@ -127,6 +133,7 @@ class Supervisor:
         rng: random.Random | None = None,
         refresh_seconds: float = REFRESH_SECONDS,
         tick_seconds: float = TICK_SECONDS,
+        aws_retry_seconds: tuple[float, float] = AWS_RETRY_SECONDS,
     ) -> None:
         self.config = config
         self.policy = policy_of(config)
@@ -138,6 +145,8 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.refresh_seconds = refresh_seconds
         self.tick_seconds = tick_seconds
+        self.aws_retry_seconds = aws_retry_seconds
+        self._aws_retry: asyncio.Task[None] | None = None
         self.log = logs.get("jupiterd")
         self.state = MachineState.initial(config.services, paused=config.guards.paused)
         self.targets: dict[tuple[str, Role], _Target] = {}
@@ -384,6 +393,16 @@ class Supervisor:
                 reason=a.reason,
             )
             self._start_plan(a)
+        elif isinstance(a, FailoverDue):
+            log.warning(
+                "failover due",
+                service=a.service,
+                role=a.from_role.value,
+                to=a.to_role.value,
+                reason=a.reason,
+                mode="monitor_only",
+            )
+            self.metrics.failovers_due.labels(a.service).inc()
         elif isinstance(a, Hold):
             log.warning("failover held", service=a.service, guard=a.guard.value, reason=a.reason)
             self.metrics.holds.labels(a.service, a.guard.value).inc()
@@ -484,6 +503,8 @@ class Supervisor:
             o.detail,
             stopped_old=o.stopped_old,
             dry_run=o.result == "dry_run",
+            changed=o.changed,
+            aws_unreachable=o.aws_unreachable,
         )
 
     def _record_outcome(self, req: FailoverRequest, o: FailoverOutcome) -> None:
@@ -530,11 +551,42 @@ class Supervisor:
             if msg != self.inventory_error:
                 self.log.error("inventory refresh failed; keeping the last known state", error=msg)
             self.inventory_error = msg
+            # AwsError's metric label (this module does not import boto3):
+            # unreachable or throttled is no answer; any other is an answer
+            # (a denial, say), which a plan's preflight reports for itself.
+            answer = getattr(exc, "result", None)
+            if answer in ("unreachable", "throttled"):
+                self.dispatch(AwsReachability(False, self.now(), str(exc)))
+            elif answer is not None and self.state.aws_error is not None:
+                self.dispatch(AwsReachability(True, self.now()))
+            if self.state.aws_error is not None:
+                self._retry_aws()
             return
         if self.inventory_error is not None:
             self.log.info("inventory refresh works again")
         self.inventory_error = None
         self.apply_views(views)
+        if self.state.aws_error is not None:
+            self.dispatch(AwsReachability(True, self.now()))
+
+    def _retry_aws(self) -> None:
+        """Re-read AWS with a bounded, jittered backoff while it does not
+        answer (a plan's preflight or the refresh found it so)."""
+        if self._stopping or (self._aws_retry is not None and not self._aws_retry.done()):
+            return
+        self._aws_retry = asyncio.create_task(self._aws_retry_loop(), name="aws-retry")
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(self._aws_retry)
+
+    async def _aws_retry_loop(self) -> None:
+        first, most = self.aws_retry_seconds
+        delay = first
+        while self.state.aws_error is not None:
+            await asyncio.sleep(delay * (0.5 + self.rng.random() / 2))
+            if any(not t.done() for t in self.plans.values()):
+                continue  # a plan reads AWS itself; its outcome says
+            await self.refresh_inventory()
+            delay = min(delay * 2, most)
 
     def apply_views(self, views: Mapping[str, ServiceView]) -> None:
         at = self.now()
@@ -672,6 +724,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ status
 
+    def mode(self) -> str:
+        """``monitor_only`` (aws.enabled: false: nothing is ever carried out),
+        ``dry_run`` (--dry-run: plans run without changing AWS) or ``live``."""
+        if not self.config.aws.enabled:
+            return "monitor_only"
+        return "dry_run" if getattr(self.executor, "dry_run", False) else "live"
+
     def status(self) -> dict[str, Any]:
         services = {}
         for name, s in self.state.services.items():
@@ -715,6 +774,9 @@ class Supervisor:
                 "maintenance": s.maintenance,
                 "auto_failover": self.config.services[name].auto_failover,
                 "last_failover_at": self.wall(s.last_failover_at),
+                "failover_due": None
+                if s.due_since is None
+                else {"to": s.active.other.value, "since": self.wall(s.due_since)},
                 "failovers_last_hour": len(s.attempts),
                 "aws_notes": list(view.notes) if view is not None else [],
                 "targets": targets,
@@ -726,7 +788,11 @@ class Supervisor:
             "healthy": self.healthy(),
             "paused": self.state.paused,
             "pause_reason": self.state.pause_reason or None,
-            "dry_run": bool(getattr(self.executor, "dry_run", False)),
+            "mode": self.mode(),
+            "dry_run": self.mode() == "dry_run",
+            "aws_unreachable": None
+            if self.state.aws_error is None
+            else {"error": self.state.aws_error, "since": self.wall(self.state.aws_error_since)},
             "config": {"path": self.config_path, "last_reload": self.last_reload},
             "inventory_error": self.inventory_error,
             "services": services,

@@ -49,7 +49,15 @@ import structlog
 import probes
 from probes import ProbeOptions, ProbeResult
 
-from .aws import Aws, AwsError, iam_action
+from .aws import (
+    Aws,
+    AwsAccessDenied,
+    AwsError,
+    AwsNotFound,
+    AwsThrottled,
+    AwsUnavailable,
+    iam_action,
+)
 from .awsinventory import AwsInventory, _instances
 from .config import Config, Thresholds
 from .executor_api import FailoverOutcome, FailoverRequest, Result, StepReport
@@ -90,6 +98,16 @@ async def default_prober(
     return await probes.get_kind(kind).probe(target, options, timeout)
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a mutating call surely took no effect: AWS answered it with a
+    refusal (denied, not found, throttled) or it was never sent (no
+    credentials). No answer (a timeout, a closed connection) or any other
+    error may hide a call that took effect."""
+    if isinstance(exc, AwsAccessDenied | AwsNotFound | AwsThrottled):
+        return True
+    return isinstance(exc, AwsUnavailable) and exc.code == "NoCredentials"
+
+
 class StepFailed(Exception):
     """A step could not do its job; the message is the sentence to report."""
 
@@ -115,6 +133,8 @@ class _Run:
     plan: Plan | None = None
     reports: list[StepReport] = field(default_factory=list)
     stopped_old: bool = False
+    changed: bool = False  # a mutating call of this run took (or may have taken) effect
+    aws_unreachable: bool = False  # preflight's reads got no answer from AWS
 
     @property
     def service(self) -> str:
@@ -279,7 +299,20 @@ class AwsExecutor:
             seconds=run.elapsed(),
             steps=tuple(run.reports),
             stopped_old=run.stopped_old,
+            changed=self._changed(run),
+            aws_unreachable=run.aws_unreachable,
         )
+
+    def _changed(self, run: _Run) -> bool:
+        """Whether the plan changed anything on AWS: a mutating call of this
+        run took (or may have taken) effect, or, for a plan resumed after a
+        restart, the journal shows a step begun before it."""
+        if self.dry_run:
+            return False
+        if run.changed:
+            return True
+        rec = run.record
+        return run.resumed and rec is not None and any(s.begun for s in rec.steps.values())
 
     # ------------------------------------------------------------------ the plan
 
@@ -357,6 +390,7 @@ class AwsExecutor:
             facts = (await self.inventory.facts([req.service]))[req.service]
         except AwsError as exc:
             problems.append(str(exc))
+            run.aws_unreachable = isinstance(exc, AwsUnavailable | AwsThrottled)
         else:
             run.facts = facts
             problems = preflight_problems(self.config, req.service, facts, req.to_role)
@@ -660,7 +694,16 @@ class AwsExecutor:
                 await self.aws.call(service, operation, resource=resource, dry_run=True, **sent)
             return {}
         log.info("aws_change", service=run.service, action=action, resource=resource, params=shown)
-        return await self.aws.call(service, operation, resource=resource, **params)
+        if service == "sns":  # a notification moves no traffic
+            return await self.aws.call(service, operation, resource=resource, **params)
+        try:
+            response = await self.aws.call(service, operation, resource=resource, **params)
+        except BaseException as exc:
+            if not _refused(exc):
+                run.changed = True
+            raise
+        run.changed = True
+        return response
 
     async def _wait(
         self,

@@ -51,6 +51,13 @@ class FailoverOutcome:
     seconds: float
     steps: tuple[StepReport, ...] = field(default=())
     stopped_old: bool = False
+    # Whether the plan changed anything on AWS (a mutating call took, or may
+    # have taken, effect). The executor decides it from what it ran and
+    # journaled; an outcome that does not say is assumed to have changed.
+    changed: bool = True
+    # The plan stopped because AWS did not answer its reads (unreachable,
+    # throttled past every retry): nothing in the plan itself was wrong.
+    aws_unreachable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -79,4 +86,5 @@ class OfflineExecutor:
             "dry_run",
             "AWS access is off in the configuration (aws.enabled: false): nothing was changed",
             0.0,
+            changed=False,
         )

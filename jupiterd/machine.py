@@ -15,10 +15,14 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
 
 Per service: the active instance DOWN for ``failover_after`` seconds starts
 a failover to the standby unless a guard holds it (maintenance pause, manual
-mode, monitor isolation, cooldown, hourly cap, standby unhealthy, both down,
-already in flight). Before deciding, every other service's active target must
-have been probed since the failure began, so that "everything failed at
-once" (the monitor's own network) is seen as such and not as one outage.
+mode, monitor isolation, AWS unreachable, retry backoff, cooldown, hourly
+cap, standby unhealthy, both down, already in flight). Only a plan that
+changed something on AWS counts toward the cooldown and the hourly cap. In
+monitor-only mode (no AWS access) a due failover is reported once per outage
+(``FailoverDue``) and nothing else happens. Before deciding, every other
+service's active target must have been probed since the failure began, so
+that "everything failed at once" (the monitor's own network) is seen as such
+and not as one outage.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class Guard(StrEnum):
     STANDBY_UNHEALTHY = "standby_unhealthy"
     BOTH_DOWN = "both_down"
     IN_FLIGHT = "in_flight"
+    AWS_UNREACHABLE = "aws_unreachable"  # jupiterd's own AWS reads fail
+    RETRY_BACKOFF = "retry_backoff"  # the last plan aborted before changing anything
 
 
 # --------------------------------------------------------------------------- state
@@ -80,6 +86,9 @@ class TargetState:
     last_reason: str = ""  # the probe's Reason of the last result
     last_detail: str = ""
     why: str = "not probed yet"  # the sentence of the last transition
+    # Set on a STOPPED target that a failover stopped while it was failing:
+    # what was known of it then. Cleared when the instance runs again.
+    known_down: str | None = None
 
     @property
     def last_ok(self) -> bool | None:
@@ -108,6 +117,9 @@ class ServiceState:
     maintenance: bool = False  # an instance carries the maintenance tag
     awaiting_isolation_check: bool = False
     decision: str = "watching"  # the latest decision sentence, for /status
+    retry_at: float | None = None  # no new plan before this (a plan aborted unchanged)
+    retries: int = 0  # plans in a row that aborted before changing anything
+    due_since: float | None = None  # monitor-only: when the failover became due
 
     def target(self, role: Role) -> TargetState:
         return self.primary if role is Role.PRIMARY else self.backup
@@ -121,6 +133,8 @@ class MachineState:
     services: Mapping[str, ServiceState]
     paused: bool = False
     pause_reason: str = ""
+    aws_error: str | None = None  # jupiterd's AWS reads fail: why
+    aws_error_since: float | None = None
 
     @classmethod
     def initial(cls, names: Iterable[str], paused: bool = False) -> MachineState:
@@ -155,6 +169,7 @@ class Policy:
     thresholds: Mapping[str, Thresholds]
     isolation: IsolationGuard = field(default_factory=IsolationGuard)
     auto_failover: Mapping[str, bool] = field(default_factory=dict)
+    monitor_only: bool = False  # aws.enabled: false: a due failover is only reported
 
 
 # --------------------------------------------------------------------------- events
@@ -212,6 +227,17 @@ class FailoverFinished:
     detail: str = ""
     stopped_old: bool = False
     dry_run: bool = False  # nothing moved: only the cooldown applies
+    changed: bool = True  # the plan changed something on AWS (counts toward cooldown, cap)
+    aws_unreachable: bool = False  # it stopped because AWS did not answer its reads
+
+
+@dataclass(frozen=True, slots=True)
+class AwsReachability:
+    """Whether jupiterd's own AWS reads (the inventory refresh) get answers."""
+
+    ok: bool
+    at: float
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +254,7 @@ Event = (
     | MaintenanceObserved
     | PauseChanged
     | FailoverFinished
+    | AwsReachability
     | Tick
 )
 
@@ -246,6 +273,17 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class StartFailover:
+    service: str
+    from_role: Role
+    to_role: Role
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverDue:
+    """Monitor-only mode: a failover is due and nothing will carry it out."""
+
     service: str
     from_role: Role
     to_role: Role
@@ -294,7 +332,7 @@ class Note:
     at: float
 
 
-Action = Transition | StartFailover | Hold | HoldCleared | Alert | ProbeNow | Note
+Action = Transition | StartFailover | FailoverDue | Hold | HoldCleared | Alert | ProbeNow | Note
 
 # --------------------------------------------------------------------------- targets
 
@@ -381,6 +419,13 @@ def observe(
 # --------------------------------------------------------------------------- services
 
 HOUR = 3600.0
+RETRY_FIRST = 2.0  # seconds before retrying a plan that aborted unchanged; doubles
+
+
+def retry_delay(retries: int, th: Thresholds) -> float:
+    """The wait before the next plan after ``retries`` plans in a row aborted
+    without changing anything: 2 s, doubling, at most the cooldown."""
+    return float(min(max(th.cooldown, RETRY_FIRST), RETRY_FIRST * 2 ** min(retries - 1, 20)))
 
 
 def _isolation_failing(state: MachineState, anchor: float, window: float) -> list[str]:
@@ -448,6 +493,8 @@ def evaluate(
     if active.status is not Status.DOWN:
         if s.awaiting_isolation_check:
             s = replace(s, awaiting_isolation_check=False)
+        if s.due_since is not None or s.retries:
+            s = replace(s, due_since=None, retry_at=None, retries=0)
         s, acts = _clear_hold(s, f"the {s.active} instance is {active.status} again", at)
         actions += acts
         if s.alert is not None and active.status is Status.UP:
@@ -509,6 +556,18 @@ def evaluate(
                 f"{where}, but {len(failing)} of {total} services are failing at once "
                 f"({', '.join(sorted(failing))}): the monitor's own network is the likelier fault",
             )
+    if guard is None and state.aws_error is not None and not policy.monitor_only:
+        guard = (
+            Guard.AWS_UNREACHABLE,
+            f"{where}, but AWS does not answer jupiterd's reads ({state.aws_error}): "
+            "a plan would abort at preflight; it starts as soon as AWS answers",
+        )
+    if guard is None and s.retry_at is not None and at < s.retry_at:
+        guard = (
+            Guard.RETRY_BACKOFF,
+            f"{where}; the last {s.retries} plan(s) aborted before changing anything "
+            f"({s.alert or 'see recent_plans'}); next try in {_fmt(s.retry_at - at)}",
+        )
     if guard is None and s.last_failover_at is not None and at - s.last_failover_at < th.cooldown:
         left = th.cooldown - (at - s.last_failover_at)
         guard = (
@@ -522,6 +581,22 @@ def evaluate(
             f"{where}, but {len(attempts)} failover(s) started in the last hour "
             f"(max_failovers_per_hour {th.max_failovers_per_hour})",
         )
+    if guard is None and standby.status is Status.STOPPED and standby.known_down is not None:
+        # A stopped instance cannot be probed: judged on what was known when
+        # the failover stopped it. Starting it blindly after every cooldown
+        # would ping-pong between two dead instances.
+        reason = (
+            f"both instances are down (the {standby_role} was stopped by the failover "
+            f"while failing: {standby.known_down})"
+        )
+        guard = (
+            Guard.BOTH_DOWN,
+            f"{reason}; not restarting it automatically: start it (jupiterd probes it "
+            f"once it runs) or run `jupiterd failover {name}`",
+        )
+        if s.alert != reason:
+            s = replace(s, alert=reason)
+            actions.append(Alert(name, reason, at))
     if guard is None and standby.status is not Status.STOPPED and standby.status is not Status.UP:
         if standby.status is Status.DOWN:
             reason = f"both instances are down (the {standby_role} too: {standby.last_reason})"
@@ -540,13 +615,26 @@ def evaluate(
         s, acts = _set_hold(s, guard[0], guard[1], at)
         return state.with_service(s), actions + acts
 
-    s, acts = _clear_hold(s, "failover starting", at)
-    actions += acts
     standby_word = (
         "stopped standby (it will be started and checked first)"
         if standby.status is Status.STOPPED
         else "healthy standby"
     )
+    if policy.monitor_only:
+        s = replace(s, awaiting_isolation_check=False)
+        s, acts = _clear_hold(s, "failover due (monitor-only mode)", at)
+        actions += acts
+        if s.due_since is not None:
+            return state.with_service(s), actions
+        reason = (
+            f"{where} ({active.why}); a failover to the {standby_word} is due, but AWS "
+            "access is off (aws.enabled: false): monitor-only mode changes nothing"
+        )
+        s = replace(s, due_since=at, decision=f"failover due to the {standby_role}: {reason}")
+        actions.append(FailoverDue(name, s.active, standby_role, reason, at))
+        return state.with_service(s), actions
+    s, acts = _clear_hold(s, "failover starting", at)
+    actions += acts
     reason = f"{where} ({active.why}); failing over to the {standby_word}"
     s = replace(
         s,
@@ -570,6 +658,8 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
             state, acts = evaluate(state, name, event.at, policy)
             actions += acts
         return state, actions
+    if isinstance(event, AwsReachability):
+        return _aws_reachability(state, event, policy)
     if isinstance(event, PauseChanged):
         reason = f"paused by {event.by}" if event.paused else ""
         if event.paused == state.paused:
@@ -630,6 +720,11 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
             word = "entered maintenance (instance tag set)" if event.on else "left maintenance"
             actions.append(Note(s.name, word, event.at))
     elif isinstance(event, FailoverFinished):
+        if not event.dry_run and not event.changed:
+            # Nothing changed on AWS: the plan counts toward neither the
+            # cooldown nor the hourly cap (its attempt is taken back).
+            attempts = s.attempts[:-1] if s.in_flight is not None else s.attempts
+            s = replace(s, attempts=attempts)
         if event.dry_run:
             reason = f"dry run: would have failed over to the {event.to_role} ({event.detail})"
             s = replace(s, in_flight=None, last_failover_at=event.at, decision=reason)
@@ -640,23 +735,59 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
                 s,
                 active=event.to_role,
                 in_flight=None,
-                last_failover_at=event.at,
+                last_failover_at=event.at if event.changed else s.last_failover_at,
                 alert=None,
+                retry_at=None,
+                retries=0,
                 decision=f"traffic moved to the {event.to_role}: {event.detail}".rstrip(": "),
             )
             if event.stopped_old:
                 prev = s.target(old_role)
+                known_down = prev.why if prev.status.failing else None
                 stopped = TargetState(
-                    status=Status.STOPPED, since=event.at, why="stopped by the failover (fencing)"
+                    status=Status.STOPPED,
+                    since=event.at,
+                    why="stopped by the failover (fencing)",
+                    known_down=known_down,
                 )
                 s = s.with_target(old_role, stopped)
                 actions.append(
                     Transition(s.name, old_role, prev.status, Status.STOPPED, stopped.why, event.at)
                 )
             actions.append(Note(s.name, s.decision, event.at))
+        elif not event.changed:
+            reason = (
+                f"failover to the {event.to_role} aborted before changing anything: {event.detail}"
+            )
+            if event.aws_unreachable:
+                # Held by the AWS guard until AWS answers (the daemon retries).
+                s = replace(s, in_flight=None, decision=reason)
+                state = _aws_down(state, event.detail, event.at)
+                actions.append(Note(s.name, reason, event.at))
+            else:
+                retries = s.retries + 1
+                delay = retry_delay(retries, policy.thresholds[s.name])
+                s = replace(
+                    s,
+                    in_flight=None,
+                    retries=retries,
+                    retry_at=event.at + delay,
+                    decision=f"{reason}; next try in {_fmt(delay)}",
+                )
+                if s.alert != reason:
+                    s = replace(s, alert=reason)
+                    actions.append(Alert(s.name, reason, event.at))
         else:
             reason = f"failover to the {event.to_role} failed: {event.detail}"
-            s = replace(s, in_flight=None, last_failover_at=event.at, alert=reason, decision=reason)
+            s = replace(
+                s,
+                in_flight=None,
+                last_failover_at=event.at,
+                alert=reason,
+                decision=reason,
+                retry_at=None,
+                retries=0,
+            )
             actions.append(Alert(s.name, reason, event.at))
         s, acts = _clear_hold(s, "the failover finished", event.at)
         actions += acts
@@ -669,6 +800,37 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
         for other in sorted(state.awaiting - {s.name}):
             state, acts = evaluate(state, other, event.at, policy)
             actions += acts
+    return state, actions
+
+
+def _aws_down(state: MachineState, detail: str, at: float) -> MachineState:
+    since = state.aws_error_since if state.aws_error is not None else at
+    return replace(state, aws_error=detail or "no answer", aws_error_since=since)
+
+
+def _aws_reachability(
+    state: MachineState, event: AwsReachability, policy: Policy
+) -> tuple[MachineState, list[Action]]:
+    """AWS stopped or started answering jupiterd's reads: every service is
+    decided again at once, so a failover held for it starts when AWS answers."""
+    actions: list[Action] = []
+    if event.ok:
+        if state.aws_error is None:
+            return state, []
+        down = event.at - (state.aws_error_since or event.at)
+        state = replace(state, aws_error=None, aws_error_since=None)
+        actions.append(Note("*", f"AWS answers again (after {_fmt(down)})", event.at))
+    else:
+        was = state.aws_error
+        state = _aws_down(state, event.detail, event.at)
+        if was is not None:
+            if was == state.aws_error:
+                return state, []
+        else:
+            actions.append(Note("*", f"AWS does not answer: {state.aws_error}; retrying", event.at))
+    for name in state.services:
+        state, acts = evaluate(state, name, event.at, policy)
+        actions += acts
     return state, actions
 
 

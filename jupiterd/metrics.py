@@ -131,6 +131,12 @@ class Metrics:
             ["service", "direction", "result"],
             registry=r,
         )
+        self.failovers_due = Counter(
+            "jupiterd_failovers_due",
+            "Failovers due in monitor-only mode (aws.enabled: false): reported, not run.",
+            ["service"],
+            registry=r,
+        )
         self.failover_duration = Histogram(
             "jupiterd_failover_duration_seconds",
             "Duration of failover plans, start to end.",

@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections import deque
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from jupiterd.api import make_app
 from jupiterd.daemon import Supervisor
+from jupiterd.executor_api import OfflineExecutor
 from jupiterd.inventory import StaticInventory
 from jupiterd.machine import Guard, Status
 from jupiterd.metrics import Metrics
-from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
+from tests.daemon_helpers import FAST, B, FakeExecutor, P, config_for, wait_for
 
 
 class Listener:
@@ -40,7 +42,11 @@ class Listener:
 
 
 @pytest.fixture
-async def stack(tmp_path):
+async def stack(tmp_path, request):
+    """Three services on loopback listeners. Indirect parameters (a dict):
+    ``defaults`` (threshold overrides), ``top`` (more top-level config),
+    ``executor`` (a factory; default FakeExecutor)."""
+    param = getattr(request, "param", {})
     names = ["sig", "turn", "frp"]
     prim = {n: await Listener(f"127.0.0.{2 + i}").start() for i, n in enumerate(names)}
     back = {n: await Listener(f"127.0.1.{2 + i}").start() for i, n in enumerate(names)}
@@ -57,8 +63,13 @@ async def stack(tmp_path):
         await back[n].kill()
         back[n].port = prim[n].port
         await back[n].start()
-    cfg = config_for(services, str(tmp_path))
-    executor = FakeExecutor()
+    cfg = config_for(
+        services,
+        str(tmp_path),
+        defaults={**FAST, **param.get("defaults", {})},
+        **param.get("top", {}),
+    )
+    executor = param.get("executor", FakeExecutor)()
     inv = StaticInventory(cfg)
     metrics = Metrics(CollectorRegistry())
     sup = Supervisor(
@@ -173,3 +184,116 @@ async def test_http_api(stack, aiohttp_client=None):
         assert not sup.state.paused
         r = await client.post("/pause", data=b"{not json")
         assert r.status == 400
+
+
+@pytest.mark.parametrize("stack", [{"defaults": {"cooldown": 0.3}}], indirect=True)
+async def test_dead_old_primary_is_not_restarted_when_the_new_active_dies(stack):
+    """After a failover that stopped the dead primary (stop_old), the backup
+    dies too: held by both_down, not a failback to the stopped primary after
+    each cooldown; starting the primary by hand lets the failback happen."""
+    sup, executor, prim, back, inv = stack
+
+    def moved(req):  # what AWS would say once the plan ran
+        inv.set_state(req.service, req.to_role, "running")
+        inv.set_state(req.service, req.from_role, "stopped")
+
+    executor.on_run = moved
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    await prim["sig"].kill()
+    await wait_for(lambda: st(sup, "sig", B) is Status.UP, what="backup active and up")
+    assert st(sup, "sig", P) is Status.STOPPED
+    await back["sig"].kill()
+    await wait_for(
+        lambda: (h := sup.state.services["sig"].hold) is not None and h.guard is Guard.BOTH_DOWN,
+        what="a both_down hold",
+    )
+    await asyncio.sleep(1.0)  # three cooldowns: still nothing restarts the primary
+    assert len(executor.requests) == 1
+    status = sup.status()["services"]["sig"]
+    assert status["hold"]["guard"] == "both_down"
+    assert "not restarting it automatically" in status["hold"]["reason"]
+    assert status["alert"].startswith("both instances are down (the primary was stopped")
+    reg = sup.metrics.registry
+    assert reg.get_sample_value("jupiterd_service_alert", {"service": "sig"}) == 1
+    # The operator starts the old primary; once it passes its probes, it takes over.
+    await prim["sig"].start()
+    inv.set_state("sig", P, "running")
+    await sup.refresh_inventory()
+    await wait_for(lambda: len(executor.requests) == 2, what="the failback")
+    assert (executor.requests[1].from_role, executor.requests[1].to_role) == (B, P)
+
+
+@pytest.mark.parametrize(
+    "stack", [{"top": {"aws": {"enabled": False}}, "executor": OfflineExecutor}], indirect=True
+)
+async def test_monitor_only_reports_due_failovers_without_cooldown(stack):
+    sup, _, prim, *_ = stack
+    reg = sup.metrics.registry
+
+    def due() -> float:
+        return reg.get_sample_value("jupiterd_failovers_due_total", {"service": "sig"}) or 0.0
+
+    doc = sup.status()
+    assert doc["mode"] == "monitor_only" and doc["dry_run"] is False
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    await prim["sig"].kill()
+    await wait_for(lambda: due() == 1, what="a due failover reported")
+    svc = sup.status()["services"]["sig"]
+    assert svc["failover_due"]["to"] == "backup"
+    assert svc["decision"].startswith("failover due to the backup")
+    assert svc["last_failover_at"] is None and svc["failovers_last_hour"] == 0
+    assert svc["in_flight"] is None and svc["active"] == "primary"
+    assert sup.outcomes == deque()  # no plan ran
+    await asyncio.sleep(0.3)
+    assert due() == 1  # once per outage
+    # Back up, then down again: reported again, not "held by cooldown".
+    await prim["sig"].start()
+    await wait_for(lambda: st(sup, "sig", P) is Status.UP, what="primary up again")
+    assert sup.status()["services"]["sig"]["failover_due"] is None
+    await prim["sig"].kill()
+    await wait_for(lambda: due() == 2, what="the second outage reported")
+    assert sup.state.services["sig"].hold is None
+    assert (
+        reg.get_sample_value("jupiterd_holds_total", {"service": "sig", "guard": "cooldown"})
+        is None
+    )
+
+
+async def test_aws_unreachable_holds_retries_soon_and_acts_when_aws_answers(stack):
+    from jupiterd.aws import AwsUnavailable
+
+    sup, executor, prim, _, inv = stack
+    sup.aws_retry_seconds = (0.05, 0.2)
+    real = inv.snapshot
+    calls = []
+
+    async def snapshot():
+        calls.append(sup.now())
+        if down:
+            raise AwsUnavailable(
+                "ec2:DescribeInstances", "instances", "EndpointConnectionError", "no answer"
+            )
+        return await real()
+
+    down = True
+    inv.snapshot = snapshot
+    await wait_for(lambda: all(st(sup, n, P) is Status.UP for n in ("sig", "turn", "frp")))
+    await sup.refresh_inventory()  # the periodic refresh finds AWS gone
+    await prim["sig"].kill()
+    svc = lambda: sup.state.services["sig"]  # noqa: E731
+    await wait_for(
+        lambda: svc().hold is not None and svc().hold.guard is Guard.AWS_UNREACHABLE,
+        what="the aws_unreachable hold",
+    )
+    assert "AWS does not answer jupiterd's reads" in svc().hold.reason
+    await wait_for(lambda: len(calls) >= 4, what="AWS re-read with backoff")
+    assert executor.requests == []
+    doc = sup.status()
+    assert "no answer" in doc["aws_unreachable"]["error"]
+    reg = sup.metrics.registry
+    held = {"service": "sig", "guard": "aws_unreachable"}
+    assert reg.get_sample_value("jupiterd_hold_active", held) == 1
+    down = False
+    await wait_for(lambda: executor.requests, what="the failover once AWS answers")
+    assert sup.status()["aws_unreachable"] is None
+    assert reg.get_sample_value("jupiterd_hold_active", held) == 0

@@ -16,8 +16,9 @@ from typing import Any
 import boto3
 import pytest
 
+from jupiterd.aws import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
 from jupiterd.awsinventory import AwsInventory
-from jupiterd.executor import AwsExecutor, check_invariant
+from jupiterd.executor import AwsExecutor, _refused, check_invariant
 from jupiterd.executor_api import FailoverRequest, StepReport
 from jupiterd.journal import PlanLock
 from jupiterd.machine import Role
@@ -133,7 +134,7 @@ async def test_failover_and_failback(stack: Stack, service: str):
         assert await check_invariant(ex.inventory, stack.config) == []
         out = await ex.run(request(service, Role.BACKUP, "primary down"))
         assert out.result == "success", out
-        assert out.stopped_old
+        assert out.stopped_old and out.changed
         assert f"{service} moved to the backup" in out.detail
         names = [s.name for s in out.steps]
         assert names[0] == "preflight" and names[-1] == "notify"
@@ -210,7 +211,7 @@ async def test_second_failover_has_nothing_to_do(stack: Stack):
         again = await ex.run(request("signaling"))
     finally:
         ex.close()
-    assert again.result == "success"
+    assert again.result == "success" and not again.changed
     assert "already on the backup" in again.detail and "nothing to do" in again.detail
     assert len(read_notifications(stack.topology)) == 1  # no second message
 
@@ -254,6 +255,7 @@ async def test_standby_never_healthy_aborts_and_keeps_traffic(stack: Stack):
     finally:
         ex.close()
     assert out.result == "aborted", out
+    assert out.changed  # the standby was started, then stopped again
     assert "standby_healthy" in out.detail
     assert "did not pass 2 consecutive tcp probe(s) of 127.0.0.3" in out.detail
     assert "refused" in out.detail
@@ -281,7 +283,7 @@ async def test_an_already_running_standby_is_left_running_on_abort(stack: Stack)
         facts = (await ex.inventory.facts(["thingsboard"]))["thingsboard"]
     finally:
         ex.close()
-    assert out.result == "aborted"
+    assert out.result == "aborted" and not out.changed
     assert "nothing was changed" in out.detail
     assert facts.backup.state == "running"  # it was running before: not ours to stop
 
@@ -296,6 +298,7 @@ async def test_dry_run_changes_nothing(stack: Stack, moto: MotoServer):
         ex.close()
     for out in outs:
         assert out.result == "dry_run", out
+        assert not out.changed
         assert "every check passed" in out.detail
     assert aws_state(stack.topology) == before
     assert read_notifications(stack.topology) == []
@@ -407,7 +410,7 @@ async def test_access_denied_names_the_permission_and_leaves_a_reported_split(
         facts = (await ex.inventory.facts(["frp"]))["frp"]
     finally:
         ex.close()
-    assert out.result == "failed"
+    assert out.result == "failed" and out.changed
     eip = stack.topology.eip_allocation
     assert f"associate_eip:{eip}" in out.detail
     assert f"AWS denied ec2:AssociateAddress on {eip} (UnauthorizedOperation)" in out.detail
@@ -430,6 +433,53 @@ async def test_access_denied_at_preflight(proxied):
     assert out.result == "aborted"
     assert "AWS denied ec2:DescribeInstances" in out.detail
     assert proxy.count("ec2:StartInstances") == 0
+    assert not out.changed and not out.aws_unreachable
+
+
+async def test_access_denied_at_the_first_change_changed_nothing(proxied):
+    stack, proxy = proxied
+    proxy.deny.add("ec2:StartInstances")
+    ex = make_executor(stack)
+    try:
+        out = await ex.run(request("signaling"))
+    finally:
+        ex.close()
+    assert out.result == "aborted", out
+    assert "AWS denied ec2:StartInstances" in out.detail
+    assert not out.changed and not out.aws_unreachable
+
+
+async def test_aws_unreachable_at_preflight_changed_nothing(proxied):
+    stack, proxy = proxied
+    proxy.unreachable = True
+    ex = make_executor(stack)
+    try:
+        out = await ex.run(request("signaling"))
+    finally:
+        ex.close()
+    assert out.result == "aborted", out
+    assert "cannot reach the AWS endpoint" in out.detail
+    assert "nothing was changed" in out.detail
+    assert not out.changed and out.aws_unreachable
+    assert proxy.count("ec2:StartInstances") == 0
+
+
+@pytest.mark.parametrize(
+    "exc,refused",
+    [
+        (AwsAccessDenied("ec2:StartInstances", "i-1", "UnauthorizedOperation", ""), True),
+        (AwsNotFound("ec2:StartInstances", "i-1", "InvalidInstanceID.NotFound", ""), True),
+        (AwsThrottled("ec2:StartInstances", "i-1", "RequestLimitExceeded", ""), True),
+        (AwsUnavailable("ec2:StartInstances", "i-1", "NoCredentials", "none"), True),
+        # No answer, or a server error: the call may have taken effect.
+        (AwsUnavailable("ec2:StartInstances", "i-1", "ReadTimeoutError", "timeout"), False),
+        (AwsUnavailable("ec2:StartInstances", "i-1", "ConnectionClosedError", "closed"), False),
+        (AwsError("ec2:StartInstances", "i-1", "InternalError", "AWS answered 500"), False),
+        (RuntimeError("a bug"), False),
+    ],
+)
+def test_a_mutating_call_counts_as_a_change_unless_aws_refused_it(exc, refused):
+    assert _refused(exc) is refused
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from jupiterd.config import IsolationGuard, Thresholds
 from jupiterd.machine import (
     ActiveObserved,
     Alert,
+    AwsReachability,
+    FailoverDue,
     FailoverFinished,
     Guard,
     Hold,
@@ -31,6 +33,7 @@ from jupiterd.machine import (
     Transition,
     observe,
     probe_interval,
+    retry_delay,
     step,
 )
 
@@ -262,6 +265,10 @@ def test_cooldown_then_failback_after_it_expires():
     s = r.svc("sig")
     assert s.active is B and s.in_flight is None and s.primary.status is Status.STOPPED
     assert s.decision == "traffic moved to the backup: moved"
+    # An operator starts the old primary again; it passes its probes.
+    r.send(InstanceRunning("sig", P, True, t_done + 50))
+    r.t = t_done + 50
+    r.obs("sig", P, "++")
     r.t = t_done + 100
     r.obs("sig", B, "++---")
     r.obs("turn", P, "+")
@@ -425,3 +432,212 @@ def test_unknown_service_event_is_ignored():
     r = Run()
     state, acts = step(r.state, Observation("gone", P, False, 1.0), r.pol)
     assert state is r.state and acts == []
+
+
+# --------------------------------------------------------------------------- AWS trouble
+
+
+def _due(r, name="sig"):
+    """Make ``name``'s primary DOWN with the other services freshly up."""
+    r.obs(name, P, "---")
+    for other in ("sig", "turn", "frp"):
+        if other != name:
+            r.obs(other, P, "+")
+
+
+def test_a_plan_that_changed_nothing_counts_toward_neither_cooldown_nor_cap():
+    r = Run(pol=policy(max_failovers_per_hour=2))
+    _due(r)
+    assert r.svc("sig").attempts
+    r.t += 1
+    r.send(
+        FailoverFinished(
+            "sig", B, False, r.t, "preflight: no answer; nothing was changed", changed=False
+        )
+    )
+    s = r.svc("sig")
+    assert s.last_failover_at is None and s.attempts == ()
+    # Retried with backoff, not held by the cooldown or the hourly cap.
+    r.obs("sig", P, "-")
+    hold = r.of(Hold)[-1]
+    assert hold.guard is Guard.RETRY_BACKOFF
+    assert "the last 1 plan(s) aborted before changing anything" in hold.reason
+    for _ in range(3):  # more aborted plans than the hourly cap allows
+        r.t = r.svc("sig").retry_at
+        r.obs("turn", P, "+")
+        r.obs("frp", P, "+")
+        r.send(Tick(r.t))
+        r.send(FailoverFinished("sig", B, False, r.t, "AccessDenied", changed=False))
+    assert r.svc("sig").retries == 4
+    assert r.svc("sig").retry_at - r.t == 16.0  # 2, 4, 8, 16 s
+    r.t = r.svc("sig").retry_at
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.send(Tick(r.t))
+    assert len(r.of(StartFailover)) == 5
+    assert Guard.RATE_LIMIT not in {h.guard for h in r.of(Hold)}
+    assert Guard.COOLDOWN not in {h.guard for h in r.of(Hold)}
+
+
+def test_a_plan_that_changed_something_still_counts():
+    r = Run(pol=policy(max_failovers_per_hour=2))
+    _due(r)
+    r.t += 1
+    r.send(FailoverFinished("sig", B, False, r.t, "rollback failed", changed=True))
+    s = r.svc("sig")
+    assert s.last_failover_at == r.t and len(s.attempts) == 1
+    r.obs("sig", P, "-")
+    assert r.of(Hold)[-1].guard is Guard.COOLDOWN
+
+
+def test_retry_delay_is_bounded_by_the_cooldown():
+    th = Thresholds.model_validate({**TH.model_dump(), "cooldown": 60})
+    assert [retry_delay(n, th) for n in (1, 2, 3, 6, 7, 50)] == [2, 4, 8, 60, 60, 60]
+
+
+def test_aws_unreachable_holds_and_the_failover_starts_when_aws_answers():
+    """The fault matrix: AWS unreachable for longer than the cooldown while a
+    failover is due; the plan aborts at preflight having changed nothing."""
+    r = Run(pol=policy(cooldown=5, max_failovers_per_hour=1))
+    _due(r)
+    r.t += 1
+    r.send(
+        FailoverFinished(
+            "sig",
+            B,
+            False,
+            r.t,
+            "preflight: cannot reach the AWS endpoint; nothing was changed",
+            changed=False,
+            aws_unreachable=True,
+        )
+    )
+    hold = r.svc("sig").hold
+    assert hold is not None and hold.guard is Guard.AWS_UNREACHABLE
+    assert "AWS does not answer jupiterd's reads" in hold.reason
+    assert "it starts as soon as AWS answers" in hold.reason
+    # The daemon's own reads keep failing for longer than the cooldown.
+    for _ in range(3):
+        r.t += 4
+        r.send(AwsReachability(False, r.t, "ec2:DescribeInstances: no answer"))
+        r.obs("turn", P, "+")
+        r.obs("frp", P, "+")
+        r.send(Tick(r.t))
+    assert len(r.of(StartFailover)) == 1
+    s = r.svc("sig")
+    assert s.hold.guard is Guard.AWS_UNREACHABLE
+    assert s.attempts == () and s.last_failover_at is None
+    assert r.state.aws_error == "ec2:DescribeInstances: no answer"
+    acts = r.send(AwsReachability(True, r.t + 0.5))
+    assert Note("*", "AWS answers again (after 14s)", r.t + 0.5) in acts
+    starts = [a for a in acts if isinstance(a, StartFailover)]
+    assert len(starts) == 1 and starts[0].to_role is B
+    assert r.svc("sig").hold is None and r.state.aws_error is None
+
+
+def test_aws_unreachable_holds_every_due_service_from_the_inventory_refresh():
+    r = Run()
+    r.send(AwsReachability(False, r.t, "no answer"))
+    assert r.of(Note)[-1].reason == "AWS does not answer: no answer; retrying"
+    _due(r)
+    assert not r.of(StartFailover)
+    assert r.svc("sig").hold.guard is Guard.AWS_UNREACHABLE
+    r.send(AwsReachability(False, r.t + 1, "no answer"))  # no news: no actions
+    assert r.send(AwsReachability(False, r.t + 2, "no answer")) == []
+    r.send(AwsReachability(True, r.t + 3))
+    assert len(r.of(StartFailover)) == 1
+
+
+# --------------------------------------------------------------------------- both down
+
+
+def _failed_over_and_fenced(r):
+    _due(r)
+    r.t += 1
+    r.send(InstanceRunning("sig", B, True, r.t))
+    r.send(FailoverFinished("sig", B, True, r.t, "moved", stopped_old=True))
+    r.obs("sig", B, "++")
+
+
+def test_a_dead_old_primary_stopped_by_the_failover_is_not_restarted():
+    r = Run(pol=policy(cooldown=60))
+    _failed_over_and_fenced(r)
+    assert r.svc("sig").primary.known_down.startswith("3 consecutive probes failed")
+    r.t += 100  # past the cooldown
+    r.obs("sig", B, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    r.t += 1000
+    r.send(Tick(r.t))
+    assert len(r.of(StartFailover)) == 1  # only the first failover
+    s = r.svc("sig")
+    assert s.hold.guard is Guard.BOTH_DOWN
+    assert "the primary was stopped by the failover while failing" in s.hold.reason
+    assert "not restarting it automatically" in s.hold.reason
+    assert "run `jupiterd failover sig`" in s.hold.reason
+    assert r.of(Alert)[-1].reason == s.alert
+    # The operator starts it; once it passes its probes the traffic moves back.
+    r.send(InstanceRunning("sig", P, True, r.t))
+    assert r.svc("sig").primary.known_down is None
+    r.obs("sig", P, "++")
+    r.obs("sig", B, "-")
+    assert len(r.of(StartFailover)) == 2
+    assert r.of(StartFailover)[-1].to_role is P
+
+
+def test_a_healthy_old_primary_stopped_by_a_failover_may_be_started():
+    r = Run(pol=policy(cooldown=60))
+    r.send(InstanceRunning("sig", B, True, r.t))
+    r.obs("sig", B, "++")
+    r.send(FailoverFinished("sig", B, True, r.t, "planned move", stopped_old=True))
+    assert r.svc("sig").primary.known_down is None
+    r.t += 100
+    r.obs("sig", B, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    [start] = r.of(StartFailover)
+    assert start.to_role is P and "stopped standby" in start.reason
+
+
+# --------------------------------------------------------------------------- monitor-only
+
+
+def test_monitor_only_reports_a_due_failover_once_without_bookkeeping():
+    pol = replace(policy(cooldown=600), monitor_only=True)
+    r = Run(pol=pol)
+    _due(r)
+    [due] = r.of(FailoverDue)
+    assert (due.service, due.from_role, due.to_role) == ("sig", P, B)
+    assert "monitor-only mode changes nothing" in due.reason
+    assert not r.of(StartFailover)
+    s = r.svc("sig")
+    assert s.in_flight is None and s.attempts == () and s.last_failover_at is None
+    assert s.decision.startswith("failover due to the backup")
+    r.obs("sig", P, "-----")
+    r.send(Tick(r.t + 10))
+    assert len(r.of(FailoverDue)) == 1  # once per outage
+    # It recovers, and a later outage is reported again: no cooldown.
+    r.obs("sig", P, "++")
+    assert r.svc("sig").due_since is None
+    r.t += 30
+    _due(r)
+    assert len(r.of(FailoverDue)) == 2
+    assert not [h for h in r.of(Hold) if h.guard in (Guard.COOLDOWN, Guard.RATE_LIMIT)]
+
+
+def test_monitor_only_still_reports_guards():
+    pol = replace(policy(), monitor_only=True)
+    r = Run(pol=pol)
+    r.send(PauseChanged(True, r.t, by="cli"))
+    _due(r)
+    assert not r.of(FailoverDue)
+    assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    r.send(PauseChanged(False, r.t, by="cli"))
+    assert len(r.of(FailoverDue)) == 1
+    assert r.svc("sig").hold is None
+    # Paused and resumed again within the same outage: the hold is lifted,
+    # the due failover is not reported twice.
+    r.send(PauseChanged(True, r.t, by="cli"))
+    assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    r.send(PauseChanged(False, r.t, by="cli"))
+    assert r.svc("sig").hold is None and len(r.of(FailoverDue)) == 1

@@ -10,7 +10,9 @@ seed, answer a share of the calls itself with
   Route 53 (REST XML) ``Throttling`` or ``PriorRequestNotComplete`` with 400;
 - server errors: HTTP 500 ``InternalError`` / 503 ``ServiceUnavailable``;
 - access denied for chosen IAM actions (EC2 ``UnauthorizedOperation`` 403,
-  the others ``AccessDenied`` 403, SNS ``AuthorizationError`` 403).
+  the others ``AccessDenied`` 403, SNS ``AuthorizationError`` 403);
+- no answer at all while ``unreachable`` is set: each call's connection is
+  closed unanswered (an AWS outage, as the SDK sees it).
 
 The error shapes follow botocore's parsers for the ``ec2``, ``query`` and
 ``rest-xml`` protocols (botocore/parsers.py: EC2QueryParser,
@@ -177,6 +179,7 @@ class FaultProxy:
         self.latency = latency
         self.spared = set(spared)
         self.deny = set(deny)  # "ec2:AssociateAddress"
+        self.unreachable = False  # close every (unspared) call unanswered
         self.forwarded: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.log: list[tuple[float, str, float]] = []  # (start, action, seconds) forwarded
@@ -288,6 +291,11 @@ class FaultProxy:
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 service, action = classify(self.command, self.path, headers, body)
+                if proxy.unreachable and service not in proxy.spared:
+                    with proxy._lock:
+                        proxy.faults[f"unanswered {service}:{action}"] += 1
+                    self.close_connection = True
+                    return
                 fault = proxy._decide(service, action)
                 if fault is not None:
                     self._reply(*fault)
