@@ -519,9 +519,7 @@ def evaluate(
         if s.awaiting_isolation_check:
             s = replace(s, awaiting_isolation_check=False)
         if trouble is not None:
-            s, acts = _set_hold(
-                s, Guard.MONITOR_DEGRADED, f"automatic failover held: {trouble}", at
-            )
+            s, acts = _set_hold(s, Guard.MONITOR_DEGRADED, trouble, at)
             return state.with_service(s), actions + acts
         why = f"the {s.active} instance is {active.status} again"
         if s.hold is not None and s.hold.guard is Guard.MONITOR_DEGRADED:

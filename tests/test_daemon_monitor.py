@@ -159,6 +159,8 @@ async def test_a_stalled_event_loop_holds_instead_of_failing_over(tmp_path):
         labels = {"service": "sig", "role": "primary", "cause": "loop_stall"}
         assert reg.get_sample_value("jupiterd_monitor_errors_total", labels) >= 5
         assert reg.get_sample_value("jupiterd_monitor_degraded") == 1
+        success = {"service": "sig", "role": "primary", "kind": "http"}
+        assert reg.get_sample_value("jupiterd_probe_success", success) == 1  # no verdict
         # The loop runs freely again: the hold lifts.
         peer.stall = 0.0
         await wait_for(lambda: sup.state.services["sig"].hold is None, what="the hold lifted")

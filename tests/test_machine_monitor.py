@@ -123,9 +123,10 @@ def test_hold_sentence_when_no_failover_is_due():
     hold = r.svc("sig").hold
     assert hold.guard is Guard.MONITOR_DEGRADED
     assert hold.reason == (
-        "automatic failover held: probes are failing on this host, not at the targets "
+        "probes are failing on this host, not at the targets "
         "(descriptors: EMFILE); held until they complete again"
     )
+    assert r.svc("sig").decision == f"holding: {hold.reason}"
     r.obs("sig", P, "++")
     [cleared] = r.of(HoldCleared)
     assert cleared.guard is Guard.MONITOR_DEGRADED
