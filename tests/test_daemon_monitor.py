@@ -58,8 +58,10 @@ async def test_out_of_descriptors_holds_instead_of_failing_over(tmp_path):
     got = json.loads(out.decode().strip().splitlines()[-1])
     assert got["probed_under_pressure"], got
     during, after = got["during"], got["after"]
-    # Under pressure: every probe a monitor error, and nothing decided on them.
-    assert set(got["during_results"]) == {"monitor_error"}, got["during_results"]
+    # Under pressure: every probe a monitor error (but one that had its socket
+    # before the descriptors ran out), and nothing decided on them.
+    results = got["during_results"]
+    assert set(results) <= {"monitor_error", "ok"} and results.count("ok") <= 1, results
     assert "down" not in got["statuses"] and "suspect" not in got["statuses"], got
     assert during["state"] == "up"
     assert during["requests"] == 0
