@@ -44,6 +44,7 @@ from .machine import (
     InstanceRunning,
     MachineState,
     MaintenanceObserved,
+    MonitorTrouble,
     Note,
     Observation,
     PauseChanged,
@@ -59,7 +60,7 @@ from .machine import (
     step,
 )
 from .metrics import Metrics
-from .scheduler import ProbeSpec, TargetLoop
+from .scheduler import LagMonitor, ProbeSpec, TargetLoop
 from .sdnotify import Notifier
 from .watch import Watch
 
@@ -164,6 +165,8 @@ class Supervisor:
         # sandbox's drill timeline; tests).
         self.observers: list[Observer] = []
         self.drills: Any = None  # the scheduled drills' runner, for /status
+        self.lag = LagMonitor()  # a probe that timed out in a loop stall is not the target's
+        self._degraded_exported = False
 
     # ------------------------------------------------------------------ time
 
@@ -194,6 +197,8 @@ class Supervisor:
                 "AWS has not answered yet: probing the configured addresses meanwhile",
                 waited_seconds=INITIAL_INVENTORY_SECONDS,
             )
+        self.lag.start()
+        self.metrics.monitor_degraded.set(0)
         for name in self.config.services:
             for role in Role:
                 self._add_target(name, role)
@@ -223,6 +228,7 @@ class Supervisor:
             if target.watch is not None:
                 target.watch.stop()
         await asyncio.gather(*(target.loop.stop() for target in self.targets.values()))
+        await self.lag.stop()
         running = [t for t in self.plans.values() if not t.done()]
         if running:
             self.log.warning("stopping with a plan in flight", grace_seconds=grace)
@@ -274,6 +280,7 @@ class Supervisor:
             rng=self.rng,
             on_late=m.probe_lateness.observe,
             on_skip=m.probes_skipped.labels(name, role.value).inc,
+            lag=self.lag,
         )
         self.targets[(name, role)] = _Target(loop, address, instance_id, labels)
         m.target_state.labels(name, role.value).state(
@@ -323,8 +330,12 @@ class Supervisor:
         if t is None or self._stopping:
             return
         success, duration, kind = t.labels
-        success.set(1 if result.ok else 0)
-        duration.observe(result.duration_seconds)
+        cause = result.cause
+        if cause is None:  # a monitor error is no verdict on the target
+            success.set(1 if result.ok else 0)
+            duration.observe(result.duration_seconds)
+        else:
+            self.metrics.monitor_errors.labels(name, role.value, cause.value).inc()
         reason = result.reason.value
         counter = t.results.get(reason)
         if counter is None:
@@ -343,7 +354,18 @@ class Supervisor:
                 reason=result.reason.value,
                 detail=result.detail,
             )
-        self.dispatch(Observation(name, role, result.ok, at, result.reason.value, result.detail))
+        self.dispatch(
+            Observation(
+                name,
+                role,
+                result.ok,
+                at,
+                result.reason.value,
+                result.detail,
+                cause=None if cause is None else cause.value,
+                host_wide=cause is not None and cause.host_wide,
+            )
+        )
 
     # ------------------------------------------------------------------ events and actions
 
@@ -360,6 +382,9 @@ class Supervisor:
             touched.add(event.service)
         if isinstance(event, PauseChanged):
             self.metrics.paused.set(1 if self.state.paused else 0)
+        if (self.state.degraded is not None) != self._degraded_exported:
+            self._degraded_exported = self.state.degraded is not None
+            self.metrics.monitor_degraded.set(1 if self._degraded_exported else 0)
         for name in touched:
             if name in self.state.services:
                 self._sync_service_metrics(name)
@@ -731,6 +756,17 @@ class Supervisor:
             return "monitor_only"
         return "dry_run" if getattr(self.executor, "dry_run", False) else "live"
 
+    def _trouble(self, t: MonitorTrouble | None) -> dict[str, Any] | None:
+        if t is None:
+            return None
+        return {
+            "cause": t.cause,
+            "detail": t.detail,
+            "since": self.wall(t.since),
+            "errors": t.errors,
+            "clean_probes": t.clean,
+        }
+
     def status(self) -> dict[str, Any]:
         services = {}
         for name, s in self.state.services.items():
@@ -750,6 +786,7 @@ class Supervisor:
                     "last_detail": t.last_detail or None,
                     "consecutive_failures": t.fail_streak,
                     "consecutive_successes": t.ok_streak,
+                    "monitor_error": self._trouble(t.trouble),
                 }
             view = self.views.get(name)
             services[name] = {
@@ -795,6 +832,7 @@ class Supervisor:
             else {"error": self.state.aws_error, "since": self.wall(self.state.aws_error_since)},
             "config": {"path": self.config_path, "last_reload": self.last_reload},
             "inventory_error": self.inventory_error,
+            "monitor_degraded": self._trouble(self.state.degraded),
             "services": services,
             "recent_plans": list(self.outcomes),
             "drills": self.drills.status() if self.drills is not None else {},

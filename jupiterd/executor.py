@@ -863,7 +863,7 @@ class AwsExecutor:
         svc = self.config.services[run.service]
         target = svc.probe.target_for(address)
         result = await self.prober(svc.probe.kind, target, svc.probe.parsed_options, th.timeout)
-        if not result.ok:
+        if not result.ok and not result.monitor_error:
             return ""  # nothing is served there: no client to protect
         log.info(
             "waiting",
@@ -907,7 +907,8 @@ class AwsExecutor:
                 last = await self.prober(kind, target, options, th.timeout)
             except probes.OptionError as exc:
                 raise StepFailed(f"cannot probe {target}: {exc}") from None
-            passes = passes + 1 if last.ok else 0
+            if not last.monitor_error:  # failed on this host: no verdict either way
+                passes = passes + 1 if last.ok else 0
             elapsed = time.monotonic() - t
             if passes >= th.rise:
                 return (

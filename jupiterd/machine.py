@@ -16,13 +16,21 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
 Per service: the active instance DOWN for ``failover_after`` seconds starts
 a failover to the standby unless a guard holds it (maintenance pause, manual
 mode, monitor isolation, AWS unreachable, retry backoff, cooldown, hourly
-cap, standby unhealthy, both down, already in flight). Only a plan that
-changed something on AWS counts toward the cooldown and the hourly cap. In
-monitor-only mode (no AWS access) a due failover is reported once per outage
-(``FailoverDue``) and nothing else happens. Before deciding, every other
-service's active target must have been probed since the failure began, so
-that "everything failed at once" (the monitor's own network) is seen as such
-and not as one outage.
+cap, standby unhealthy, both down, already in flight, monitor degraded). Only
+a plan that changed something on AWS counts toward the cooldown and the
+hourly cap. In monitor-only mode (no AWS access) a due failover is reported
+once per outage (``FailoverDue``) and nothing else happens. Before deciding,
+every other service's active target must have been probed since the failure
+began, so that "everything failed at once" (the monitor's own network) is
+seen as such and not as one outage.
+
+A probe that failed on the monitor's side (``Observation.cause``: out of
+descriptors, a stalled loop...) is no evidence either way: it neither counts
+toward ``fall`` nor breaks a streak. It holds automatic failover
+(``monitor_degraded``) for its service, or for every service when the cause
+is host-wide, until probes complete without one again: ``rise`` in a row at
+the target, and as many in a row as there are services (at least 2) for the
+host-wide hold.
 """
 
 from __future__ import annotations
@@ -70,9 +78,21 @@ class Guard(StrEnum):
     IN_FLIGHT = "in_flight"
     AWS_UNREACHABLE = "aws_unreachable"  # jupiterd's own AWS reads fail
     RETRY_BACKOFF = "retry_backoff"  # the last plan aborted before changing anything
+    MONITOR_DEGRADED = "monitor_degraded"  # probes fail on this host: no verdict possible
 
 
 # --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorTrouble:
+    """Probes failing on the monitor's side, until enough complete again."""
+
+    cause: str
+    detail: str
+    since: float
+    errors: int = 1  # monitor errors since ``since``
+    clean: int = 0  # probes completed in a row since the last monitor error
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,7 @@ class TargetState:
     # Set on a STOPPED target that a failover stopped while it was failing:
     # what was known of it then. Cleared when the instance runs again.
     known_down: str | None = None
+    trouble: MonitorTrouble | None = None  # its probes fail on the monitor's side
 
     @property
     def last_ok(self) -> bool | None:
@@ -147,6 +168,7 @@ class MachineState:
     # Services waiting for a fresh look at the others before deciding; kept
     # as an index so that each observation need not scan every service.
     awaiting: frozenset[str] = frozenset()
+    degraded: MonitorTrouble | None = None  # a host-wide cause: every service held
 
     def with_service(self, s: ServiceState) -> MachineState:
         if self.services.get(s.name) is s:
@@ -183,6 +205,8 @@ class Observation:
     at: float
     reason: str = "ok"
     detail: str = ""
+    cause: str | None = None  # set: the probe failed on the monitor's side (no verdict)
+    host_wide: bool = False  # the cause hits every probe, not this target's alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +440,51 @@ def observe(
     return base
 
 
+def _troubled(trouble: MonitorTrouble | None, cause: str, detail: str, at: float) -> MonitorTrouble:
+    if trouble is None:
+        return MonitorTrouble(cause, detail, at)
+    return replace(trouble, cause=cause, detail=detail, errors=trouble.errors + 1, clean=0)
+
+
+def _cleaner(trouble: MonitorTrouble | None, needed: int) -> MonitorTrouble | None:
+    """One more probe completed without a monitor error: ``needed`` in a row end it."""
+    if trouble is None or trouble.clean + 1 >= needed:
+        return None
+    return replace(trouble, clean=trouble.clean + 1)
+
+
+def monitor_error(t: TargetState, cause: str, detail: str, at: float) -> TargetState:
+    """A probe that failed on the monitor's side says nothing of the target:
+    its status, streaks and last look stay as they were; the trouble is noted."""
+    if t.status is Status.STOPPED:
+        return t
+    return replace(t, trouble=_troubled(t.trouble, cause, detail, at))
+
+
+def host_clean_needed(state: MachineState) -> int:
+    """Probes that must complete in a row, anywhere, to end a host-wide trouble:
+    about one round of the services' active targets."""
+    return max(2, len(state.services))
+
+
+def _monitor_trouble(state: MachineState, s: ServiceState) -> str | None:
+    """Why this service's failover cannot be trusted to the probes now."""
+    d = state.degraded
+    if d is not None:
+        return (
+            f"probes are failing on this host, not at the targets ({d.cause}: {d.detail}); "
+            "held until they complete again"
+        )
+    for role in (s.active, s.active.other):
+        t = s.target(role).trouble
+        if t is not None:
+            return (
+                f"the {role} instance cannot be probed from this host ({t.cause}: {t.detail}); "
+                "held until its probes complete again"
+            )
+    return None
+
+
 # --------------------------------------------------------------------------- services
 
 HOUR = 3600.0
@@ -449,8 +518,8 @@ def _stale_peers(state: MachineState, name: str, since: float) -> tuple[tuple[st
         if s.name == name or s.in_flight is not None:
             continue
         t = s.target(s.active)
-        if t.status is Status.STOPPED:
-            continue
+        if t.status is Status.STOPPED or t.trouble is not None:
+            continue  # a target this host cannot probe now gives no fresh look
         if t.last_probe_at is None or t.last_probe_at < since:
             stale.append((s.name, s.active))
     return tuple(stale)
@@ -489,13 +558,20 @@ def evaluate(
     active = s.target(s.active)
     standby_role = s.active.other
     standby = s.target(standby_role)
+    trouble = _monitor_trouble(state, s)
 
     if active.status is not Status.DOWN:
         if s.awaiting_isolation_check:
             s = replace(s, awaiting_isolation_check=False)
         if s.due_since is not None or s.retries:
             s = replace(s, due_since=None, retry_at=None, retries=0)
-        s, acts = _clear_hold(s, f"the {s.active} instance is {active.status} again", at)
+        if trouble is not None:
+            s, acts = _set_hold(s, Guard.MONITOR_DEGRADED, trouble, at)
+            return state.with_service(s), actions + acts
+        why = f"the {s.active} instance is {active.status} again"
+        if s.hold is not None and s.hold.guard is Guard.MONITOR_DEGRADED:
+            why = "probes complete again without monitor errors"
+        s, acts = _clear_hold(s, why, at)
         actions += acts
         if s.alert is not None and active.status is Status.UP:
             actions.append(Note(name, f"alert cleared: the {s.active} instance is up", at))
@@ -510,6 +586,10 @@ def evaluate(
         s, acts = _set_hold(
             s, Guard.IN_FLIGHT, f"a failover to the {s.in_flight} is already running", at
         )
+        return state.with_service(s), actions + acts
+    if trouble is not None:
+        s = replace(s, awaiting_isolation_check=False)
+        s, acts = _set_hold(s, Guard.MONITOR_DEGRADED, f"{where}, but {trouble}", at)
         return state.with_service(s), actions + acts
     if down_for < th.failover_after:
         s = replace(s, decision=f"{where}; failover after {_fmt(th.failover_after)}")
@@ -680,11 +760,22 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
     if s is None:
         return state, []  # a service removed by a reload: late events are dropped
 
+    degraded_before = state.degraded is not None
     if isinstance(event, Observation):
         old = s.target(event.role)
-        new = observe(
-            old, event.ok, event.at, policy.thresholds[s.name], event.reason, event.detail
-        )
+        th = policy.thresholds[s.name]
+        if event.cause is not None:
+            new = monitor_error(old, event.cause, event.detail, event.at)
+            if event.host_wide:
+                d = _troubled(state.degraded, event.cause, event.detail, event.at)
+                state = replace(state, degraded=d)
+        else:
+            new = observe(old, event.ok, event.at, th, event.reason, event.detail)
+            if new.trouble is not None:
+                new = replace(new, trouble=_cleaner(new.trouble, th.rise))
+            if state.degraded is not None:
+                d2 = _cleaner(state.degraded, host_clean_needed(state))
+                state = replace(state, degraded=d2)
         s = s.with_target(event.role, new)
         if new.status is not old.status:
             actions.append(
@@ -795,6 +886,20 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
     state = state.with_service(s)
     state, acts = evaluate(state, s.name, event.at, policy)
     actions += acts
+    if degraded_before != (state.degraded is not None):
+        if state.degraded is not None:
+            d = state.degraded
+            word = (
+                f"probes are failing on this host ({d.cause}: {d.detail}): "
+                "automatic failover held for every service"
+            )
+        else:
+            word = "probes complete again: automatic failover no longer held by this host"
+        actions.append(Note("*", word, event.at))
+        for other in state.services:
+            if other != s.name:
+                state, acts = evaluate(state, other, event.at, policy)
+                actions += acts
     # Services waiting for a fresh look at the others decide as soon as it comes.
     if state.awaiting and isinstance(event, Observation):
         for other in sorted(state.awaiting - {s.name}):

@@ -71,6 +71,18 @@ class Metrics:
             registry=r,
         )
 
+        self.monitor_errors = Counter(
+            "jupiterd_monitor_errors",
+            "Probes that failed on the monitor's side (no verdict on the target), by cause.",
+            ["service", "role", "cause"],
+            registry=r,
+        )
+        self.monitor_degraded = Gauge(
+            "jupiterd_monitor_degraded",
+            "1 while probes fail on this host for a host-wide cause: every failover is held.",
+            registry=r,
+        )
+
         self.watch_closes = Counter(
             "jupiterd_watch_closes",
             "Idle watch connections closed by a target (each wakes its probe at once).",

@@ -11,6 +11,9 @@
   small grace here catches a probe that does not).
 - ``wake()`` starts a probe at once (the isolation guard's fresh look, an
   instance that just started).
+- A probe that timed out while the event loop stalled (``LagMonitor``) is
+  the monitor's failure, not the target's: its timeout fired late, or the
+  loop gave it too little of its budget to finish.
 
 Sleeping uses one ``call_at`` handle and one future per wait: cheaper than a
 task or ``wait_for`` per probe when thousands of targets are scheduled.
@@ -21,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import probes
-from probes import ProbeOptions, ProbeResult, Reason
+from probes import MonitorCause, ProbeOptions, ProbeResult, Reason
 
 # Extra time a probe gets beyond its own timeout before the scheduler gives up on it.
 GRACE = 0.5
@@ -36,6 +40,78 @@ GRACE = 0.5
 # after start.
 START_PROBES_PER_SECOND = 500.0
 _live: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
+
+
+# How often the lag monitor wakes, and the lateness it records as a stall.
+LAG_PERIOD = 0.05
+LAG_MIN_STALL = 0.02
+# A timeout is the loop's doing when the loop stalled for this share of the
+# probe's budget (or more) while the probe ran.
+STALL_SHARE = 0.25
+
+
+class LagMonitor:
+    """Measures event-loop stalls: a task sleeps ``period`` at a time and
+    notes how late it wakes. A blocking call, a collector pause, swapping or
+    a starved CPU shows as a wake-up later than planned; the loop ran nothing
+    in between, so no probe could send, read or time out on time."""
+
+    def __init__(self, period: float = LAG_PERIOD, keep: int = 1024) -> None:
+        self.period = period
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=keep)  # (from, to), loop time
+        self.last: float | None = None  # loop time of the last wake-up
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.last = loop.time()
+        self._task = loop.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.period)
+            self.woke(loop.time())
+
+    def woke(self, now: float) -> None:
+        if self.last is not None:
+            planned = self.last + self.period
+            if now - planned >= LAG_MIN_STALL:
+                self.stalls.append((planned, now))
+        self.last = now
+
+    def stalled(self, start: float, end: float) -> float:
+        """Seconds of ``start`` to ``end`` during which the loop stalled,
+        including a stall that lasts until now (the monitor not yet awake)."""
+        total = 0.0
+        for a, b in reversed(self.stalls):
+            if b <= start:
+                break
+            total += max(0.0, min(b, end) - max(a, start))
+        if self.last is not None:
+            pending = self.last + self.period
+            if end - pending >= LAG_MIN_STALL:
+                total += max(0.0, end - max(pending, start))
+        return total
+
+    def judge(self, result: ProbeResult, start: float, end: float, budget: float) -> ProbeResult:
+        """A timeout while the loop stalled is the monitor's failure."""
+        if result.reason is not Reason.TIMEOUT:
+            return result
+        stalled = self.stalled(start, end)
+        if stalled < STALL_SHARE * budget:
+            return result
+        return result.as_monitor_error(
+            MonitorCause.LOOP_STALL,
+            f"jupiterd's event loop stalled for {stalled:.2f} s of this probe's "
+            f"{budget:g} s budget: the timeout says nothing of the target ({result.detail})",
+        )
 
 
 @dataclass(slots=True)
@@ -68,6 +144,7 @@ class TargetLoop:
         rng: random.Random | None = None,
         on_late: Callable[[float], None] | None = None,
         on_skip: Callable[[], None] | None = None,
+        lag: LagMonitor | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -76,6 +153,7 @@ class TargetLoop:
         self.rng = rng or random.Random()
         self.on_late = on_late
         self.on_skip = on_skip
+        self.lag = lag
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False
         self._task: asyncio.Task[None] | None = None
@@ -150,6 +228,8 @@ class TargetLoop:
             self.probes_run += 1
             self._woken = False  # a wake during the probe is answered by this result
             end = loop.time()
+            if self.lag is not None:
+                result = self.lag.judge(result, now, end, spec.timeout)
             self.on_result(result, end)
             seconds, jitter = self.interval()
             if seconds is None:

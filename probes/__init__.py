@@ -16,12 +16,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .options import OptionError, ProbeOptions, parse_host, parse_hostport, parse_url
-from .result import REASON_DESCRIPTIONS, ProbeFailure, ProbeResult, Reason, Trace
+from .result import (
+    REASON_DESCRIPTIONS,
+    MonitorCause,
+    ProbeFailure,
+    ProbeResult,
+    Reason,
+    Trace,
+)
 
 __all__ = [
     "KINDS",
     "REASON_DESCRIPTIONS",
     "Kind",
+    "MonitorCause",
     "OptionError",
     "ProbeFailure",
     "ProbeOptions",

@@ -40,7 +40,7 @@ from pydantic import Field
 
 from .net import resolve
 from .options import HostPort, ProbeOptions, parse_host
-from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
+from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint, monitor_failure
 
 SOCKET_FACTORY: Callable[[int, int, int], socket.socket] = socket.socket
 
@@ -245,6 +245,9 @@ def open_socket(family: int) -> tuple[socket.socket, str]:
         return SOCKET_FACTORY(family, socket.SOCK_RAW, proto), "raw"
     except OSError as exc:
         raw_error = exc
+    monitor = monitor_failure(dgram_error, "socket") or monitor_failure(raw_error, "socket")
+    if monitor is not None:
+        raise monitor  # out of descriptors or memory: says nothing of permissions
     denied = (errno.EPERM, errno.EACCES)
     if raw_error.errno in denied and (dgram_error.errno in denied or dgram_error.errno is None):
         raise ProbeFailure(Reason.PERMISSION_DENIED, permission_detail(dgram_error, raw_error))

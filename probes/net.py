@@ -25,7 +25,7 @@ import socket
 import ssl
 
 from .options import HostPort
-from .result import ProbeFailure, Reason, Trace
+from .result import ProbeFailure, Reason, Trace, monitor_failure, network_error
 
 
 def literal_family(host: str) -> int | None:
@@ -104,7 +104,12 @@ class _HedgedConnect:
 
     def _start(self) -> None:
         self.attempts += 1
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors or buffers: this host's trouble
+            if not self.pending:
+                self._failed(exc)
+            return  # a hedge that could not start: the attempts under way go on
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -122,7 +127,10 @@ class _HedgedConnect:
                 self.hedge = self.loop.call_later(HEDGE_AFTER, self._hedge)
         else:
             sock.close()
-            self._failed(OSError(err, os.strerror(err)))
+            error = OSError(err, os.strerror(err))
+            if self.pending and monitor_failure(error, None) is not None:
+                return  # this host's trouble, not an answer: the attempts under way go on
+            self._failed(error)
 
     def _writable(self, fd: int) -> None:
         self.loop.remove_writer(fd)
@@ -130,7 +138,8 @@ class _HedgedConnect:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             sock.close()
-            self._failed(OSError(err, os.strerror(err)))  # the errno's subclass, e.g. refused
+            # The errno's subclass (e.g. refused), as the network reported it.
+            self._failed(network_error(OSError(err, os.strerror(err)), "connect"))
         else:
             self._won(sock)
 
@@ -140,7 +149,7 @@ class _HedgedConnect:
         else:
             self.result.set_result(sock)
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: BaseException) -> None:
         # The other attempts are closed by run() once it wakes up.
         if not self.result.done():
             self.result.set_exception(exc)

@@ -6,6 +6,11 @@ A probe never raises on anything a peer sends or fails to send: it returns a
 raises (refused, reset, timeout, TLS failure, a ``ProbeFailure`` raised by the
 protocol code) into such results, so each protocol module stays short. Only
 programming errors escape.
+
+A failure caused on the monitor's own side (out of descriptors, buffers or
+memory, no route or local address on this host, this host's resolver down,
+the event loop stalled) says nothing about the target: its reason is
+``monitor_error`` and ``ProbeResult.cause`` names which (``MonitorCause``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -39,6 +45,7 @@ class Reason(StrEnum):
     REJECTED = "rejected"  # the service refused the session (e.g. CONNECT_ERROR)
     AUTH_FAILED = "auth_failed"  # the credentials were refused
     PERMISSION_DENIED = "permission_denied"  # this host may not send the probe
+    MONITOR_ERROR = "monitor_error"  # failed on the monitor's side: no verdict on the target
 
 
 REASON_DESCRIPTIONS: Mapping[Reason, str] = MappingProxyType(
@@ -55,8 +62,27 @@ REASON_DESCRIPTIONS: Mapping[Reason, str] = MappingProxyType(
         Reason.REJECTED: "the service refused the session",
         Reason.AUTH_FAILED: "the service refused the probe's credentials",
         Reason.PERMISSION_DENIED: "this host is not allowed to send the probe",
+        Reason.MONITOR_ERROR: "the probe failed on this host, not at the target",
     }
 )
+
+
+class MonitorCause(StrEnum):
+    """What went wrong on the monitor's side; a small set (a metric label)."""
+
+    DESCRIPTORS = "descriptors"  # EMFILE/ENFILE: out of file descriptors
+    BUFFERS = "buffers"  # ENOBUFS: out of socket buffers
+    MEMORY = "memory"  # ENOMEM, MemoryError
+    THREADS = "threads"  # no thread could be started (the resolver runs in one)
+    LOCAL_ADDRESS = "local_address"  # EADDRNOTAVAIL: no free local port or source address
+    NO_ROUTE = "no_route"  # ENETUNREACH/ENETDOWN from this host's own routing table
+    RESOLVER = "resolver"  # this host's resolver failed (not: the name does not exist)
+    LOOP_STALL = "loop_stall"  # the event loop stalled for much of the probe's budget
+
+    @property
+    def host_wide(self) -> bool:
+        """Whether every probe of this process is affected, not one target's."""
+        return self not in (MonitorCause.NO_ROUTE, MonitorCause.RESOLVER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +97,19 @@ class ProbeResult:
     duration_seconds: float
     phases: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     facts: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    cause: MonitorCause | None = None  # set with reason MONITOR_ERROR, and only then
+
+    @property
+    def monitor_error(self) -> bool:
+        """The probe failed on the monitor's side: no evidence about the target."""
+        return self.cause is not None
+
+    def as_monitor_error(self, cause: MonitorCause, detail: str) -> ProbeResult:
+        """This failure, blamed on the monitor instead of the target."""
+        return replace(self, ok=False, reason=Reason.MONITOR_ERROR, detail=detail, cause=cause)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "ok": self.ok,
             "kind": self.kind,
             "target": self.target,
@@ -83,6 +119,9 @@ class ProbeResult:
             "phases": {k: round(v, 6) for k, v in self.phases.items()},
             "facts": dict(self.facts),
         }
+        if self.cause is not None:
+            out["cause"] = str(self.cause)
+        return out
 
     def summary(self) -> str:
         """One line a person can act on."""
@@ -106,6 +145,14 @@ class ProbeFailure(Exception):
         self.reason = reason
         self.detail = detail
         self.facts = facts
+
+
+class MonitorFailure(ProbeFailure):
+    """A probe that failed on the monitor's side, with its cause."""
+
+    def __init__(self, cause: MonitorCause, detail: str, **facts: Any) -> None:
+        super().__init__(Reason.MONITOR_ERROR, detail, **facts)
+        self.cause = cause
 
 
 class Trace:
@@ -168,16 +215,85 @@ class Trace:
         return self.result(False, reason, detail, **facts)
 
 
-_UNREACHABLE_ERRNOS = frozenset(
-    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL}
+# Errors a call on this host returns without the target having a say. A
+# missing route counts only when the kernel's own routing table says so (the
+# connect or send call fails at once); the same errno reported back for a
+# sent packet is a router's ICMP answer: see ``network_error``. EHOSTUNREACH
+# stays the target's: on Linux it means the neighbour (the target itself, or
+# the next hop) does not answer ARP/ND, or a router says the host is gone.
+_MONITOR_ERRNOS: Mapping[int, tuple[MonitorCause, str]] = MappingProxyType(
+    {
+        errno.EMFILE: (MonitorCause.DESCRIPTORS, "jupiterd is out of file descriptors"),
+        errno.ENFILE: (MonitorCause.DESCRIPTORS, "this host is out of file descriptors"),
+        errno.ENOBUFS: (MonitorCause.BUFFERS, "this host is out of socket buffers"),
+        errno.ENOMEM: (MonitorCause.MEMORY, "this host is out of memory"),
+        errno.EADDRNOTAVAIL: (
+            MonitorCause.LOCAL_ADDRESS,
+            "this host has no free local port or source address",
+        ),
+        errno.ENETUNREACH: (MonitorCause.NO_ROUTE, "this host has no route to the target"),
+        errno.ENETDOWN: (MonitorCause.NO_ROUTE, "this host's network interface is down"),
+    }
 )
+# getaddrinfo failures of this host's resolver, as opposed to an answer that
+# the name does not exist (EAI_NONAME, EAI_NODATA: the target's dns_error).
+_RESOLVER_ERRORS = frozenset(
+    {socket.EAI_AGAIN, socket.EAI_FAIL, socket.EAI_SYSTEM, socket.EAI_MEMORY}
+)
+_UNREACHABLE_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.EHOSTDOWN})
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_NOT_THE_TARGETS = "not the target's fault"
+
+
+def monitor_failure(exc: BaseException, where: str | None) -> MonitorFailure | None:
+    """The monitor-side failure ``exc`` stands for, or None when it may be
+    the target's (or the network's) doing."""
+    during = f" during {where}" if where else ""
+    if isinstance(exc, MonitorFailure):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        if exc.errno not in _RESOLVER_ERRORS:
+            return None
+        text = exc.strerror or str(exc)
+        return MonitorFailure(
+            MonitorCause.RESOLVER,
+            f"this host's resolver failed ({text}): {_NOT_THE_TARGETS}",
+        )
+    if isinstance(exc, MemoryError):
+        return MonitorFailure(
+            MonitorCause.MEMORY, f"jupiterd is out of memory{during}: {_NOT_THE_TARGETS}"
+        )
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return MonitorFailure(
+            MonitorCause.THREADS,
+            f"jupiterd could not start a thread{during}: {_NOT_THE_TARGETS}",
+        )
+    code = exc.errno if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) else None
+    if code is not None and code in _MONITOR_ERRNOS:
+        cause, what = _MONITOR_ERRNOS[code]
+        text = getattr(exc, "strerror", None) or os.strerror(code)
+        return MonitorFailure(cause, f"{what} ({text}){during}: {_NOT_THE_TARGETS}")
+    return None
+
+
+def network_error(exc: OSError, where: str | None) -> BaseException:
+    """An error the network reported back for a packet we sent (a TCP
+    connect's SO_ERROR, an ICMP error on a UDP socket). Such an error is
+    never the monitor's: "network unreachable" here is a router's answer."""
+    if exc.errno == errno.ENETUNREACH:  # ICMP never maps to ENETDOWN: that one is ours
+        during = f" during {where}" if where else ""
+        text = exc.strerror or os.strerror(exc.errno)
+        return ProbeFailure(Reason.UNREACHABLE, f"a router answered: {text}{during}")
+    return exc
 
 
 def classify_exception(exc: BaseException, where: str | None) -> tuple[Reason, str]:
     """Map what network code raises to a reason and a human sentence.
     ``entrypoint`` handles ``ProbeFailure`` and ``TimeoutError`` itself."""
     during = f" during {where}" if where else ""
+    monitor = monitor_failure(exc, where)
+    if monitor is not None:
+        return monitor.reason, monitor.detail
     if isinstance(exc, ssl.SSLError):  # ssl.CertificateError is a subclass
         return Reason.TLS_ERROR, f"TLS failed{during}: {exc}"
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -227,8 +343,16 @@ def entrypoint(kind: str) -> Callable[[ProbeImpl[OptT]], Probe[OptT]]:
                 where = f" during {trace.where}" if trace.where else ""
                 return trace.fail(Reason.TIMEOUT, f"no answer within {timeout:g} s{where}")
             except ProbeFailure as exc:
-                return trace.fail(exc.reason, exc.detail, **exc.facts)
+                failed = trace.fail(exc.reason, exc.detail, **exc.facts)
+                if isinstance(exc, MonitorFailure):
+                    return failed.as_monitor_error(exc.cause, exc.detail)
+                return failed
             except Exception as exc:
+                monitor = monitor_failure(exc, trace.where)
+                if monitor is not None:
+                    return trace.fail(monitor.reason, monitor.detail).as_monitor_error(
+                        monitor.cause, monitor.detail
+                    )
                 reason, detail = classify_exception(exc, trace.where)
                 return trace.fail(reason, detail)
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from . import stunmsg
 from .net import resolve, tcp_connect
 from .options import HostPort, ProbeOptions, parse_hostport
-from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
+from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint, network_error
 from .stunmsg import Class, Message, Method, StunError
 
 DEFAULT_PORT = 3478
@@ -185,8 +185,8 @@ class UdpChannel(Channel):
                 self.sock.send(self.request)
             except (BlockingIOError, InterruptedError):
                 pass  # a full send buffer loses the datagram; a retransmission covers it
-            except OSError as exc:
-                self._fail(exc)
+            except OSError as exc:  # a connected socket: a pending ICMP error shows here too
+                self._fail(network_error(exc, None))
                 return
             self.tries += 1
             self.sent += 1
@@ -204,8 +204,8 @@ class UdpChannel(Channel):
                 data = self.sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:
-                self._fail(exc)
+            except OSError as exc:  # an ICMP error for a datagram sent: the network's answer
+                self._fail(network_error(exc, None))
                 return
             self._datagram(data)
 
@@ -235,7 +235,7 @@ class UdpChannel(Channel):
         if not self.first_malformed:
             self.first_malformed = why
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: BaseException) -> None:
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
