@@ -173,6 +173,12 @@ def _api_post(args: argparse.Namespace, path: str) -> int:
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             print(resp.read().decode().strip())
+    except urllib.error.HTTPError as exc:
+        # The daemon answered but did not do all it was asked (e.g. the pause
+        # flag could not be saved): its sentence, and a failure.
+        body = exc.read(4096).decode("utf-8", "replace").strip()
+        print(f"jupiterd: the daemon answered {exc.code}: {body}", file=sys.stderr)
+        return EXIT_FAIL
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"jupiterd: cannot reach the daemon at {url}: {reason}", file=sys.stderr)

@@ -64,6 +64,7 @@ class Guard(StrEnum):
     STANDBY_UNHEALTHY = "standby_unhealthy"
     BOTH_DOWN = "both_down"
     IN_FLIGHT = "in_flight"
+    JOURNAL_DAMAGED = "journal_damaged"
 
 
 # --------------------------------------------------------------------------- state
@@ -108,6 +109,7 @@ class ServiceState:
     maintenance: bool = False  # an instance carries the maintenance tag
     awaiting_isolation_check: bool = False
     decision: str = "watching"  # the latest decision sentence, for /status
+    journal_hold: str | None = None  # why a damaged journal holds this service
 
     def target(self, role: Role) -> TargetState:
         return self.primary if role is Role.PRIMARY else self.backup
@@ -204,6 +206,16 @@ class PauseChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalHold:
+    """A damaged journal may concern this service (``reason``), or no longer
+    does (None: an operator acknowledged it)."""
+
+    service: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class FailoverFinished:
     service: str
     to_role: Role
@@ -228,6 +240,7 @@ Event = (
     | MaintenanceObserved
     | PauseChanged
     | FailoverFinished
+    | JournalHold
     | Tick
 )
 
@@ -445,6 +458,9 @@ def evaluate(
     standby_role = s.active.other
     standby = s.target(standby_role)
 
+    if s.journal_hold is not None:  # held whether or not a failover is due
+        s, acts = _set_hold(s, Guard.JOURNAL_DAMAGED, s.journal_hold, at)
+        return state.with_service(s), actions + acts
     if active.status is not Status.DOWN:
         if s.awaiting_isolation_check:
             s = replace(s, awaiting_isolation_check=False)
@@ -629,6 +645,12 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
             s = replace(s, maintenance=event.on)
             word = "entered maintenance (instance tag set)" if event.on else "left maintenance"
             actions.append(Note(s.name, word, event.at))
+    elif isinstance(event, JournalHold):
+        if event.reason != s.journal_hold:
+            s = replace(s, journal_hold=event.reason)
+            if event.reason is None:
+                s, acts = _clear_hold(s, "the damaged journal was acknowledged", event.at)
+                actions += acts
     elif isinstance(event, FailoverFinished):
         if event.dry_run:
             reason = f"dry run: would have failed over to the {event.to_role} ({event.detail})"

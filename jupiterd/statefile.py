@@ -155,8 +155,8 @@ def _open(path: Path, flags: int, mode: int = 0o600) -> int:
 def _read_bounded(path: Path, max_bytes: int) -> bytes | None:
     try:
         fd = _open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no file (or no state directory): nothing to read
     except OSError as exc:
         raise _Refused(f"cannot be read: {exc.strerror or exc}") from None
     try:
@@ -340,7 +340,9 @@ def summary(state_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for p in evidence(state_dir):
         m = _EVIDENCE.match(p.name)
         assert m is not None
-        out.append({"file": kind_of(m.group("name")), "moved_to": str(p), "found": m["stamp"]})
+        out.append(
+            {"file": kind_of(m["name"]), "moved_to": str(p), "found": m["stamp"], "reason": None}
+        )
     return out
 
 
