@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, statefile
 from .api import start_server
 from .config import Config, ConfigError, load_config
 from .daemon import Supervisor
@@ -31,6 +33,38 @@ InventoryFactory = Callable[[Config, Metrics, Executor], Inventory]
 # A dry-run executor for the scheduled drills; None: no drills.
 DrillExecutorFactory = Callable[[Config, Metrics], Executor] | None
 
+DAEMON_LOCK = "daemon.lock"
+# Another daemon holds the state directory. Not worth restarting for: the
+# unit lists it in RestartPreventExitStatus (with 78, a bad configuration).
+EXIT_STATE_DIR_BUSY = 75
+
+
+def lock_state_dir(state_dir: str) -> int | str | None:
+    """Take the daemon lock of ``state_dir`` for the process's lifetime:
+    only one daemon decides per state directory. Returns the descriptor;
+    the sentence why not when another process holds it; None when the lock
+    file cannot be opened (an unwritable state directory: no plan can be
+    journaled there either, so monitoring goes on)."""
+    path = Path(state_dir) / DAEMON_LOCK
+    try:
+        Path(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = statefile.lock_file(path, statefile.DAEMON_LOCK)
+    except OSError as exc:
+        logs.get("jupiterd").error(
+            "cannot take the daemon lock; running without it",
+            path=str(path),
+            error=exc.strerror or str(exc),
+        )
+        return None
+    if fd is None:
+        pid = statefile.holder_pid(path, statefile.DAEMON_LOCK)
+        who = f"pid {pid}" if pid else "pid unknown"
+        return (
+            f"another jupiterd ({who}) already runs on the state directory {state_dir} "
+            f"(lock {path}); refusing to start a second one"
+        )
+    return fd
+
 
 async def serve(
     config_path: str,
@@ -44,6 +78,34 @@ async def serve(
 ) -> int:
     config = config or load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    lock = lock_state_dir(config.state_dir)
+    if isinstance(lock, str):
+        logs.get("jupiterd").error(lock, state_dir=config.state_dir)
+        return EXIT_STATE_DIR_BUSY
+    try:
+        return await _run(
+            config_path,
+            config,
+            dry_run,
+            make_executor,
+            make_inventory,
+            make_drill_executor,
+            notifier,
+        )
+    finally:
+        if lock is not None:
+            os.close(lock)  # the lock goes with it
+
+
+async def _run(
+    config_path: str,
+    config: Config,
+    dry_run: bool,
+    make_executor: ExecutorFactory,
+    make_inventory: InventoryFactory,
+    make_drill_executor: DrillExecutorFactory,
+    notifier: Notifier | None,
+) -> int:
     notifier = notifier or Notifier()
     metrics = Metrics()
     executor = make_executor(config, dry_run, metrics)
