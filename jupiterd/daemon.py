@@ -30,7 +30,7 @@ from . import __version__, logs, statefile
 from .config import Config
 from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
 from .inventory import Inventory, ServiceView
-from .journal import held_services
+from .journal import Journal, JournalError, LockBusy, PlanLock, held_services
 from .machine import (
     Action,
     ActiveObserved,
@@ -194,6 +194,7 @@ class Supervisor:
 
     async def start(self) -> None:
         self._load_pause()
+        await asyncio.to_thread(self._check_journal)
         self.sync_state_files()
         self.metrics.paused.set(1 if self.state.paused else 0)
         self.metrics.reload_success.set(1)
@@ -672,6 +673,22 @@ class Supervisor:
         return error
 
     # ------------------------------------------------------------------ state files
+
+    def _check_journal(self) -> None:
+        """Read the journal once at start, so damage shows (and holds) now
+        rather than at the next plan. Moving it aside needs the plan lock:
+        while a failover from the CLI holds it, that failover reads it."""
+        lock = PlanLock(self.config.state_dir)
+        try:
+            lock.acquire()
+        except (LockBusy, JournalError):
+            return
+        try:
+            Journal(self.config.state_dir).read()
+        except JournalError as exc:
+            self.log.error("cannot read the journal", error=str(exc))
+        finally:
+            lock.release()
 
     def sync_state_files(self) -> None:
         """Export damaged state files (this process's finds, and the

@@ -355,8 +355,12 @@ class AwsExecutor:
         no plan runs without its record until an operator has looked."""
         if run.record is not None:
             return None  # a resumed plan: its record is whole
-        if not self.dry_run:
-            with contextlib.suppress(JournalError):
+        with contextlib.suppress(JournalError):
+            if self.dry_run:  # changes nothing, not even the journal: reports it
+                view = await asyncio.to_thread(self.journal.check, repair=False)
+                if view.damage and (view.affected is None or run.service in view.affected):
+                    return f"{view.damage}: a real run would be held"
+            else:
                 await asyncio.to_thread(self.journal.read)  # moves new damage aside
         return held_services(self.config.state_dir, [run.service]).get(run.service)
 

@@ -434,7 +434,6 @@ RESULTS = ("success", "aborted", "failed", "dry_run")
 TYPES = ("plan", "begin", "end", "rollback", "result", "done")
 TEXT_MAX = 1 << 16
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
-_SERVICE = re.compile(rb'"service"\s*:\s*"([^"\\]{1,200})"')
 
 
 @dataclass(slots=True)
@@ -450,11 +449,8 @@ def parse_journal(data: bytes) -> ParsedJournal:
     listed in ``problems`` with the service it may concern)."""
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with its newline
-    owners: dict[bytes, str] = {}  # plan id -> service, from any line that says
-    for raw in [*lines, torn]:
-        if b'"plan"' in raw and (i := _ID.search(raw)) and (s := _SERVICE.search(raw)):
-            owners.setdefault(i.group(1), s.group(1).decode("utf-8", "replace"))
     out = ParsedJournal({}, {}, [], set())
+    bad: list[bytes] = []
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
@@ -463,16 +459,18 @@ def parse_journal(data: bytes) -> ParsedJournal:
             _apply_checked(out.plans, rec)
         except Invalid as exc:
             out.problems.append(f"line {n}: {exc}")
-            if out.affected is not None:
-                i, s = _ID.search(raw), _SERVICE.search(raw)
-                owner = owners.get(i.group(1)) if i else None
-                owner = owner or (s.group(1).decode("utf-8", "replace") if s else None)
-                if owner is None:
-                    out.affected = None
-                else:
-                    out.affected.add(owner)
+            bad.append(raw)
             continue
         out.lines.setdefault(rec["id"], []).append(raw)
+    # A bad line concerns the service of the plan it names, if that plan's
+    # own record is sound; anything else may concern any service.
+    for raw in bad:
+        i = _ID.search(raw)
+        plan = out.plans.get(i.group(1).decode("utf-8", "replace")) if i else None
+        if plan is None or out.affected is None:
+            out.affected = None
+            break
+        out.affected.add(plan.service)
     if torn.strip():
         try:
             rec = statefile.loads(torn)
