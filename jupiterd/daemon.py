@@ -635,20 +635,21 @@ class Supervisor:
             )
         except statefile.Damaged as exc:
             where = f"moved aside to {exc.moved_to.name}" if exc.moved_to else "left in place"
-            by = (
+            shown = (
                 f"jupiterd, because the pause flag was damaged ({where}); "
                 "`jupiterd resume` ends the pause"
             )
-            self.set_paused(True, by, limit=len(by))
+            self.set_paused(True, "jupiterd (the pause flag was damaged)", shown=shown)
             return
         if by is not None:
             self.dispatch(PauseChanged(True, self.now(), by=by))
 
-    def set_paused(self, paused: bool, by: str, *, limit: int = BY_MAX) -> str | None:
+    def set_paused(self, paused: bool, by: str, *, shown: str | None = None) -> str | None:
         """Pause or resume, and save it in the flag file. Returns None when
         saved, else the sentence why not: the new state then holds in memory
-        only (a pause is still a pause), and /status says it is not saved."""
-        by = statefile.clean_text(by, limit) or "api"
+        only (a pause is still a pause), and /status says it is not saved.
+        ``shown``: who paused, as /status says it (default: ``by``)."""
+        by = statefile.clean_text(by, BY_MAX) or "api"
         path = self._pause_path()
         error = None
         try:
@@ -669,7 +670,7 @@ class Supervisor:
             )
             self.log.error("could not persist the pause flag", path=str(path), error=error)
         self.pause_error = error
-        self.dispatch(PauseChanged(paused, self.now(), by=by))
+        self.dispatch(PauseChanged(paused, self.now(), by=shown or by))
         return error
 
     # ------------------------------------------------------------------ state files

@@ -141,13 +141,19 @@ async def test_a_damaged_pause_flag_starts_paused_and_says_why(tmp_path: Path, c
         assert "`jupiterd resume`" in sup.state.pause_reason
         [moved] = statefile.evidence(tmp_path)
         assert moved.name.startswith("paused.damaged-")
-        # A valid flag again, so a restart stays paused.
-        assert json.loads((tmp_path / PAUSE_FILE).read_text())["by"].startswith("jupiterd")
+        # A valid flag again, so a restart stays paused (and finds no damage).
+        saved = json.loads((tmp_path / PAUSE_FILE).read_text())["by"]
+        assert saved == "jupiterd (the pause flag was damaged)"
         doc = sup.status()
         assert [f["file"] for f in doc["state_files"]["damaged"]] == ["pause_flag"]
         assert _sample(sup, "jupiterd_state_file_damaged", file="pause_flag") == 1
         assert _sample(sup, "jupiterd_state_file_damage_total", file="pause_flag") == 1
         assert _sample(sup, "jupiterd_state_file_damaged", file="journal") == 0
+        again = _supervisor(tmp_path)
+        await again.start()
+        await again.stop(grace=0)
+        assert again.state.pause_reason == "paused by jupiterd (the pause flag was damaged)"
+        assert len(statefile.evidence(tmp_path)) == 1
         # Resume ends it; ack clears the alert.
         assert sup.set_paused(False, "alice") is None
         assert not sup.state.paused and not (tmp_path / PAUSE_FILE).exists()
