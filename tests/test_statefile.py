@@ -607,3 +607,24 @@ def test_cli_pause_says_when_the_flag_could_not_be_saved(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_machine_holds_a_journal_damaged_service_until_cleared():
+    """Pure: the hold shows at once (no failover due), a due failover stays
+    held, and clearing it lets the failover start."""
+    from jupiterd.machine import Hold, HoldCleared, JournalHold, StartFailover
+    from tests.test_machine import P, Run
+
+    r = Run()
+    r.send(JournalHold("sig", "the journal was damaged", r.t))
+    [hold] = r.of(Hold)
+    assert (hold.service, hold.guard) == ("sig", Guard.JOURNAL_DAMAGED)
+    assert r.svc("sig").decision == "holding: the journal was damaged"
+    r.obs("sig", P, "---")
+    r.obs("turn", P, "+")
+    r.obs("frp", P, "+")
+    assert not r.of(StartFailover) and len(r.of(Hold)) == 1
+    r.send(JournalHold("sig", None, r.t))
+    assert r.of(HoldCleared)[0].reason == "the damaged journal was acknowledged"
+    [start] = r.of(StartFailover)
+    assert start.service == "sig"
