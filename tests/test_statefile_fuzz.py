@@ -171,6 +171,7 @@ def _damaged(state: Path, name: str) -> str:
     return "damaged"
 
 
+@pytest.mark.slow
 def test_fuzz_pause_flag(tmp_path: Path):
     valid = json.dumps({"by": "alice", "at": 1.7e9}).encode()
 
@@ -189,6 +190,7 @@ def test_fuzz_pause_flag(tmp_path: Path):
     assert out["damaged"] > 500 and out["valid"] > 20, out
 
 
+@pytest.mark.slow
 def test_fuzz_journal(tmp_path: Path):
     valid = _valid_journal(tmp_path / "made")
 
@@ -213,6 +215,7 @@ def test_fuzz_journal(tmp_path: Path):
     assert out["damaged"] > 500 and out["valid"] > 50, out
 
 
+@pytest.mark.slow
 def test_fuzz_models_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     made_dir = tmp_path / "made"
     made_dir.mkdir()
