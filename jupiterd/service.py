@@ -1,7 +1,8 @@
 """`jupiterd run`: the daemon's lifecycle around the supervisor.
 
-Load and validate the configuration (exit 78 on error), resume a plan a
-crash interrupted, start the HTTP listener and the probes, tell systemd
+Load and validate the configuration (exit 78 on error), take the state
+directory's daemon lock (exit 75 while another daemon holds it), resume a
+plan a crash interrupted, start the HTTP listener and the probes, tell systemd
 READY=1, then serve until SIGTERM/SIGINT. SIGHUP reloads: the new file is
 validated first; on error the running configuration stays, the error is
 logged and exported. Signal handlers only set flags. Scheduled dry-run
@@ -82,30 +83,6 @@ async def serve(
     if isinstance(lock, str):
         logs.get("jupiterd").error(lock, state_dir=config.state_dir)
         return EXIT_STATE_DIR_BUSY
-    try:
-        return await _run(
-            config_path,
-            config,
-            dry_run,
-            make_executor,
-            make_inventory,
-            make_drill_executor,
-            notifier,
-        )
-    finally:
-        if lock is not None:
-            os.close(lock)  # the lock goes with it
-
-
-async def _run(
-    config_path: str,
-    config: Config,
-    dry_run: bool,
-    make_executor: ExecutorFactory,
-    make_inventory: InventoryFactory,
-    make_drill_executor: DrillExecutorFactory,
-    notifier: Notifier | None,
-) -> int:
     notifier = notifier or Notifier()
     metrics = Metrics()
     executor = make_executor(config, dry_run, metrics)
@@ -124,6 +101,8 @@ async def _run(
         close = getattr(executor, "close", None)
         if close is not None:
             close()  # its thread pool and the journal's file
+        if lock is not None:
+            os.close(lock)  # the daemon lock goes with it
 
 
 class _Drills:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -407,8 +408,6 @@ def lock_file(path: Path, kind: str) -> int | None:
     """Take ``fcntl.flock`` on ``path`` without blocking and write this
     process's id in it: the open descriptor, or None while another process
     holds the lock. Raises OSError when the file cannot be opened."""
-    import fcntl
-
     fd = open_for_write(path, kind, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
