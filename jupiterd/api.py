@@ -17,6 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from probes.options import parse_hostport
 
+from .daemon import BY_MAX
+from .statefile import clean_text
+
 if TYPE_CHECKING:
     from .daemon import Supervisor
 
@@ -47,6 +50,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _by(request: web.Request) -> str:
+    """Who asks: at most 100 characters, no control characters."""
     by = request.headers.get("X-Jupiterd-By") or "api"
     if request.can_read_body:
         try:
@@ -54,20 +58,29 @@ async def _by(request: web.Request) -> str:
         except (ValueError, UnicodeDecodeError):
             raise web.HTTPBadRequest(text='body must be JSON, e.g. {"by": "alice"}\n') from None
         if isinstance(doc, dict) and isinstance(doc.get("by"), str):
-            by = doc["by"][:100]
-    return by
+            by = doc["by"][:1000]
+    return clean_text(by, BY_MAX) or "api"
+
+
+def _answer(sup: Supervisor, paused: bool, error: str | None) -> web.Response:
+    """200 once the flag file says it too; 503, saying so, when it could not
+    be saved (the change then holds only until jupiterd stops)."""
+    body: dict[str, Any] = {"paused": sup.state.paused}
+    if paused:
+        body["reason"] = sup.state.pause_reason
+    if error is not None:
+        return web.json_response({**body, "saved": False, "error": error}, status=503)
+    return web.json_response(body)
 
 
 async def _pause(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
-    sup.set_paused(True, await _by(request))
-    return web.json_response({"paused": True, "reason": sup.state.pause_reason})
+    return _answer(sup, True, sup.set_paused(True, await _by(request)))
 
 
 async def _resume(request: web.Request) -> web.Response:
     sup = request.app[SUPERVISOR]
-    sup.set_paused(False, await _by(request))
-    return web.json_response({"paused": False})
+    return _answer(sup, False, sup.set_paused(False, await _by(request)))
 
 
 async def _index(request: web.Request) -> web.Response:

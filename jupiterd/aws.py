@@ -160,35 +160,92 @@ def models_cache_file(cache_dir: Path) -> Path:
     digest = hashlib.sha256(
         json.dumps({k: sorted(v) for k, v in sorted(OPERATIONS.items())}).encode()
     ).hexdigest()[:12]
-    return cache_dir / f"aws-models-{botocore.__version__}-{digest}.json"
+    return cache_dir / f"aws-models-{CACHE_FORMAT}-{botocore.__version__}-{digest}.json"
+
+
+CACHE_FORMAT = "v2"
+CACHE_MAX_BYTES = 8 << 20  # the pruned models take some 90 kB
+
+
+def _digest(models: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(models, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _walk_shapes(shape: Any, seen: set[str]) -> None:
+    stack = [shape]
+    while stack:
+        sh = stack.pop()
+        if sh is None or sh.name in seen:
+            continue
+        seen.add(sh.name)
+        if sh.type_name == "structure":
+            stack.extend(sh.members.values())
+        elif sh.type_name == "list":
+            stack.append(sh.member)
+        elif sh.type_name == "map":
+            stack.extend((sh.key, sh.value))
+
+
+def parse_models_cache(data: bytes) -> dict[str, dict[str, Any]]:
+    """The cache file: ``{"format", "sha256", "models"}``, the digest of the
+    models matching, every service and operation jupiterd calls present,
+    and botocore able to build each operation's every shape (a cache that
+    passes cannot make a plan fail)."""
+    from botocore.model import ServiceModel
+
+    from .statefile import Invalid, loads
+
+    doc = loads(data)
+    if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
+        raise Invalid("not a models cache of this version")
+    models = doc.get("models")
+    if not isinstance(models, dict) or set(models) != set(OPERATIONS):
+        raise Invalid("the services are not the ones jupiterd calls")
+    if doc.get("sha256") != _digest(models):
+        raise Invalid("the content does not match its digest")
+    try:
+        for svc, model in models.items():
+            if not isinstance(model, dict) or set(model.get("operations", ())) != OPERATIONS[svc]:
+                raise Invalid(f"{svc}: the operations are not the ones jupiterd calls")
+            sm = ServiceModel(model, svc)
+            if not (sm.endpoint_prefix and sm.protocol and sm.signature_version):
+                raise Invalid(f"{svc}: incomplete metadata")
+            seen: set[str] = set()
+            for op in OPERATIONS[svc]:
+                om = sm.operation_model(op)
+                _walk_shapes(om.input_shape, seen)
+                _walk_shapes(om.output_shape, seen)
+                for err in om.error_shapes:
+                    _walk_shapes(err, seen)
+    except Invalid:
+        raise
+    except Exception as exc:  # botocore's own complaint about the model
+        raise Invalid(f"botocore cannot use it: {type(exc).__name__}: {exc}") from None
+    return models
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The cached models; a damaged cache is moved aside (and rebuilt)."""
+    from . import statefile
+
     try:
-        models = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return statefile.read(path, statefile.MODELS_CACHE, parse_models_cache, CACHE_MAX_BYTES)
+    except statefile.Damaged:
         return None
-    if not isinstance(models, dict) or set(models) != set(OPERATIONS):
-        return None
-    if any(
-        not isinstance(m, dict) or set(m.get("operations", ())) != OPERATIONS[svc]
-        for svc, m in models.items()
-    ):
-        return None
-    return models
 
 
 def _write_cache(path: Path, models: dict[str, dict[str, Any]]) -> None:
     """Best effort: a read-only state directory only costs the next start
     the pruning again."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from . import statefile
+
+    doc = {"format": CACHE_FORMAT, "sha256": _digest(models), "models": models}
     try:
-        tmp.write_text(json.dumps(models))
-        os.replace(tmp, path)
+        statefile.write_atomic(path, json.dumps(doc).encode())
     except OSError as exc:
         log.debug("cannot keep the pruned AWS models", path=str(path), error=str(exc))
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         return
     for old in path.parent.glob("aws-models-*.json"):
         if old != path:

@@ -173,6 +173,12 @@ def _api_post(args: argparse.Namespace, path: str) -> int:
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             print(resp.read().decode().strip())
+    except urllib.error.HTTPError as exc:
+        # The daemon answered but did not do all it was asked (e.g. the pause
+        # flag could not be saved): its sentence, and a failure.
+        body = exc.read(4096).decode("utf-8", "replace").strip()
+        print(f"jupiterd: the daemon answered {exc.code}: {body}", file=sys.stderr)
+        return EXIT_FAIL
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"jupiterd: cannot reach the daemon at {url}: {reason}", file=sys.stderr)
@@ -205,7 +211,43 @@ def _add_daemon(sub: Any) -> None:
         p.set_defaults(func=lambda a, _p=path: _api_post(a, _p))
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_probe, _add_daemon]
+def _cmd_state_files(args: argparse.Namespace) -> int:
+    from . import statefile
+    from .journal import held_services
+
+    cfg = _load(config_path(args.config), secrets=False)  # only state_dir is needed
+    if args.action == "ack":
+        done = statefile.acknowledge(cfg.state_dir)
+        for p in done:
+            print(f"acknowledged {p} (kept as {p.name}{statefile.ACKED})")
+        if not done:
+            print(f"{cfg.state_dir}: no damaged state file to acknowledge")
+        return EXIT_OK
+    found = statefile.summary(cfg.state_dir)
+    for f in found:
+        print(f"{f['file']}: damaged, moved aside to {f['moved_to']}")
+    for name, why in held_services(cfg.state_dir, cfg.services).items():
+        print(f"{name}: held: {why}")
+    if not found:
+        print(f"{cfg.state_dir}: no damaged state file")
+    return EXIT_FAIL if found else EXIT_OK
+
+
+def _add_state_files(sub: Any) -> None:
+    p = sub.add_parser(
+        "state-files",
+        help="list damaged state files moved aside; 'ack' acknowledges them",
+        description="List the state files jupiterd found damaged and moved aside, and the "
+        "services a damaged journal holds (exit 1 if any). 'ack' acknowledges them all: "
+        "each is kept, renamed to ...acked, and the holds and the alert clear. Check where "
+        "the traffic is first (jupiterd status).",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_state_files)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_probe, _add_daemon, _add_state_files]
 COMMANDS.append(lambda sub: __import__("jupiterd.cli_ops").cli_ops.add_commands(sub))
 COMMANDS.append(lambda sub: __import__("jupiterd.cli_iam").cli_iam.add_commands(sub))
 COMMANDS.append(lambda sub: __import__("jupiterd.sandbox").sandbox.add_commands(sub))

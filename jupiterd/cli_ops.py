@@ -102,8 +102,14 @@ def _cmd_failover(args: argparse.Namespace) -> int:
         services = [args.service]
     dry_run = bool(getattr(args, "dry_run", False))
     reason = args.reason or f"manual {args.command} from the command line by {_who()}"
-    outcomes = asyncio.run(_failover(cfg, services, to_role, dry_run, reason))
-    ok = True
+    from .journal import held_services
+
+    held = held_services(cfg.state_dir, services)
+    for name, why in held.items():
+        print(f"{name}: {args.command} refused: {why}")
+    services = [s for s in services if s not in held]
+    outcomes = asyncio.run(_failover(cfg, services, to_role, dry_run, reason)) if services else []
+    ok = not held
     for outcome, resumed in outcomes:
         print(_format_outcome(outcome, resumed))
         ok = ok and outcome.result in ("success", "dry_run")
@@ -170,7 +176,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     from .aws import Aws
     from .awsinventory import AwsInventory
-    from .journal import Journal, JournalError
+    from .journal import Journal, JournalError, held_services
     from .plan import service_status
 
     aws = Aws(cfg.aws, cache_dir=Path(cfg.state_dir))
@@ -179,9 +185,13 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     finally:
         aws.close()
     try:
-        pending = Journal(cfg.state_dir).unfinished()
+        # Read only: moving damage aside needs the plan lock, which the
+        # daemon or a failover may hold; they move it when they next read.
+        view = Journal(cfg.state_dir).check(repair=False)
     except JournalError:
-        pending = []
+        view = None
+    pending = [p for p in view.plans if not p.done] if view is not None else []
+    held = held_services(cfg.state_dir, services)
     out: dict[str, Any] = {}
     all_ok = True
     for name in services:
@@ -195,7 +205,15 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
                     f"an interrupted plan ({p.from_role} -> {p.to_role}, started {when} UTC) "
                     "is unfinished: `jupiterd failover/failback` or a daemon start resumes it"
                 )
-        ok = st.agree and st.healthy and not any(p.service == name for p in pending)
+        if name in held:
+            notes.append(held[name])
+        damage = None
+        if view is not None and (view.affected is None or name in view.affected):
+            damage = view.damage
+        if damage:
+            notes.append(f"{damage}: the next failover or daemon start holds this service")
+        damaged = damage is not None or name in held
+        ok = st.agree and st.healthy and not damaged and not any(p.service == name for p in pending)
         all_ok = all_ok and ok
         out[name] = {
             "active": str(st.active) if st.active else None,

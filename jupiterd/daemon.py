@@ -26,10 +26,11 @@ import probes
 from probes import ProbeResult
 from probes.options import parse_hostport
 
-from . import __version__, logs
+from . import __version__, logs, statefile
 from .config import Config
 from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
 from .inventory import Inventory, ServiceView
+from .journal import Journal, JournalError, LockBusy, PlanLock, held_services
 from .machine import (
     Action,
     ActiveObserved,
@@ -42,6 +43,7 @@ from .machine import (
     Hold,
     HoldCleared,
     InstanceRunning,
+    JournalHold,
     MachineState,
     MaintenanceObserved,
     MonitorTrouble,
@@ -73,6 +75,22 @@ INITIAL_INVENTORY_SECONDS = 1.0  # how long start-up waits for AWS before probin
 # each wait jittered down to half so that many daemons do not retry in step.
 AWS_RETRY_SECONDS = (1.0, 10.0)
 PAUSE_FILE = "paused"
+PAUSE_MAX_BYTES = 4096
+BY_MAX = 100  # characters of who paused or resumed
+
+
+def parse_pause(data: bytes) -> str:
+    """The pause flag's content: ``{"by": str, "at": number}``; who paused."""
+    doc = statefile.loads(data)
+    if not isinstance(doc, dict):
+        raise statefile.Invalid("not a JSON object")
+    by = statefile.text_field(doc, "by", 2 * BY_MAX)
+    statefile.number_field(doc, "at")
+    return statefile.clean_text(by or "", BY_MAX) or "a previous run"
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at))
 
 
 def policy_of(config: Config) -> Policy:
@@ -108,7 +126,7 @@ Observer = Callable[[Action | ProbeEvent | PlanEvent], None]
 # Actions and events that change what a service's metrics show (tuples: a
 # union type would be built anew at each isinstance on the hot path).
 _SERVICE_ACTIONS = (Transition, StartFailover, FailoverDue, Hold, HoldCleared, Alert, Note)
-_SERVICE_EVENTS = (FailoverFinished, ActiveObserved, MaintenanceObserved)
+_SERVICE_EVENTS = (FailoverFinished, ActiveObserved, MaintenanceObserved, JournalHold)
 
 
 @dataclass(slots=True)
@@ -167,6 +185,11 @@ class Supervisor:
         self.drills: Any = None  # the scheduled drills' runner, for /status
         self.lag = LagMonitor()  # a probe that timed out in a loop stall is not the target's
         self._degraded_exported = False
+        self.pause_error: str | None = None  # why the pause flag does not say what we do
+        self.state_files: list[dict[str, Any]] = []  # damaged files not yet acknowledged
+        self._damage_seen = 0  # statefile events already counted
+        self._stuck: list[statefile.Damage] = []  # damage that could not be moved aside
+        self._state_files_exported = False
 
     # ------------------------------------------------------------------ time
 
@@ -183,6 +206,8 @@ class Supervisor:
 
     async def start(self) -> None:
         self._load_pause()
+        await asyncio.to_thread(self._check_journal)
+        self.sync_state_files()
         self.metrics.paused.set(1 if self.state.paused else 0)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(self.started_wall)
@@ -664,6 +689,7 @@ class Supervisor:
             self.heartbeat = self.now()
             self.metrics.heartbeat.set(time.time())
             self.dispatch(Tick(self.heartbeat))
+            self.sync_state_files()
             if self.healthy():
                 self.notifier.watchdog()
 
@@ -677,24 +703,96 @@ class Supervisor:
 
     def _load_pause(self) -> None:
         """A pause survives restarts: an operator's maintenance window must not
-        end because systemd restarted the daemon."""
+        end because systemd restarted the daemon. A damaged flag most likely
+        was a pause: it is moved aside and jupiterd stays paused (saying so)
+        until someone resumes it."""
         try:
-            doc = json.loads(self._pause_path().read_text())
-        except (OSError, ValueError):
+            by = statefile.read(
+                self._pause_path(), statefile.PAUSE_FLAG, parse_pause, PAUSE_MAX_BYTES
+            )
+        except statefile.Damaged as exc:
+            where = f"moved aside to {exc.moved_to.name}" if exc.moved_to else "left in place"
+            shown = (
+                f"jupiterd, because the pause flag was damaged ({where}); "
+                "`jupiterd resume` ends the pause"
+            )
+            self.set_paused(True, "jupiterd (the pause flag was damaged)", shown=shown)
             return
-        self.dispatch(PauseChanged(True, self.now(), by=str(doc.get("by", "a previous run"))))
+        if by is not None:
+            self.dispatch(PauseChanged(True, self.now(), by=by))
 
-    def set_paused(self, paused: bool, by: str) -> None:
+    def set_paused(self, paused: bool, by: str, *, shown: str | None = None) -> str | None:
+        """Pause or resume, and save it in the flag file. Returns None when
+        saved, else the sentence why not: the new state then holds in memory
+        only (a pause is still a pause), and /status says it is not saved.
+        ``shown``: who paused, as /status says it (default: ``by``)."""
+        by = statefile.clean_text(by, BY_MAX) or "api"
         path = self._pause_path()
+        error = None
         try:
             if paused:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"by": by, "at": time.time()}))
+                path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                doc = {"by": by, "at": time.time()}
+                statefile.write_atomic(path, json.dumps(doc).encode())
             else:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.unlink(path)  # a link is removed, not followed
         except OSError as exc:
-            self.log.error("could not persist the pause flag", path=str(path), error=exc.strerror)
-        self.dispatch(PauseChanged(paused, self.now(), by=by))
+            error = (
+                f"the pause flag {path} could not be saved ({exc.strerror or exc}): "
+                "jupiterd is paused until it stops, but a restart will not be paused"
+                if paused
+                else f"the pause flag {path} could not be removed ({exc.strerror or exc}): "
+                "jupiterd is resumed until it stops, but a restart will be paused again"
+            )
+            self.log.error("could not persist the pause flag", path=str(path), error=error)
+        self.pause_error = error
+        self.dispatch(PauseChanged(paused, self.now(), by=shown or by))
+        return error
+
+    # ------------------------------------------------------------------ state files
+
+    def _check_journal(self) -> None:
+        """Read the journal once at start, so damage shows (and holds) now
+        rather than at the next plan. Moving it aside needs the plan lock:
+        while a failover from the CLI holds it, that failover reads it."""
+        lock = PlanLock(self.config.state_dir)
+        try:
+            lock.acquire()
+        except (LockBusy, JournalError):
+            return
+        try:
+            Journal(self.config.state_dir).read()
+        except JournalError as exc:
+            self.log.error("cannot read the journal", error=str(exc))
+        finally:
+            lock.release()
+
+    def sync_state_files(self) -> None:
+        """Export damaged state files (this process's finds, and the
+        moved-aside files not yet acknowledged) and hold the services a
+        damaged journal may concern."""
+        state_dir = self.config.state_dir
+        found, self._damage_seen = statefile.events(state_dir, self._damage_seen)
+        for d in found:
+            self.metrics.state_file_damage.labels(d.kind).inc()
+            if d.left_in_place:
+                self._stuck.append(d)
+        files = statefile.summary(state_dir)
+        files += [
+            {"file": d.kind, "moved_to": None, "found": _utc(d.at), "reason": d.reason}
+            for d in self._stuck
+        ]
+        if files != self.state_files or not self._state_files_exported:
+            self._state_files_exported = True
+            self.state_files = files
+            for kind in statefile.KINDS:
+                n = sum(1 for f in files if f["file"] == kind)
+                self.metrics.state_file_damaged.labels(kind).set(n)
+        holds = held_services(state_dir, self.state.services)
+        for name, s in self.state.services.items():
+            if holds.get(name) != s.journal_hold:
+                self.dispatch(JournalHold(name, holds.get(name), self.now()))
 
     # ------------------------------------------------------------------ reload
 
@@ -830,6 +928,9 @@ class Supervisor:
             "aws_unreachable": None
             if self.state.aws_error is None
             else {"error": self.state.aws_error, "since": self.wall(self.state.aws_error_since)},
+            "pause_saved": self.pause_error is None,
+            "pause_error": self.pause_error,
+            "state_files": {"dir": self.config.state_dir, "damaged": self.state_files},
             "config": {"path": self.config_path, "last_reload": self.last_reload},
             "inventory_error": self.inventory_error,
             "monitor_degraded": self._trouble(self.state.degraded),

@@ -35,6 +35,7 @@ names the step, the resource and, for AccessDenied, the IAM permission.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
@@ -61,7 +62,7 @@ from .aws import (
 from .awsinventory import AwsInventory, _instances
 from .config import Config, Thresholds
 from .executor_api import FailoverOutcome, FailoverRequest, Result, StepReport
-from .journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord
+from .journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord, held_services
 from .machine import Role
 from .metrics import Metrics
 from .plan import (
@@ -382,9 +383,28 @@ class AwsExecutor:
                 if step.kind is StepKind.STOP_INSTANCE and done.ok and done.data.get("stopped"):
                     run.stopped_old = True
 
+    async def _journal_hold(self, run: _Run) -> str | None:
+        """Why a damaged journal holds this new plan's service, if it does:
+        no plan runs without its record until an operator has looked."""
+        if run.record is not None:
+            return None  # a resumed plan: its record is whole
+        with contextlib.suppress(JournalError):
+            if self.dry_run:  # changes nothing, not even the journal: reports it
+                view = await asyncio.to_thread(self.journal.check, repair=False)
+                if view.damage and (view.affected is None or run.service in view.affected):
+                    return f"{view.damage}: a real run would be held"
+            else:
+                await asyncio.to_thread(self.journal.read)  # moves new damage aside
+        return held_services(self.config.state_dir, [run.service]).get(run.service)
+
     async def _preflight(self, run: _Run) -> str | None:
         req = run.request
         t = time.monotonic()
+        held = await self._journal_hold(run)
+        if held is not None:
+            run.reports.append(StepReport("preflight", False, time.monotonic() - t, held))
+            log.info("step_end", service=req.service, step="preflight", ok=False, detail=held)
+            return held
         problems: list[str] = []
         try:
             facts = (await self.inventory.facts([req.service]))[req.service]

@@ -17,6 +17,17 @@ Records (``t`` is the type):
 - ``result``: the outcome is known (only the notification may follow).
 - ``done``: nothing more to do for the plan.
 
+Every record is validated when read (``parse_journal``, through the state
+files' reader ``statefile.read``). A torn last line (a crash mid-write) is
+skipped; any other bad line (a flipped byte, a wrongly-typed field, a record
+of an unknown plan) is damage: the file is moved aside as
+``journal.jsonl.damaged-<UTC time>``, the unfinished plans of the services
+it cannot concern are carried over to a new journal, and every service the
+damage may concern (all of them when it cannot tell) is held
+(``held_services``): no plan of it runs, the daemon's or the CLI's, until an
+operator acknowledges the moved-aside file (``jupiterd state-files ack``) or
+removes it.
+
 The lock file keeps two jupiterd processes on one host from running plans at
 once: ``fcntl.flock``, non-blocking, held while any plan of this process runs.
 
@@ -31,19 +42,24 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import statefile
+from .statefile import Damaged, Invalid
 
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "jupiterd.lock"
 KILL_ENV = "JUPITERD_TEST_KILL_AFTER_RECORD"
 ROTATE_BYTES = 1 << 20  # start a new file past this, between plans
+MAX_BYTES = 16 << 20  # a journal past this is damage (plans write a few kB each)
 
 
 class LockBusy(Exception):
@@ -61,14 +77,6 @@ class LockBusy(Exception):
 
 class JournalError(Exception):
     """The state directory cannot hold the journal (permissions, full disk)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ensure_dir(path: Path) -> None:
@@ -100,19 +108,13 @@ class PlanLock:
                 return
             _ensure_dir(self.dir)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+                fd = statefile.lock_file(self.path, statefile.PLAN_LOCK)
             except OSError as exc:
                 raise JournalError(
-                    f"cannot open the lock file {self.path}: {exc.strerror}"
+                    f"cannot open the lock file {self.path}: {exc.strerror or exc}"
                 ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = self._read_pid(fd)
-                os.close(fd)
-                raise LockBusy(str(self.path), pid) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if fd is None:
+                raise LockBusy(str(self.path), statefile.holder_pid(self.path, statefile.PLAN_LOCK))
             self._fd = fd
             self._holders = 1
 
@@ -135,14 +137,6 @@ class PlanLock:
             yield
         finally:
             self.release()
-
-    @staticmethod
-    def _read_pid(fd: int) -> int | None:
-        try:
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else None
-        except OSError:
-            return None
 
 
 @dataclass(slots=True)
@@ -197,16 +191,34 @@ class Journal:
     # -- writing
 
     def _open(self) -> int:
-        if self._fd is None:
-            _ensure_dir(self.dir)
-            created = not self.path.exists()
+        fd = self._fd
+        if fd is not None:
+            # Still the file at the path? Another process may have moved it
+            # aside (damage) or rotated it.
             try:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            except OSError as exc:
-                raise JournalError(f"cannot open the journal {self.path}: {exc.strerror}") from None
-            if created:
-                _fsync_dir(self.dir)
-        return self._fd
+                at, mine = os.stat(self.path, follow_symlinks=False), os.fstat(fd)
+                if (at.st_dev, at.st_ino) == (mine.st_dev, mine.st_ino):
+                    return fd
+            except OSError:
+                pass
+            os.close(fd)
+            self._fd = None
+        _ensure_dir(self.dir)
+        created = not os.path.lexists(self.path)
+        fd = None
+        try:
+            fd = statefile.open_for_write(self.path, statefile.JOURNAL, os.O_RDWR | os.O_APPEND)
+            _heal_tail(fd, self.path)
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            raise JournalError(
+                f"cannot open the journal {self.path}: {exc.strerror or exc}"
+            ) from None
+        if created:
+            statefile.fsync_dir(self.dir)
+        self._fd = fd
+        return fd
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record and make it durable before returning."""
@@ -237,7 +249,7 @@ class Journal:
         """Between plans, keep the file small: the previous one is kept as
         ``journal.jsonl.1`` for a person who wants the history."""
         try:
-            size = self.path.stat().st_size
+            size = os.stat(self.path, follow_symlinks=False).st_size
         except FileNotFoundError:
             return
         if size < ROTATE_BYTES or self.unfinished():
@@ -247,7 +259,7 @@ class Journal:
                 os.close(self._fd)
                 self._fd = None
             os.replace(self.path, self.path.with_name(JOURNAL_NAME + ".1"))
-            _fsync_dir(self.dir)
+            statefile.fsync_dir(self.dir)
 
     def start_plan(
         self,
@@ -324,67 +336,279 @@ class Journal:
 
     def read(self) -> list[PlanRecord]:
         """Every plan in the file, oldest first. A torn last line (a crash
-        mid-write) and records of unknown types are skipped."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise JournalError(f"cannot read the journal {self.path}: {exc.strerror}") from None
-        plans: dict[str, PlanRecord] = {}
-        for line in raw.splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            _apply(plans, rec)
-        return list(plans.values())
+        mid-write) is skipped; damage is moved aside (see the module's
+        docstring) and only the plans it cannot concern are returned."""
+        return self.check(repair=True).plans
 
     def unfinished(self) -> list[PlanRecord]:
         return [p for p in self.read() if not p.done]
 
-
-def _apply(plans: dict[str, PlanRecord], rec: dict[str, Any]) -> None:
-    t, pid = rec.get("t"), rec.get("id")
-    if not isinstance(pid, str):
-        return
-    if t == "plan":
+    def check(self, *, repair: bool) -> JournalView:
+        """Read and validate. With ``repair`` (only under the plan lock: no
+        other process may be appending) a damaged journal is moved aside and
+        the unfinished plans of the services it does not concern are carried
+        over to a new one; without, the file is left as it is."""
         try:
-            plans[pid] = PlanRecord(
-                id=pid,
-                service=str(rec["service"]),
-                from_role=str(rec["from"]),
-                to_role=str(rec["to"]),
-                reason=str(rec.get("reason", "")),
-                requested_by=str(rec.get("by", "daemon")),
-                started_at=float(rec.get("at", 0.0)),
-                standby_state=rec.get("standby_state"),
+            parsed = statefile.read(
+                self.path, statefile.JOURNAL, parse_journal, MAX_BYTES, quarantine=repair
             )
-        except (KeyError, TypeError, ValueError):
-            return
+        except Damaged as exc:
+            if repair:
+                self.close()
+            return JournalView([], str(exc), None)
+        if parsed is None:
+            return JournalView([], None, set())
+        if not parsed.problems:
+            return JournalView(list(parsed.plans.values()), None, set())
+        affected = parsed.affected
+        keep = [
+            p
+            for p in parsed.plans.values()
+            if not p.done and affected is not None and p.service not in affected
+        ]
+        what = "; ".join(parsed.problems[:3]) + ("; ..." if len(parsed.problems) > 3 else "")
+        services = "all services" if affected is None else ", ".join(sorted(affected))
+        sentence = f"the journal {self.path} is damaged ({what}); it concerns {services}"
+        if repair:
+            with self._mutex:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                reason = statefile.clean_text(f"{what}; it concerns {services}", 300)
+                if keep:
+                    moved = statefile.move_aside(
+                        self.path, statefile.JOURNAL, reason, keep_copy=True
+                    )
+                    if moved is not None:
+                        carried = b"".join(
+                            line + b"\n" for p in keep for line in parsed.lines[p.id]
+                        )
+                        try:
+                            statefile.write_atomic(self.path, carried)
+                        except OSError as exc:
+                            sentence += f"; could not carry the other plans over: {exc.strerror}"
+                            keep = []
+                else:
+                    moved = statefile.move_aside(self.path, statefile.JOURNAL, reason)
+            if moved is not None:
+                sentence += f"; moved aside to {moved.name}"
+        return JournalView(keep, sentence, affected)
+
+
+@dataclass(slots=True)
+class JournalView:
+    """What ``Journal.check`` found: the plans that can be trusted, and the
+    damage (a sentence, and the services it concerns; None: all)."""
+
+    plans: list[PlanRecord]
+    damage: str | None
+    affected: set[str] | None
+
+
+def _heal_tail(fd: int, path: Path) -> None:
+    """A crash mid-write can leave a last line without its newline: a record
+    appended after it would be glued to it. A complete record gets its
+    newline; a torn one is cut off (it was never durable)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+    cut = tail.rfind(b"\n")
+    torn = tail[cut + 1 :]
+    if cut < 0 and len(tail) < size:
+        os.write(fd, b"\n")  # a line over 1 MiB: the reader calls it damage
+        return
+    try:
+        _apply_checked({}, statefile.loads(torn), fresh=True)
+    except Invalid:
+        os.ftruncate(fd, size - len(torn))
+        statefile.log.warning("journal: dropped a torn last record", path=str(path))
+    else:
+        os.write(fd, b"\n")
+
+
+# --------------------------------------------------------------------------- validation
+
+ROLES = ("primary", "backup")
+RESULTS = ("success", "aborted", "failed", "dry_run")
+TYPES = ("plan", "begin", "end", "rollback", "result", "done")
+TEXT_MAX = 1 << 16
+_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
+
+
+@dataclass(slots=True)
+class ParsedJournal:
+    plans: dict[str, PlanRecord]
+    lines: dict[str, list[bytes]]  # each plan's raw lines, to carry it over
+    problems: list[str]  # "line N: why", one per damaged line
+    affected: set[str] | None  # the services the damage may concern; None: all
+
+
+def parse_journal(data: bytes) -> ParsedJournal:
+    """Validate every record (``Invalid`` is never raised: a bad line is
+    listed in ``problems`` with the service it may concern)."""
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with its newline
+    out = ParsedJournal({}, {}, [], set())
+    bad: list[bytes] = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = statefile.loads(raw)
+            _apply_checked(out.plans, rec)
+        except Invalid as exc:
+            out.problems.append(f"line {n}: {exc}")
+            bad.append(raw)
+            continue
+        out.lines.setdefault(rec["id"], []).append(raw)
+    # A bad line concerns the service of the plan it names, if that plan's
+    # own record is sound; anything else may concern any service.
+    for raw in bad:
+        i = _ID.search(raw)
+        plan = out.plans.get(i.group(1).decode("utf-8", "replace")) if i else None
+        if plan is None or out.affected is None:
+            out.affected = None
+            break
+        out.affected.add(plan.service)
+    if torn.strip():
+        try:
+            rec = statefile.loads(torn)
+            _apply_checked(out.plans, rec)
+        except Invalid:
+            pass  # a torn last line: the crash came mid-write
+        else:
+            out.lines.setdefault(rec["id"], []).append(torn)
+    return out
+
+
+def _apply_checked(plans: dict[str, PlanRecord], rec: Any, *, fresh: bool = False) -> None:
+    """Validate one record against the schema and apply it; ``Invalid`` says
+    what is wrong. ``fresh``: check the record alone (no plan to refer to)."""
+    if not isinstance(rec, dict):
+        raise Invalid("not a JSON object")
+    t = rec.get("t")
+    if t not in TYPES:
+        raise Invalid("not a known record type")
+    pid = statefile.text_field(rec, "id", 64)
+    assert pid is not None
+    if not pid:
+        raise Invalid("'id' is empty")
+    at = statefile.number_field(rec, "at")
+    text = statefile.text_field
+    if t == "plan":
+        service = text(rec, "service", 200)
+        from_role, to_role = text(rec, "from", 16), text(rec, "to", 16)
+        if from_role not in ROLES or to_role not in ROLES or from_role == to_role:
+            raise Invalid("'from' and 'to' are not primary and backup")
+        standby = text(rec, "standby_state", 64, required=False)
+        if "pid" in rec and not (isinstance(rec["pid"], int) and not isinstance(rec["pid"], bool)):
+            raise Invalid("'pid' is not an integer")
+        record = PlanRecord(
+            id=pid,
+            service=service or "",
+            from_role=from_role or "",
+            to_role=to_role or "",
+            reason=text(rec, "reason", TEXT_MAX, required=False) or "",
+            requested_by=text(rec, "by", 1000, required=False) or "daemon",
+            started_at=at,
+            standby_state=standby,
+        )
+        if not record.service:
+            raise Invalid("'service' is empty")
+        if pid in plans:
+            raise Invalid(f"plan {pid} begins twice")
+        plans[pid] = record
         return
     plan = plans.get(pid)
-    if plan is None:
-        return
-    step = rec.get("step")
-    if t == "begin" and isinstance(step, str):
-        s = plan.step(step)
+    if plan is None and not fresh:
+        raise Invalid(f"a record of plan {pid}, which the journal does not hold")
+    if t in ("begin", "end"):
+        name = text(rec, "step", 100)
+        assert name is not None
+        if t == "end":
+            ok: bool = rec.get("ok")  # type: ignore[assignment]
+            if not isinstance(ok, bool):
+                raise Invalid("'ok' is not true or false")
+            seconds = statefile.number_field(rec, "seconds")
+            detail = text(rec, "detail", TEXT_MAX, required=False) or ""
+            data = rec.get("data", {})
+            if not isinstance(data, dict):
+                raise Invalid("'data' is not an object")
+        if plan is None:
+            return
+        s = plan.step(name)
         s.begun = True
-        s.ended = False
-    elif t == "end" and isinstance(step, str):
-        s = plan.step(step)
-        s.begun = True
-        s.ended = True
-        s.ok = bool(rec.get("ok"))
-        s.seconds = float(rec.get("seconds", 0.0))
-        s.detail = str(rec.get("detail", ""))
-        data = rec.get("data")
-        s.data = data if isinstance(data, dict) else {}
+        s.ended = t == "end"
+        if t == "end":
+            s.ok, s.seconds, s.detail, s.data = ok, seconds, detail, data
     elif t == "rollback":
-        plan.rollback = str(rec.get("reason", ""))
+        reason = text(rec, "reason", TEXT_MAX, required=False) or ""
+        if plan is not None:
+            plan.rollback = reason
     elif t == "result":
-        plan.result = (str(rec.get("result", "failed")), str(rec.get("detail", "")))
-    elif t == "done":
+        result = text(rec, "result", 16)
+        if result not in RESULTS:
+            raise Invalid("'result' is not a known outcome")
+        detail = text(rec, "detail", TEXT_MAX, required=False) or ""
+        if plan is not None:
+            plan.result = (result, detail)
+    elif plan is not None:  # done
         plan.done = True
+
+
+# --------------------------------------------------------------------------- holds
+
+_affected_cache: dict[tuple[str, int, int], set[str] | None] = {}
+_cache_lock = threading.Lock()
+
+
+def _affected(path: Path) -> set[str] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        if key in _affected_cache:
+            return _affected_cache[key]
+    try:
+        parsed = statefile.read(path, statefile.JOURNAL, parse_journal, MAX_BYTES, quarantine=False)
+        affected = parsed.affected if parsed is not None and parsed.problems else None
+    except Damaged:
+        affected = None  # not even a readable file: it may concern anything
+    with _cache_lock:
+        if len(_affected_cache) > 64:
+            _affected_cache.clear()
+        _affected_cache[key] = affected
+    return affected
+
+
+def held_services(state_dir: str | os.PathLike[str], services: Iterable[str]) -> dict[str, str]:
+    """The services a damaged journal holds, each with the sentence why: the
+    moved-aside journals not yet acknowledged, and any damage this process
+    could not move aside (that holds every service)."""
+    names = list(services)
+    out: dict[str, str] = {}
+    for path in statefile.evidence(state_dir):
+        if not path.name.startswith(JOURNAL_NAME + statefile.DAMAGED):
+            continue
+        affected = _affected(path)
+        why = (
+            f"the journal was damaged (moved aside to {path.name}): no failover of this "
+            "service until an operator has checked where its traffic is (`jupiterd status`) "
+            "and acknowledged it (`jupiterd state-files ack`)"
+        )
+        for name in names:
+            if affected is None or name in affected:
+                out.setdefault(name, why)
+    damage, _ = statefile.events(state_dir)
+    for d in damage:
+        if d.kind == statefile.JOURNAL and d.left_in_place:
+            why = (
+                f"the journal is damaged and could not be moved aside ({d.reason}): "
+                "no failover until an operator repairs the state directory and restarts jupiterd"
+            )
+            for name in names:
+                out.setdefault(name, why)
+    return out

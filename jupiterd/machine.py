@@ -79,6 +79,7 @@ class Guard(StrEnum):
     AWS_UNREACHABLE = "aws_unreachable"  # jupiterd's own AWS reads fail
     RETRY_BACKOFF = "retry_backoff"  # the last plan aborted before changing anything
     MONITOR_DEGRADED = "monitor_degraded"  # probes fail on this host: no verdict possible
+    JOURNAL_DAMAGED = "journal_damaged"
 
 
 # --------------------------------------------------------------------------- state
@@ -141,6 +142,7 @@ class ServiceState:
     retry_at: float | None = None  # no new plan before this (a plan aborted unchanged)
     retries: int = 0  # plans in a row that aborted before changing anything
     due_since: float | None = None  # monitor-only: when the failover became due
+    journal_hold: str | None = None  # why a damaged journal holds this service
 
     def target(self, role: Role) -> TargetState:
         return self.primary if role is Role.PRIMARY else self.backup
@@ -243,6 +245,16 @@ class PauseChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalHold:
+    """A damaged journal may concern this service (``reason``), or no longer
+    does (None: an operator acknowledged it)."""
+
+    service: str
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class FailoverFinished:
     service: str
     to_role: Role
@@ -279,6 +291,7 @@ Event = (
     | PauseChanged
     | FailoverFinished
     | AwsReachability
+    | JournalHold
     | Tick
 )
 
@@ -560,6 +573,9 @@ def evaluate(
     standby = s.target(standby_role)
     trouble = _monitor_trouble(state, s)
 
+    if s.journal_hold is not None:  # held whether or not a failover is due
+        s, acts = _set_hold(s, Guard.JOURNAL_DAMAGED, s.journal_hold, at)
+        return state.with_service(s), actions + acts
     if active.status is not Status.DOWN:
         if s.awaiting_isolation_check:
             s = replace(s, awaiting_isolation_check=False)
@@ -810,6 +826,12 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
             s = replace(s, maintenance=event.on)
             word = "entered maintenance (instance tag set)" if event.on else "left maintenance"
             actions.append(Note(s.name, word, event.at))
+    elif isinstance(event, JournalHold):
+        if event.reason != s.journal_hold:
+            s = replace(s, journal_hold=event.reason)
+            if event.reason is None:
+                s, acts = _clear_hold(s, "the damaged journal was acknowledged", event.at)
+                actions += acts
     elif isinstance(event, FailoverFinished):
         if not event.dry_run and not event.changed:
             # Nothing changed on AWS: the plan counts toward neither the

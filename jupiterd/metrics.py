@@ -135,6 +135,18 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge("jupiterd_paused", "1 while automatic action is paused.", registry=r)
+        self.state_file_damaged = Gauge(
+            "jupiterd_state_file_damaged",
+            "Damaged state files moved aside (or stuck) and not yet acknowledged, by file.",
+            ["file"],
+            registry=r,
+        )
+        self.state_file_damage = Counter(
+            "jupiterd_state_file_damage",
+            "Damaged state files this process found, by file.",
+            ["file"],
+            registry=r,
+        )
 
         # Failovers
         self.failovers = Counter(

@@ -1,7 +1,8 @@
 """`jupiterd run`: the daemon's lifecycle around the supervisor.
 
-Load and validate the configuration (exit 78 on error), resume a plan a
-crash interrupted, start the HTTP listener and the probes, tell systemd
+Load and validate the configuration (exit 78 on error), take the state
+directory's daemon lock (exit 75 while another daemon holds it), resume a
+plan a crash interrupted, start the HTTP listener and the probes, tell systemd
 READY=1, then serve until SIGTERM/SIGINT. SIGHUP reloads: the new file is
 validated first; on error the running configuration stays, the error is
 logged and exported. Signal handlers only set flags. Scheduled dry-run
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, statefile
 from .api import start_server
 from .config import Config, ConfigError, load_config
 from .daemon import Supervisor
@@ -31,6 +34,38 @@ InventoryFactory = Callable[[Config, Metrics, Executor], Inventory]
 # A dry-run executor for the scheduled drills; None: no drills.
 DrillExecutorFactory = Callable[[Config, Metrics], Executor] | None
 
+DAEMON_LOCK = "daemon.lock"
+# Another daemon holds the state directory. Not worth restarting for: the
+# unit lists it in RestartPreventExitStatus (with 78, a bad configuration).
+EXIT_STATE_DIR_BUSY = 75
+
+
+def lock_state_dir(state_dir: str) -> int | str | None:
+    """Take the daemon lock of ``state_dir`` for the process's lifetime:
+    only one daemon decides per state directory. Returns the descriptor;
+    the sentence why not when another process holds it; None when the lock
+    file cannot be opened (an unwritable state directory: no plan can be
+    journaled there either, so monitoring goes on)."""
+    path = Path(state_dir) / DAEMON_LOCK
+    try:
+        Path(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = statefile.lock_file(path, statefile.DAEMON_LOCK)
+    except OSError as exc:
+        logs.get("jupiterd").error(
+            "cannot take the daemon lock; running without it",
+            path=str(path),
+            error=exc.strerror or str(exc),
+        )
+        return None
+    if fd is None:
+        pid = statefile.holder_pid(path, statefile.DAEMON_LOCK)
+        who = f"pid {pid}" if pid else "pid unknown"
+        return (
+            f"another jupiterd ({who}) already runs on the state directory {state_dir} "
+            f"(lock {path}); refusing to start a second one"
+        )
+    return fd
+
 
 async def serve(
     config_path: str,
@@ -44,6 +79,10 @@ async def serve(
 ) -> int:
     config = config or load_config(config_path)
     logs.configure(config.log.level, config.log.format)
+    lock = lock_state_dir(config.state_dir)
+    if isinstance(lock, str):
+        logs.get("jupiterd").error(lock, state_dir=config.state_dir)
+        return EXIT_STATE_DIR_BUSY
     notifier = notifier or Notifier()
     metrics = Metrics()
     executor = make_executor(config, dry_run, metrics)
@@ -62,6 +101,8 @@ async def serve(
         close = getattr(executor, "close", None)
         if close is not None:
             close()  # its thread pool and the journal's file
+        if lock is not None:
+            os.close(lock)  # the daemon lock goes with it
 
 
 class _Drills:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jupiterd import statefile
 from jupiterd.journal import (
     JOURNAL_NAME,
     KILL_ENV,
@@ -21,6 +22,7 @@ from jupiterd.journal import (
     JournalError,
     LockBusy,
     PlanLock,
+    held_services,
 )
 
 
@@ -72,15 +74,39 @@ def test_a_rerun_step_is_pending_again(tmp_path: Path):
     assert not p.ended_ok("standby_healthy")
 
 
-def test_torn_last_line_and_garbage_are_skipped(tmp_path: Path):
+def test_a_torn_last_line_is_skipped_not_damage(tmp_path: Path):
     j = Journal(tmp_path)
     pid = _plan(j)
     j.begin(pid, "start_standby")
     j.close()
     with open(tmp_path / JOURNAL_NAME, "ab") as f:
-        f.write(b'["not a record"]\n{"t":"begin","id":7}\n{"t":"end","id":"' + pid.encode())
+        f.write(b'{"t":"end","id":"' + pid.encode())
     [p] = Journal(tmp_path).unfinished()
     assert p.steps["start_standby"].begun and not p.steps["start_standby"].ended
+    assert not statefile.evidence(tmp_path)
+    # The next record is not glued to the torn one.
+    j = Journal(tmp_path)
+    j.end(pid, "start_standby", True, 1.0, "started")
+    [p] = j.unfinished()
+    assert p.ended_ok("start_standby")
+    assert not statefile.evidence(tmp_path)
+
+
+def test_garbage_before_the_last_line_is_damage(tmp_path: Path):
+    """A bad record in the middle is not a crash mid-write: the journal is
+    moved aside and every service is held (the lines name no plan)."""
+    j = Journal(tmp_path)
+    pid = _plan(j)
+    j.begin(pid, "start_standby")
+    j.close()
+    with open(tmp_path / JOURNAL_NAME, "ab") as f:
+        f.write(b'["not a record"]\n{"t":"begin","id":7}\n')
+    assert Journal(tmp_path).unfinished() == []
+    [moved] = statefile.evidence(tmp_path)
+    assert moved.name.startswith(JOURNAL_NAME + ".damaged-")
+    assert not (tmp_path / JOURNAL_NAME).exists()
+    held = held_services(tmp_path, ["web", "api"])
+    assert set(held) == {"web", "api"} and "state-files ack" in held["web"]
 
 
 @settings(max_examples=200, deadline=None)
