@@ -325,7 +325,11 @@ def test_pause_works_without_the_probe_secrets(tmp_path, listener):
             env=bare,
             timeout=30,
         )
-        assert r.returncode == 78 and "TURN_SECRET_X is not set" in r.stderr
+        assert r.returncode == 78
+        assert (
+            "coturn.probe.options.secret.env: the environment variable named here is not set"
+            in (r.stderr)
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
