@@ -404,3 +404,47 @@ def test_secret_file_that_is_a_pipe_or_device_is_read_bounded(tmp_path):
         "services:\n  a: {probe: {kind: turn, port: 1, options: {secret: {file: /dev/zero}}}}\n"
     )
     assert "options.secret.file: the file named here is over 64 KiB" in _refused(p)
+
+
+COMMANDS = [
+    ["check-config", "FILE"],
+    ["--config", "FILE"],
+    ["run", "--config", "FILE"],
+    ["pause", "--config", "FILE"],
+    ["resume", "--config", "FILE"],
+    ["status", "--config", "FILE"],
+    ["failover", "a", "--config", "FILE"],
+    ["failback", "a", "--config", "FILE"],
+    ["failover-all", "--config", "FILE"],
+    ["failback-all", "--config", "FILE"],
+    ["iam-policy", "--config", "FILE"],
+]
+
+
+@pytest.mark.slow
+def test_every_command_that_loads_the_config_exits_78_with_one_line(tmp_path):
+    files = {
+        "not UTF-8 text": GOOD.encode() + b"# caf\xe9\n",
+        "nested more than 64 levels deep": GOOD.encode() + b"x: " + b"[" * 20000,
+        "expands to more than 100,000 values": (
+            "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+            + GOOD
+        ).encode(),
+    }
+    paths = {}
+    for i, (sentence, data) in enumerate(files.items()):
+        paths[sentence] = tmp_path / f"bad{i}.yaml"
+        paths[sentence].write_bytes(data)
+    for n, command in enumerate(COMMANDS):
+        sentence = list(files)[n % len(files)]
+        argv = [str(paths[sentence]) if a == "FILE" else a for a in command]
+        r = subprocess.run(
+            [sys.executable, "-m", "jupiterd", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 78, (command, r.stderr[-500:])
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert sentence in r.stderr and str(paths[sentence]) in r.stderr, (command, r.stderr)
