@@ -557,12 +557,12 @@ def _parse_config(doc: Any, path: str | None, secrets: bool) -> Config:
 
 # --------------------------------------------------------------------------- reading
 # Bounds on what a file may make the loader do. Each is far above any real
-# configuration (the full example: 7 KiB, depth 8, about 400 values).
+# configuration (the full example: 10 KiB, depth 8, about 400 values).
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_SECRET_BYTES = 64 * 1024
 MAX_DEPTH = 64  # nested mappings and lists, counted through aliases
-MAX_VALUES = 100_000  # scalars, mappings and lists; an alias counts each time it is used
+MAX_VALUES = 50_000  # scalars, mappings and lists; an alias counts each time it is used
 MAX_TEXT = 4 * 1024 * 1024  # characters of scalar text, aliases expanded likewise
 
 
