@@ -10,10 +10,12 @@ it before anything else changes.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
+import stat
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -29,7 +31,7 @@ from pydantic import (
 )
 
 import probes
-from probes.options import OptionError, ProbeOptions, parse_hostport
+from probes.options import OptionError, ProbeOptions, parse_hostport, quote
 
 # --------------------------------------------------------------------------- errors
 
@@ -38,6 +40,12 @@ class ConfigError(Exception):
     """An invalid configuration. ``str()`` is the whole message for the user."""
 
     def __init__(self, path: str | None, key: str | None, message: str) -> None:
+        # One line, bounded: a message never carries a whole value the file gave.
+        if key is not None and len(key) > 200:
+            key = key[:200] + "…"
+        message = " ".join(message.split()) if "\n" in message else message
+        if len(message) > 300:
+            message = message[:300] + "…"
         self.path = path
         self.key = key
         self.message = message
@@ -50,18 +58,32 @@ class ConfigError(Exception):
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# No timer or window of jupiterd is meant to be longer: a bigger number is a typo.
+MAX_DURATION = 366 * 86400.0
+
+
+def _finite_seconds(seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration longer than a year is not accepted (a typo?)")
+    return seconds
 
 
 def parse_duration(value: Any) -> Any:
-    """``2``, ``2.5``, ``"250ms"``, ``"2s"``, ``"10m"``, ``"1h30m"`` -> seconds."""
+    """``2``, ``2.5``, ``"250ms"``, ``"2s"``, ``"10m"``, ``"1h30m"`` -> seconds.
+    Infinite, NaN and longer-than-a-year values are refused."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '250ms', '2s', '10m'")
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return _finite_seconds(float(value))
+        except OverflowError:  # an int too large for a float
+            raise ValueError("a duration must be a finite number of seconds") from None
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
         if re.fullmatch(r"\d+(\.\d+)?", text):
-            return float(text)
+            return _finite_seconds(float(text))
         pos = 0
         total = 0.0
         for m in _DURATION_RE.finditer(text):
@@ -70,9 +92,9 @@ def parse_duration(value: Any) -> Any:
             total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
             pos = m.end()
         if pos == len(text) and text:
-            return total
+            return _finite_seconds(total)
     raise ValueError(
-        f"'{value}' is not a duration (use seconds, or e.g. '250ms', '2s', '10m', '1h')"
+        f"{quote(value)} is not a duration (use seconds, or e.g. '250ms', '2s', '10m', '1h')"
     )
 
 
@@ -81,7 +103,10 @@ PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # allow_inf_nan=False: .inf, .nan, "inf" and "nan" are refused in every float.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------- sections
@@ -208,7 +233,7 @@ class InstanceRef(Model):
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         if v is not None and (not v or "/" in v or " " in v):
-            raise ValueError(f"'{v}' is not a host name or IP address")
+            raise ValueError(f"{quote(v)} is not a host name or IP address")
         return v
 
 
@@ -320,7 +345,8 @@ class DrillConfig(Model):
         try:
             cron_trigger(v)
         except ValueError as exc:
-            raise ValueError(f"'{v}' is not a crontab expression: {exc}") from None
+            why = quote(str(exc), 60)[1:-1]
+            raise ValueError(f"{quote(v)} is not a crontab expression: {why}") from None
         return v
 
 
@@ -343,7 +369,7 @@ class Config(Model):
         for name in v:
             if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
                 raise ValueError(
-                    f"service name '{name}' must be lower-case letters, digits, '-' or '_'"
+                    f"service name {quote(name)} must be lower-case letters, digits, '-' or '_'"
                 )
         return v
 
@@ -376,24 +402,54 @@ def _is_secret_field(opts: type[ProbeOptions], key: str) -> bool:
 UNRESOLVED_SECRET = "<secret not loaded>"
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
 def _resolve_secret(value: Any, key: str, resolve: bool = True) -> Any:
-    """``{env: NAME}`` or ``{file: PATH}`` -> the secret's text."""
+    """``{env: NAME}`` or ``{file: PATH}`` -> the secret's text.
+
+    No message quotes what was given: an operator may have pasted the secret
+    itself where the variable's name or the file's path belongs."""
     if not isinstance(value, Mapping):
         return value
-    if not resolve and set(value) in ({"env"}, {"file"}):
-        return UNRESOLVED_SECRET
     if set(value) == {"env"}:
-        name = str(value["env"])
+        name = value["env"]
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                None,
+                f"{key}.env",
+                "expected the name of an environment variable "
+                "(letters, digits and '_'); the secret itself does not go here",
+            )
+        if not resolve:
+            return UNRESOLVED_SECRET
         if name not in os.environ:
-            raise ConfigError(None, key, f"environment variable {name} is not set")
+            raise ConfigError(None, f"{key}.env", "the environment variable named here is not set")
         return os.environ[name]
     if set(value) == {"file"}:
-        path = Path(str(value["file"]))
+        path = value["file"]
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ConfigError(None, f"{key}.file", "expected the path of a file holding the secret")
+        if not resolve:
+            return UNRESOLVED_SECRET
         try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+            data = read_bounded(path, MAX_SECRET_BYTES)
+        except FileTooLarge:
             raise ConfigError(
-                None, key, f"cannot read secret file {path}: {exc.strerror}"
+                None,
+                f"{key}.file",
+                f"the file named here is over {MAX_SECRET_BYTES // 1024} KiB: not a secret",
+            ) from None
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                None, f"{key}.file", f"cannot read the file named here: {why}"
+            ) from None
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(
+                None, f"{key}.file", "the file named here is not UTF-8 text"
             ) from None
     raise ConfigError(None, key, "a secret is a string, {env: NAME} or {file: PATH}")
 
@@ -441,7 +497,7 @@ def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
     err = errors[0]
     # pydantic names union branches in the location ("dict[str,any]",
     # "ProbeOptions"); they mean nothing to the person editing the file.
-    loc = [str(p) for p in err["loc"]]
+    loc = [quote(str(p), 64)[1:-1] for p in err["loc"]]
     while len(loc) > 1 and ("[" in loc[-1] or loc[-1][:1].isupper()):
         loc.pop()
     key = ".".join(loc) or "(top level)"
@@ -464,7 +520,17 @@ def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
 
 def parse_config(doc: Any, path: str | None = None, *, secrets: bool = True) -> Config:
     """Validate an already-parsed YAML document. ``secrets=False`` leaves
-    ``{env:}``/``{file:}`` secret references unread (placeholders)."""
+    ``{env:}``/``{file:}`` secret references unread (placeholders). Raises
+    ``ConfigError`` and nothing else."""
+    try:
+        return _parse_config(doc, path, secrets)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a validator's defect must not escape as a traceback
+        raise ConfigError(path, None, f"cannot be validated ({type(exc).__name__})") from None
+
+
+def _parse_config(doc: Any, path: str | None, secrets: bool) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError(path, None, "the file must be a YAML mapping with a 'services' key")
     try:
@@ -477,7 +543,7 @@ def parse_config(doc: Any, path: str | None = None, *, secrets: bool = True) -> 
         for i, drill in enumerate(cfg.drills):
             for s in drill.services:
                 if s != "*" and s not in cfg.services:
-                    raise ConfigError(None, f"drills.{i}.services", f"no service named '{s}'")
+                    raise ConfigError(None, f"drills.{i}.services", f"no service named {quote(s)}")
         for name in cfg.services:
             try:
                 cfg.thresholds(name)
@@ -489,18 +555,219 @@ def parse_config(doc: Any, path: str | None = None, *, secrets: bool = True) -> 
     return cfg.model_copy(update={"services": services})
 
 
-def load_config(path: str, *, secrets: bool = True) -> Config:
+# --------------------------------------------------------------------------- reading
+# Bounds on what a file may make the loader do. Each is far above any real
+# configuration (the full example: 10 KiB, depth 8, about 400 values).
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_SECRET_BYTES = 64 * 1024
+MAX_DEPTH = 64  # nested mappings and lists, counted through aliases
+MAX_VALUES = 50_000  # scalars, mappings and lists; an alias counts each time it is used
+MAX_TEXT = 4 * 1024 * 1024  # characters of scalar text, aliases expanded likewise
+
+
+class FileTooLarge(Exception):
+    """More bytes than the reader's limit."""
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` (``FileTooLarge`` beyond, an
+    ``OSError`` for a directory or an unreadable file). A FIFO or a device
+    is read to its end or the limit, never slurped whole."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, None, "no such file (set --config or JUPITERD_CONFIG)") from None
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            os.set_blocking(fd, True)  # a pipe: wait for its writer
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileTooLarge
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _Refused(Exception):
+    """A document the loader will not build, at a place in the file."""
+
+    def __init__(self, message: str, mark: Any, note: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+        self.note = note
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with bounds, checked while the document is
+    composed (before anything is built): nesting depth, the number of values
+    and the amount of text with every alias expanded (a "billion laughs"
+    stops at the limit instead of exhausting memory), no alias cycles, and
+    no duplicate keys in a mapping (YAML says they are an error; PyYAML
+    would keep the last). Anchors, aliases and merge keys work as usual."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._composed = 0
+        # id(node) -> (values, height, characters) with aliases expanded.
+        self._sizes: dict[int, tuple[int, int, int]] = {}
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Refused in the scanner already: it keeps a possible key per open
+        # bracket and checks them all at every token (quadratic in depth).
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise _Refused(
+                    "an alias refers to the mapping or list that contains it", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        self._composed += 1
+        if self._composed > MAX_VALUES:
+            raise _Refused(f"more than {MAX_VALUES:,} values", event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._measure(node)
+        return node
+
+    def _measure(self, node: Any) -> None:
+        if isinstance(node, yaml.ScalarNode):
+            values, height, text = 1, 1, len(node.value)
+        else:
+            children = (
+                [n for pair in node.value for n in pair]
+                if isinstance(node, yaml.MappingNode)
+                else node.value
+            )
+            sizes = [self._sizes[id(c)] for c in children]
+            values = 1 + sum(v for v, _, _ in sizes)
+            height = 1 + max((h for _, h, _ in sizes), default=0)
+            text = sum(t for _, _, t in sizes)
+        if values > MAX_VALUES or text > MAX_TEXT:
+            raise _Refused(
+                f"expands to more than {MAX_VALUES:,} values or {MAX_TEXT // 1048576} MiB "
+                "of text (each use of an alias counts)",
+                node.start_mark,
+            )
+        if height > MAX_DEPTH:
+            raise _Refused(
+                f"nested more than {MAX_DEPTH} levels deep (counting through aliases)",
+                node.start_mark,
+            )
+        self._sizes[id(node)] = (values, height, text)
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused(
+                    "a key must be a plain value, not a mapping or list", key_node.start_mark
+                )
+            key = self.construct_object(key_node)
+            first = seen.get(key)
+            if first is not None:
+                raise _Refused(
+                    f"duplicate key {quote(key)}",
+                    key_node.start_mark,
+                    f" (first at line {first.line + 1})",
+                )
+            seen[key] = key_node.start_mark
+        return node
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        # PyYAML's scalar constructors raise ValueError, KeyError and more
+        # for values such as `!!int x`, `!!bool maybe` or `2001-13-45`.
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, _Refused):
+            raise
+        except Exception:
+            kind = str(node.tag).rsplit(":", 1)[-1][:20]
+            raise _Refused(f"not a valid {kind} value", node.start_mark) from None
+
+
+def _where(mark: Any) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _parse_yaml(data: bytes, path: str) -> Any:
     try:
-        doc = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            path, None, f"not UTF-8 text (an invalid byte at line {line}, byte {exc.start})"
+        ) from None
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # checks the characters already
+        return loader.get_single_data()
+    except _Refused as exc:
+        raise ConfigError(path, None, f"{exc.message}{_where(exc.mark)}{exc.note}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            path,
+            None,
+            f"a character YAML does not allow (#x{exc.character:04x}) at character {exc.position}",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(path, None, f"YAML syntax error{where}: {problem}") from None
+        # PyYAML's problem may quote an anchor or tag from the file: cut short.
+        problem = str(getattr(exc, "problem", None) or "invalid YAML")[:100]
+        raise ConfigError(path, None, f"YAML syntax error{_where(mark)}: {problem}") from None
+    except Exception as exc:  # a PyYAML defect must not escape as a traceback
+        raise ConfigError(path, None, f"cannot be read as YAML ({type(exc).__name__})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_config(path: str, *, secrets: bool = True) -> Config:
+    """The configuration in ``path``, or a ``ConfigError`` (and nothing
+    else) with one sentence naming the file."""
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file (set --config or JUPITERD_CONFIG)") from None
+    except FileTooLarge:
+        raise ConfigError(
+            path, None, f"larger than {MAX_FILE_BYTES // 1048576} MiB: not a configuration file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            path, None, f"cannot read: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except ValueError:  # a NUL in the path
+        raise ConfigError(path, None, "cannot read: not a valid path") from None
+    doc = _parse_yaml(data, path)
+    if doc is None:
+        raise ConfigError(
+            path, None, "the file is empty (expected a mapping with a 'services' key)"
+        )
     return parse_config(doc, path, secrets=secrets)

@@ -4,9 +4,10 @@ Load and validate the configuration (exit 78 on error), take the state
 directory's daemon lock (exit 75 while another daemon holds it), resume a
 plan a crash interrupted, start the HTTP listener and the probes, tell systemd
 READY=1, then serve until SIGTERM/SIGINT. SIGHUP reloads: the new file is
-validated first; on error the running configuration stays, the error is
-logged and exported. Signal handlers only set flags. Scheduled dry-run
-drills run alongside when the configuration has some.
+validated first; on any error reading or validating it the running
+configuration stays, the error is logged (one line) and exported. Signal
+handlers only set flags. Scheduled dry-run drills run alongside when the
+configuration has some.
 """
 
 from __future__ import annotations
@@ -193,9 +194,13 @@ async def _serve(
                 reload.clear()
                 notifier.reloading()
                 try:
-                    new = load_config(config_path)
-                except ConfigError as exc:
-                    sup.reload_failed(str(exc))
+                    # Off the loop: a file at the size bound takes a while to parse.
+                    new = await asyncio.to_thread(load_config, config_path)
+                except Exception as exc:  # any failure keeps the running configuration
+                    if isinstance(exc, ConfigError):
+                        sup.reload_failed(str(exc))
+                    else:  # load_config raises only ConfigError; a defect must not kill us
+                        sup.reload_failed(f"{config_path}: cannot be loaded ({type(exc).__name__})")
                 else:
                     await sup.reload(new)
                     await drills.stop()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .options import OptionError, ProbeOptions, parse_host, parse_hostport, parse_url
+from .options import OptionError, ProbeOptions, parse_host, parse_hostport, parse_url, quote
 from .result import (
     REASON_DESCRIPTIONS,
     MonitorCause,
@@ -111,7 +111,7 @@ def get_kind(name: str) -> Kind:
     try:
         return KINDS[name]
     except KeyError:
-        raise OptionError(f"unknown probe kind '{name}' (known: {', '.join(KINDS)})") from None
+        raise OptionError(f"unknown probe kind {quote(name)} (known: {', '.join(KINDS)})") from None
 
 
 async def run(

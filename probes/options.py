@@ -21,6 +21,24 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
+def quote(value: Any, limit: int = 40) -> str:
+    """A value the user gave, for an error message: a string quoted and cut
+    to ``limit`` characters (control characters escaped, so the message stays
+    one line), a number cut likewise, anything else named by its type only.
+    Never the whole of an unbounded value."""
+    if isinstance(value, str):
+        text = value[:limit]
+        if not text.isprintable():
+            text = text.encode("unicode_escape").decode("ascii")[:limit]
+        return f"'{text}…'" if len(value) > limit else f"'{text}'"
+    if value is None or isinstance(value, bool | float):
+        return str(value)[:limit]
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 128 else "a number too large to show"
+    names: dict[type, str] = {dict: "a mapping", list: "a list", tuple: "a list"}
+    return names.get(type(value), f"a value of type {type(value).__name__[:limit]}")
+
+
 class OptionError(ValueError):
     """A probe option or target is invalid. The message names the key."""
 
@@ -32,7 +50,9 @@ class OptionError(ValueError):
 class ProbeOptions(BaseModel):
     """Base of every probe's options: frozen, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> Self:
@@ -51,7 +71,7 @@ def option_error(model: type[BaseModel], exc: ValidationError) -> OptionError:
         if isinstance(cause, OptionError):
             return OptionError(str(cause), cause.key)
     err = errors[0]
-    key = ".".join(str(p) for p in err["loc"]) or "?"
+    key = ".".join(quote(str(p), 64)[1:-1] for p in err["loc"]) or "?"
     if err["type"] == "extra_forbidden":
         known = ", ".join(sorted(model.model_fields)) or "none"
         return OptionError(f"unknown option '{key}' (known: {known})", key)
@@ -69,7 +89,7 @@ class HostPort:
 
 def _check_port(text: str, target: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise OptionError(f"target '{target}': port must be a number from 1 to 65535")
+        raise OptionError(f"target {quote(target)}: port must be a number from 1 to 65535")
     return int(text)
 
 
@@ -83,11 +103,11 @@ def parse_hostport(target: str, default_port: int | None) -> HostPort:
         parts = urlsplit(text)
         text = parts.netloc.rsplit("@", 1)[-1]
     if not text:
-        raise OptionError(f"target '{target}': empty host")
+        raise OptionError(f"target {quote(target)}: empty host")
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
-            raise OptionError(f"target '{target}': missing ']' after an IPv6 address")
+            raise OptionError(f"target {quote(target)}: missing ']' after an IPv6 address")
         port = _check_port(rest[1:], target) if rest.startswith(":") else default_port
     elif text.count(":") > 1:
         host, port = text, default_port  # a bare IPv6 address
@@ -97,14 +117,16 @@ def parse_hostport(target: str, default_port: int | None) -> HostPort:
     else:
         host, port = text, default_port
     if not host:
-        raise OptionError(f"target '{target}': empty host")
+        raise OptionError(f"target {quote(target)}: empty host")
     if ":" in host or text.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise OptionError(f"target '{target}': '{host}' is not an IPv6 address") from None
+            raise OptionError(
+                f"target {quote(target)}: {quote(host)} is not an IPv6 address"
+            ) from None
     if port is None:
-        raise OptionError(f"target '{target}': a port is required (host:port)")
+        raise OptionError(f"target {quote(target)}: a port is required (host:port)")
     return HostPort(host, port)
 
 
@@ -115,7 +137,7 @@ def parse_host(target: str) -> str:
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     if not text or "/" in text or (text.count(":") == 1):
-        raise OptionError(f"target '{target}': expected a host name or IP address, no port")
+        raise OptionError(f"target {quote(target)}: expected a host name or IP address, no port")
     return text
 
 
@@ -149,7 +171,7 @@ def parse_url(target: str, default_port: int, *, tls: bool = False) -> Url:
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "ws", "wss"):
-        raise OptionError(f"target '{target}': scheme must be http, https, ws or wss")
+        raise OptionError(f"target {quote(target)}: scheme must be http, https, ws or wss")
     secure = scheme in ("https", "wss")
     hp = parse_hostport(parts.netloc, 443 if secure else 80)
     scheme = "https" if secure else "http"

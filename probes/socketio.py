@@ -34,7 +34,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from . import engineio as eio
 from .httpclient import TOKEN, HttpConnection, Response, excerpt
-from .options import ProbeOptions, parse_url
+from .options import ProbeOptions, parse_url, quote
 from .result import ProbeFailure, ProbeResult, Reason, Trace, entrypoint
 from .websocket import WebSocket, WebSocketError, open_websocket
 
@@ -130,9 +130,9 @@ class Options(ProbeOptions):
     def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
             if not TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
-                raise ValueError(f"invalid header {name!r}")
+                raise ValueError(f"invalid header {quote(name)}")
             if name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"header {name!r} is set by the probe itself")
+                raise ValueError(f"header {quote(name)} is set by the probe itself")
         return value
 
     def model_post_init(self, context: Any) -> None:

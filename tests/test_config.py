@@ -3,6 +3,7 @@ examples, secrets, defaults."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,295 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+GOOD = "services:\n  a: {probe: {kind: tcp, port: 1}}\n"
+
+
+def _refused(path: Path) -> str:
+    """The one-sentence ConfigError ``load_config`` gives for ``path``."""
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg, msg
+    return msg
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(GOOD.encode() + b"# caf\xe9 in Latin-1\n")
+    assert "not UTF-8 text (an invalid byte at line 3" in _refused(p)
+
+
+def test_a_directory_an_empty_file_and_a_pipe_without_writer_are_refused(tmp_path):
+    assert "cannot read: Is a directory" in _refused(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert "the file is empty" in _refused(empty)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert "the file is empty" in _refused(fifo)  # read to its end, not waited on
+
+
+def test_a_file_over_one_mib_is_refused_unread(tmp_path):
+    p = tmp_path / "big.yaml"
+    p.write_text(GOOD + "#" * (1024 * 1024) + "\n")
+    assert "larger than 1 MiB: not a configuration file" in _refused(p)
+
+
+def test_deep_nesting_is_refused_before_python_recursion(tmp_path):
+    """An explicit bound, not a caught RecursionError (which would say
+    "cannot be read as YAML (RecursionError)")."""
+    for text in (
+        "x: " + "[" * 5000 + "]" * 5000,
+        "x: " + "{a: " * 5000 + "1" + "}" * 5000,
+        "x:\n" + "".join("  " * i + "- \n" for i in range(1, 300)),
+        "x:\n" + "- " * 5000 + "1",
+    ):
+        p = tmp_path / "deep.yaml"
+        p.write_text(GOOD + text + "\n")
+        assert "nested more than 64 levels deep at line " in _refused(p)
+
+
+def test_alias_nesting_counts_through_aliases(tmp_path):
+    """Each anchor 40 deep, each alias adding 40 more: only the expanded
+    depth is over the bound."""
+    lines = ["a0: &a0 " + "[" * 40 + "]" * 40]
+    lines += [f"a{i}: &a{i} " + "[" * 39 + f"*a{i - 1}" + "]" * 39 for i in range(1, 4)]
+    p = tmp_path / "c.yaml"
+    p.write_text("\n".join(lines) + "\n" + GOOD)
+    assert "nested more than 64 levels deep (counting through aliases) at line 2" in _refused(p)
+
+
+def test_a_billion_laughs_is_refused_quickly_and_never_echoed(tmp_path):
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    p = tmp_path / "c.yaml"
+    # In a field whose error would quote its value: the duration.
+    p.write_text("\n".join(lines) + "\ndefaults: {interval: *a9}\n" + GOOD)
+    msg = _refused(p)
+    assert "expands to more than 50,000 values" in msg and "lol" not in msg
+    # Big but under the bound: the duration's error quotes no list.
+    p.write_text("\n".join(lines[:4]) + "\ndefaults: {interval: *a3}\n" + GOOD)
+    msg = _refused(p)
+    assert msg.endswith(
+        "defaults.interval: a list is not a duration (use seconds, "
+        "or e.g. '250ms', '2s', '10m', '1h')"
+    ), msg
+
+
+def test_a_long_text_repeated_by_aliases_is_refused(tmp_path):
+    lines = ["t: &t '" + "x" * 60000 + "'", "l: &l [" + ", ".join(["*t"] * 100) + "]"]
+    p = tmp_path / "c.yaml"
+    p.write_text("\n".join(lines) + "\n" + GOOD)
+    assert "4 MiB of text" in _refused(p)
+
+
+def test_anchors_aliases_and_merge_keys_still_work(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "x-tcp: &tcp {probe: {kind: tcp, port: 1}, thresholds: &th {fall: 4, rise: 3}}\n"
+        "services:\n"
+        "  a: *tcp\n"
+        "  b: {<<: *tcp, thresholds: {<<: *th, fall: 5}}\n"
+    )
+    with pytest.raises(ConfigError, match="x-tcp: unknown key"):
+        load_config(str(p))  # the anchor's own key is still an unknown key
+    p.write_text(p.read_text().replace("x-tcp: &tcp", "services: &tcp", 1))
+    with pytest.raises(ConfigError, match="duplicate key 'services' at line 2"):
+        load_config(str(p))
+    p.write_text(
+        "defaults: &d {fall: 4, rise: 3}\n"
+        "services:\n"
+        "  a: &a {probe: {kind: tcp, port: 1}, thresholds: *d}\n"
+        "  b: {<<: *a, thresholds: {<<: *d, fall: 5}}\n"
+    )
+    cfg = load_config(str(p))
+    assert (cfg.thresholds("a").fall, cfg.thresholds("a").rise) == (4, 3)
+    assert (cfg.thresholds("b").fall, cfg.thresholds("b").rise) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "doc,key",
+    [
+        ("services: {a: {probe: {kind: tcp, port: 1}}, a: {probe: {kind: tcp, port: 2}}}", "'a'"),
+        ("services:\n  a: {probe: {kind: tcp, port: 1}}\nservices: {}", "'services'"),
+        ("services: {a: {probe: {kind: tcp, port: 1, port: 2}}}", "'port'"),
+        (
+            "services: {a: {probe: {kind: tcp, port: 1}}}\nlog: {level: info, level: debug}",
+            "'level'",
+        ),
+        ("services: {a: {probe: {kind: tcp, port: 1}}}\n1: a\n0x1: b", "1"),
+    ],
+)
+def test_duplicate_keys_are_an_error_naming_the_key(tmp_path, doc, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(doc + "\n")
+    assert f"duplicate key {key} at line" in _refused(p)
+
+
+def _short_id(value: object) -> str:
+    text = str(value)
+    return text if len(text) < 50 else text[:40] + "..."
+
+
+@pytest.mark.parametrize(
+    "doc,key",
+    [
+        ("defaults: {interval: .inf}", "defaults.interval"),
+        ("defaults: {cooldown: .inf}", "defaults.cooldown"),
+        ("defaults: {min_down: .nan}", "defaults.min_down"),
+        (
+            "defaults: {cooldown: '9999999999999999999999999999999999999999999999999999d'}",
+            "defaults.cooldown",
+        ),
+        ("defaults: {failover_after: 1e400}", "defaults.failover_after"),
+        (f"defaults: {{failover_after: {'9' * 400}}}", "defaults.failover_after"),
+        ("defaults: {jitter: .nan}", "defaults.jitter"),
+        ("defaults: {jitter: nan}", "defaults.jitter"),
+        ("guards: {isolation: {fraction: .nan}}", "guards.isolation.fraction"),
+        ("guards: {isolation: {window: .inf}}", "guards.isolation.window"),
+        ("aws: {read_timeout: .inf}", "aws.read_timeout"),
+        (
+            "services: {a: {probe: {kind: tcp, port: 1}, thresholds: {cooldown: .inf}}}",
+            "services.a.thresholds.cooldown",
+        ),
+        (
+            "services: {a: {probe: {kind: turn, options: {rto: .nan}}}}",
+            "services.a.probe.options.rto",
+        ),
+    ],
+    ids=_short_id,
+)
+def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, doc, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(doc + "\n" + ("" if "services" in doc else GOOD))
+    msg = _refused(p)
+    assert f": {key}: " in msg and ("finite" in msg or "duration" in msg), msg
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("nan"), "inf", "nan", 10**400, "9" * 400], ids=_short_id
+)
+def test_parse_duration_refuses_non_finite(value):
+    with pytest.raises(ValueError, match=r"finite|not a duration"):
+        parse_duration(value)
+
+
+def test_values_quoted_in_errors_are_cut_short(tmp_path):
+    long = "x" * 5000
+    for doc in (
+        f"services: {{a: {{probe: {{kind: {long}}}}}}}",
+        f"services: {{A{long}: {{probe: {{kind: tcp, port: 1}}}}}}",
+        f"defaults: {{interval: {long}}}\n{GOOD}",
+        f"http: {{listen: '{long}'}}\n{GOOD}",
+        f"drills: [{{schedule: '{long}'}}]\n{GOOD}",
+        f"services: {{a: {{probe: {{kind: tcp, port: 1, options: {{{long}: 1}}}}}}}}",
+        f"services: {{a: {{probe: {{kind: tcp, port: 1}}, primary: {{address: '/{long}'}}}}}}",
+    ):
+        p = tmp_path / "c.yaml"
+        p.write_text(doc + "\n")
+        msg = _refused(p)
+        assert len(msg) < len(str(p)) + 400 and "x" * 100 not in msg, msg
+
+
+# Where a secret, an env name or a file path is expected, an operator may
+# have pasted the secret itself: no message may quote what was given.
+MARKER = "pasted-SECRET-7f3a9c"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{{env: [{MARKER}]}}",
+        f"{{env: {{{MARKER}: 1}}}}",
+        f"{{env: '{MARKER}'}}",  # not a variable name (dashes)
+        "{env: PASTED_SECRET_7F3A9C}",  # a valid name, not set
+        f"{{file: [{MARKER}]}}",
+        "{file: /nonexistent/PASTED_SECRET_7F3A9C}",
+        "{file: DIRECTORY}",
+        "{file: BIG}",
+        "{file: LATIN1}",
+        f"{{env: X, other: {MARKER}}}",
+        f"{{{MARKER}: x}}",
+        f"[{MARKER}]",
+    ],
+)
+@pytest.mark.parametrize("field", ["turn.secret", "thingsboard.password", "socketio.auth"])
+def test_no_message_quotes_a_value_given_for_a_secret(tmp_path, monkeypatch, value, field):
+    monkeypatch.delenv("PASTED_SECRET_7F3A9C", raising=False)
+    directory = tmp_path / MARKER
+    directory.mkdir()
+    big = tmp_path / f"big-{MARKER}"
+    big.write_text(MARKER * 10000)
+    latin1 = tmp_path / f"latin1-{MARKER}"
+    latin1.write_bytes(MARKER.encode() + b"\xe9\n")
+    value = (
+        value.replace("DIRECTORY", str(directory))
+        .replace("BIG", str(big))
+        .replace("LATIN1", str(latin1))
+    )
+    kind, option = field.split(".")
+    extra = ", username: u" if kind == "thingsboard" else ""
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        f"services:\n  a: {{probe: {{kind: {kind}, port: 1, "
+        f"options: {{{option}: {value}{extra}}}}}}}\n"
+    )
+    msg = _refused(p)
+    assert f"services.a.probe.options.{option}" in msg, msg
+    assert MARKER not in msg.removeprefix(f"{p}: ") and "7F3A9C" not in msg, msg
+
+
+def test_secret_file_that_is_a_pipe_or_device_is_read_bounded(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "services:\n  a: {probe: {kind: turn, port: 1, options: {secret: {file: /dev/zero}}}}\n"
+    )
+    assert "options.secret.file: the file named here is over 64 KiB" in _refused(p)
+
+
+COMMANDS = [
+    ["check-config", "FILE"],
+    ["--config", "FILE"],
+    ["run", "--config", "FILE"],
+    ["pause", "--config", "FILE"],
+    ["resume", "--config", "FILE"],
+    ["status", "--config", "FILE"],
+    ["failover", "a", "--config", "FILE"],
+    ["failback", "a", "--config", "FILE"],
+    ["failover-all", "--config", "FILE"],
+    ["failback-all", "--config", "FILE"],
+    ["iam-policy", "--config", "FILE"],
+]
+
+
+@pytest.mark.slow
+def test_every_command_that_loads_the_config_exits_78_with_one_line(tmp_path):
+    files = {
+        "not UTF-8 text": GOOD.encode() + b"# caf\xe9\n",
+        "nested more than 64 levels deep": GOOD.encode() + b"x: " + b"[" * 20000,
+        "expands to more than 50,000 values": (
+            "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+            + GOOD
+        ).encode(),
+    }
+    paths = {}
+    for i, (sentence, data) in enumerate(files.items()):
+        paths[sentence] = tmp_path / f"bad{i}.yaml"
+        paths[sentence].write_bytes(data)
+    for n, command in enumerate(COMMANDS):
+        sentence = list(files)[n % len(files)]
+        argv = [str(paths[sentence]) if a == "FILE" else a for a in command]
+        r = subprocess.run(
+            [sys.executable, "-m", "jupiterd", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 78, (command, r.stderr[-500:])
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert sentence in r.stderr and str(paths[sentence]) in r.stderr, (command, r.stderr)

@@ -89,7 +89,7 @@ def test_secrets_are_not_needed_to_print_the_policy(
     assert capsys.readouterr().out == SHIPPED.read_text()
     # ... while the daemon's own loading still insists on them.
     assert main(["check-config", str(EXAMPLE)]) == 78
-    assert "JUPITERD_TURN_SECRET is not set" in capsys.readouterr().err
+    assert "secret.env: the environment variable named here is not set" in capsys.readouterr().err
 
 
 def test_config_path_from_the_environment(

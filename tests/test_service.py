@@ -179,6 +179,96 @@ def test_daemon_lifecycle(tmp_path, listener):
     assert up["service"] == "signaling" and up["role"] == "primary" and up["reason"]
 
 
+def _samples(base: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(get(f"{base}/metrics")[1]):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+ALIAS_BOMB = "".join(
+    [
+        "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+        *(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)),
+    ]
+)
+
+
+@pytest.mark.slow
+def test_reload_keeps_the_running_config_whatever_the_new_file(tmp_path, listener):
+    """SIGHUP with a file that is not UTF-8, one nested 50,000 deep, an
+    alias bomb, or a directory: the process stays up on the old
+    configuration (still probing), exports 0, logs one line per attempt."""
+    port = listener.getsockname()[1]
+    http_port = free_port()
+    cfg = tmp_path / "jupiterd.yaml"
+    write_config(cfg, port, http_port, tmp_path / "state")
+    good = cfg.read_bytes()
+    assert b"jitter: 0\n" in good
+    bad = {
+        "not UTF-8 text (an invalid byte at line": good + b"# caf\xe9\n",
+        "nested more than 64 levels deep": good + b"x: " + b"[" * 50000 + b"]" * 50000,
+        "expands to more than 50,000 values": ALIAS_BOMB.encode()
+        + good.replace(b"jitter: 0\n", b"jitter: *a9\n"),
+        "cannot read: Is a directory": None,
+    }
+    out = open(tmp_path / "stdout.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupiterd", "--config", str(cfg)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    probes = {"name": "jupiterd_probe_results_total", "service": "signaling"}
+    try:
+        wait(lambda: _up(base) and _samples(base, **probes) > 0, what="probing")
+        for n, (sentence, data) in enumerate(bad.items(), start=1):
+            if data is None:
+                cfg.unlink()
+                cfg.mkdir()
+            else:
+                cfg.write_bytes(data)
+            proc.send_signal(signal.SIGHUP)
+            wait(
+                lambda n=n: _samples(base, "jupiterd_config_reloads_total", result="failure") == n,
+                what=f"reload failure {n}",
+            )
+            assert proc.poll() is None
+            assert _samples(base, "jupiterd_config_last_reload_successful") == 0
+            doc = json.loads(get(f"{base}/status")[1])
+            assert sentence in doc["config"]["last_reload"]["error"]
+            assert list(doc["services"]) == ["signaling"]
+            seen = _samples(base, **probes)
+            wait(lambda seen=seen: _samples(base, **probes) > seen, what="the old config probing")
+            if data is None:
+                cfg.rmdir()
+        cfg.write_bytes(good)
+        proc.send_signal(signal.SIGHUP)
+        wait(
+            lambda: _samples(base, "jupiterd_config_last_reload_successful") == 1,
+            what="a good file applied",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    text = (tmp_path / "stdout.log").read_text()
+    assert "Traceback" not in text
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"].startswith("configuration reload failed")]
+    assert len(failed) == len(bad)
+    for event, sentence in zip(failed, bad, strict=True):
+        assert sentence in event["error"] and len(event["error"]) < 500
+
+
 def test_second_daemon_on_the_same_port_fails_clearly(tmp_path, listener):
     port = listener.getsockname()[1]
     http_port = free_port()
@@ -325,7 +415,11 @@ def test_pause_works_without_the_probe_secrets(tmp_path, listener):
             env=bare,
             timeout=30,
         )
-        assert r.returncode == 78 and "TURN_SECRET_X is not set" in r.stderr
+        assert r.returncode == 78
+        assert (
+            "coturn.probe.options.secret.env: the environment variable named here is not set"
+            in (r.stderr)
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
