@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -434,3 +438,76 @@ async def test_check_config_calls_127_0_0_40_loopback(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
     rc, _out, err = await _cli("check-config", str(tmp_path / "c.yaml"))
     assert rc == 0 and "not loopback" in err and "http.token" in err
+
+
+# --------------------------------------------------------------------------- a daemon process
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.slow
+def test_a_daemon_keeps_its_descriptors_and_health_check_under_a_flood(tmp_path):
+    """`jupiterd run` on 127.0.0.40 (loopback: no exposure warning); three
+    clients open ten slowloris connections each: at most the per-client cap
+    of each is held, the Dockerfile's HEALTHCHECK still passes, the
+    daemon's descriptors stay bounded, and the read deadline frees them."""
+    from tests.test_dockerfile import _run_check
+
+    peer = socket.socket()
+    peer.bind(("127.0.0.2", 0))
+    peer.listen(64)
+    http_port = free_port(host="127.0.0.40")
+    http = {
+        "listen": f"127.0.0.40:{http_port}",
+        "read_timeout": 5,
+        "max_connections": 16,
+        "max_connections_per_client": 4,
+    }
+    doc = _doc(str(tmp_path / "state"), peer.getsockname()[1], http)
+    doc["log"] = {"format": "json"}
+    cfg = tmp_path / "jupiterd.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupiterd", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.40:{http_port}/healthz"
+    conns: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while _run_check(url).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        before = _fds(proc.pid)
+        for source in ("127.0.0.9", "127.0.0.10", "127.0.0.11"):
+            for _ in range(10):
+                s = socket.create_connection(("127.0.0.40", http_port), 5, (source, 0))
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.40\r\n")  # never finished
+                conns.append(s)
+        assert _fds(proc.pid) <= before + 12 + 4  # the held ones + the probes' own sockets
+        assert _run_check(url).returncode == 0
+        answers = []
+        for s in conns:
+            s.settimeout(30)
+            try:
+                answers.append(s.recv(100)[:12])
+            except ConnectionResetError:
+                answers.append(b"")
+        # Past the per-client cap: 503 at once; the held ones: closed, unanswered,
+        # by the read deadline.
+        assert sorted(answers) == [b""] * 12 + [b"HTTP/1.1 503"] * 18
+        assert _run_check(url).returncode == 0
+        assert _fds(proc.pid) <= before + 4
+    finally:
+        for s in conns:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        peer.close()
+    text = log.read_text()
+    assert '"api exposed"' not in text and "not loopback" not in text
