@@ -285,12 +285,14 @@ class _Refuse(asyncio.Protocol):
 
 class _Conn(asyncio.Protocol):
     """One API connection: counted, and closed when a request takes longer
-    than ``read_timeout`` to arrive. Everything else goes to aiohttp."""
+    than ``read_timeout`` to arrive or the client reads nothing of a
+    response for ``idle_timeout``. Everything else goes to aiohttp."""
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol, peer: str) -> None:
         self.guard, self.inner, self.peer = guard, inner, peer
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.stalled: asyncio.TimerHandle | None = None  # writing paused since
         self.reading = True  # a request is arriving (or the first one is due)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -309,13 +311,24 @@ class _Conn(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
+        # The socket's buffers are full: the client is not reading.
+        if self.stalled is None:
+            loop = asyncio.get_running_loop()
+            self.stalled = loop.call_later(self.guard.http.idle_timeout, self._expired)
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._unstall()
         self.inner.resume_writing()
+
+    def _unstall(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         self.guard.closed(self)
         self.inner.connection_lost(exc)
 
@@ -334,8 +347,9 @@ class _Conn(asyncio.Protocol):
             self.timer = None
 
     def _expired(self) -> None:
-        self.timer = None
-        log.debug("api connection closed: request too slow", peer=self.peer)
+        self._disarm()
+        self._unstall()
+        log.debug("api connection closed: too slow", peer=self.peer)
         if self.transport is not None:
             self.transport.abort()
 

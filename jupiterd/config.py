@@ -134,7 +134,8 @@ class HttpConfig(Model):
     # A request's line, headers and body must arrive within this time of its
     # first byte (or of the connection's start); else the connection closes.
     read_timeout: PositiveSeconds = 5.0
-    # An idle keep-alive connection closes after this long.
+    # An idle keep-alive connection, or one whose client stopped reading a
+    # response, closes after this long.
     idle_timeout: PositiveSeconds = 30.0
     # Connections beyond either cap are answered 503 and closed at once.
     max_connections: int = Field(default=64, ge=1, le=4096)

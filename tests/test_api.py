@@ -413,6 +413,33 @@ async def test_slow_and_idle_clients_are_closed(served):
         w.close()
 
 
+async def test_a_client_that_stops_reading_is_closed(served):
+    """A large /metrics (thousands of targets) to a client that reads none
+    of it: once the socket's buffers are full for idle_timeout, closed."""
+    from prometheus_client import Gauge
+
+    sup, port, _, server = served
+    big = Gauge("jupiterd_test_padding", "padding", ["n"], registry=sup.metrics.registry)
+    for i in range(40_000):  # ~6 MB: more than the socket buffers hold
+        big.labels(str(i).rjust(100, "x")).set(i)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    await asyncio.get_running_loop().sock_sendall(
+        sock, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    stalled = lambda: any(c.stalled for c in server.guard.conns.values())  # noqa: E731
+    await wait_for(stalled, timeout=30, what="the response to fill the socket's buffers")
+    await wait_for(lambda: not server.guard.conns, timeout=30, what="the stalled reader closed")
+    reader, writer = await asyncio.open_connection(sock=sock)
+    received = await _closed_by_peer(reader)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert len(body) < length  # cut off, not finished
+    writer.close()
+
+
 # --------------------------------------------------------------------------- loopback
 
 
