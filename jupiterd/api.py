@@ -14,8 +14,8 @@ guard (``ConnectionGuard``):
   Origin or Referer, a JSON body or none, and, with ``http.token`` set,
   ``Authorization: Bearer TOKEN``;
 - a request must arrive within ``http.read_timeout`` of its first byte, an
-  idle connection closes after ``http.idle_timeout``, and connections
-  beyond ``http.max_connections`` (``max_connections_per_client`` from one
+  idle connection (or one whose client stopped reading a response) closes
+  after ``http.idle_timeout``, and connections beyond ``http.max_connections`` (``max_connections_per_client`` from one
   address) are answered 503 and closed at once, so slow or idle clients
   cannot take the daemon's descriptors.
 """
