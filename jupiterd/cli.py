@@ -102,13 +102,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         f"{path}: OK: {len(cfg.services)} service(s) ({names}); "
         f"http {cfg.http.listen}; {len(cfg.drills)} drill schedule(s)"
     )
-    host = cfg.http.listen.rsplit(":", 1)[0].strip("[]")
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        print(
-            f"note: http.listen {cfg.http.listen} is not loopback: /pause and /resume are "
-            "reachable from the network; firewall them",
-            file=sys.stderr,
-        )
+    if not cfg.http.loopback:
+        from .api import exposed_note
+
+        print(f"note: {exposed_note(cfg.http)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -160,24 +157,28 @@ def _api_post(args: argparse.Namespace, path: str) -> int:
     import urllib.error
     import urllib.request
 
-    cfg = _load(config_path(args.config), secrets=False)  # only http.listen is needed
+    from .api import API_HEADER
+    from .config import load_config
+
+    # Only http (the listener and its token) is needed, not the probe secrets.
+    cfg = load_config(config_path(args.config), secrets=False, http_token=True)
     listen = cfg.http.listen
     url = f"http://{listen}{path}"
     by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "cli"
+    headers = {"Content-Type": "application/json", API_HEADER: "1"}
+    if cfg.http.token is not None:
+        headers["Authorization"] = f"Bearer {cfg.http.token.get_secret_value()}"
     req = urllib.request.Request(
-        url,
-        data=json.dumps({"by": by}).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
+        url, data=json.dumps({"by": by}).encode(), method="POST", headers=headers
     )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             print(resp.read().decode().strip())
     except urllib.error.HTTPError as exc:
         # The daemon answered but did not do all it was asked (e.g. the pause
-        # flag could not be saved): its sentence, and a failure.
-        body = exc.read(4096).decode("utf-8", "replace").strip()
-        print(f"jupiterd: the daemon answered {exc.code}: {body}", file=sys.stderr)
+        # flag could not be saved, or the request was refused): its sentence.
+        body = exc.read(4096).decode("utf-8", "replace").strip()[:500]
+        print(f"jupiterd: the daemon at {url} answered {exc.code}: {body}", file=sys.stderr)
         return EXIT_FAIL
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -11,6 +11,7 @@ it before anything else changes.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -126,11 +128,43 @@ class AwsConfig(Model):
     read_timeout: PositiveSeconds = 10.0
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, all of 127.0.0.0/8 and ::1 (also bracketed or mapped)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
 class HttpConfig(Model):
     # /metrics, /status and /healthz. Loopback by default: exposing it beyond
     # the host (for a remote Prometheus) is a deliberate choice, and the
-    # pause/resume API then needs a firewall in front of it.
+    # pause/resume API then needs a token or a firewall in front of it.
     listen: str = "127.0.0.1:9478"
+    # DNS names a client may use in the Host header besides loopback names,
+    # IP literals and the listen address (DNS rebinding is refused).
+    allowed_hosts: list[str] = []
+    # Bearer token POST /pause and /resume must carry; resolved like a
+    # probe secret (string, {env:} or {file:}).
+    token: SecretStr | None = None
+    # A request's line, headers and body must arrive within this time of its
+    # first byte (or of the connection's start); else the connection closes.
+    read_timeout: PositiveSeconds = 5.0
+    # An idle keep-alive connection, or one whose client stopped reading a
+    # response, closes after this long.
+    idle_timeout: PositiveSeconds = 30.0
+    # Connections beyond either cap are answered 503 and closed at once.
+    max_connections: int = Field(default=64, ge=1, le=4096)
+    max_connections_per_client: int = Field(default=8, ge=1, le=4096)
 
     @field_validator("listen")
     @classmethod
@@ -140,6 +174,51 @@ class HttpConfig(Model):
         except OptionError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for name in v:
+            host = name.strip().rstrip(".").lower()
+            if not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"'{name[:100]}' is not a DNS name (no scheme, port or path)")
+            out.append(host)
+        return out
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, v: Any, info: ValidationInfo) -> Any:
+        resolve = bool((info.context or {}).get("http_token", True))
+        try:
+            value = _resolve_secret(v, "http.token", resolve)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        if value is None or value == UNRESOLVED_SECRET:
+            return value
+        if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x7e]{16,4096}", value):
+            raise ValueError(
+                "the token must be 16 to 4096 printable ASCII characters without spaces"
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_hostport(self.listen, None).host
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def listener_settings(self) -> tuple[Any, ...]:
+        """What only a restart applies (the rest is read per request)."""
+        return (
+            self.listen,
+            self.read_timeout,
+            self.idle_timeout,
+            self.max_connections,
+            self.max_connections_per_client,
+        )
 
 
 class LogConfig(Model):
@@ -518,23 +597,28 @@ def _format_validation_error(exc: ValidationError) -> tuple[str, str]:
     return key, msg
 
 
-def parse_config(doc: Any, path: str | None = None, *, secrets: bool = True) -> Config:
+def parse_config(
+    doc: Any, path: str | None = None, *, secrets: bool = True, http_token: bool | None = None
+) -> Config:
     """Validate an already-parsed YAML document. ``secrets=False`` leaves
-    ``{env:}``/``{file:}`` secret references unread (placeholders). Raises
-    ``ConfigError`` and nothing else."""
+    ``{env:}``/``{file:}`` secret references unread (placeholders); the API
+    token follows ``secrets`` unless ``http_token`` says otherwise (pause
+    and resume need it, not the probe secrets). Raises ``ConfigError`` and
+    nothing else."""
     try:
-        return _parse_config(doc, path, secrets)
+        return _parse_config(doc, path, secrets, http_token)
     except ConfigError:
         raise
     except Exception as exc:  # a validator's defect must not escape as a traceback
         raise ConfigError(path, None, f"cannot be validated ({type(exc).__name__})") from None
 
 
-def _parse_config(doc: Any, path: str | None, secrets: bool) -> Config:
+def _parse_config(doc: Any, path: str | None, secrets: bool, http_token: bool | None) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError(path, None, "the file must be a YAML mapping with a 'services' key")
+    token = secrets if http_token is None else http_token
     try:
-        cfg = Config.model_validate(doc)
+        cfg = Config.model_validate(doc, context={"http_token": token})
     except ValidationError as exc:
         key, msg = _format_validation_error(exc)
         raise ConfigError(path, key, msg) from None
@@ -748,7 +832,7 @@ def _parse_yaml(data: bytes, path: str) -> Any:
             loader.dispose()
 
 
-def load_config(path: str, *, secrets: bool = True) -> Config:
+def load_config(path: str, *, secrets: bool = True, http_token: bool | None = None) -> Config:
     """The configuration in ``path``, or a ``ConfigError`` (and nothing
     else) with one sentence naming the file."""
     try:
@@ -770,4 +854,4 @@ def load_config(path: str, *, secrets: bool = True) -> Config:
         raise ConfigError(
             path, None, "the file is empty (expected a mapping with a 'services' key)"
         )
-    return parse_config(doc, path, secrets=secrets)
+    return parse_config(doc, path, secrets=secrets, http_token=http_token)

@@ -828,8 +828,10 @@ class Supervisor:
                     self._add_target(name, role)
             self._sync_service_metrics(name)
         self.metrics.targets.set(len(self.targets))
-        if config.http != old.http:
-            self.log.warning("http.listen changed: it takes effect at the next restart")
+        if config.http.listener_settings() != old.http.listener_settings():
+            self.log.warning(
+                "http.listen or its connection limits changed: they take effect at the next restart"
+            )
         now = time.time()
         self.last_reload = {"ok": True, "at": now, "error": None}
         self.metrics.reload_success.set(1)

@@ -20,7 +20,6 @@ resources in a real account.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import sys
 from collections.abc import Iterable, Mapping
@@ -42,12 +41,9 @@ class SeedError(Exception):
 
 
 def check_loopback(endpoint_url: str) -> None:
-    host = urlsplit(endpoint_url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    from .config import is_loopback
+
+    if not is_loopback(urlsplit(endpoint_url).hostname or ""):
         raise SeedError(
             f"refusing to seed {endpoint_url}: the seed only writes to a loopback endpoint (moto)"
         )

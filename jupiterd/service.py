@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import logs, statefile
-from .api import start_server
+from .api import exposed_note, start_server
 from .config import Config, ConfigError, load_config
 from .daemon import Supervisor
 from .executor_api import Executor
@@ -177,6 +177,8 @@ async def _serve(
     mode = "dry run" if dry_run else "live"
     notifier.ready(f"watching {len(config.services)} services ({mode})")
     log.info("listening", listen=config.http.listen, dry_run=dry_run)
+    if not config.http.loopback:
+        log.warning("api exposed", note=exposed_note(config.http))
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

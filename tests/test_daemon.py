@@ -174,15 +174,17 @@ async def test_http_api(stack, aiohttp_client=None):
         r = await client.get("/metrics")
         text = await r.text()
         assert "jupiterd_probe_duration_seconds_bucket" in text
-        r = await client.post("/pause", json={"by": "alice"})
+        post = {"X-Jupiterd-Request": "1"}
+        r = await client.post("/pause", json={"by": "alice"}, headers=post)
         assert r.status == 200
         assert sup.state.paused and sup.state.pause_reason == "paused by alice"
         assert (sup.config.state_dir + "/paused") and __import__("os").path.exists(
             sup.config.state_dir + "/paused"
         )
-        r = await client.post("/resume")
+        r = await client.post("/resume", headers=post)
         assert not sup.state.paused
-        r = await client.post("/pause", data=b"{not json")
+        post["Content-Type"] = "application/json"
+        r = await client.post("/pause", data=b"{not json", headers=post)
         assert r.status == 400
 
 
