@@ -245,7 +245,7 @@ def test_token_is_validated_without_echoing_it(tmp_path):
     assert err.value.key == "http.token" and "short" not in str(err.value)
     doc["http"] = {"token": {"file": str(tmp_path / "absent")}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(ConfigError, match="cannot read secret file"):
+    with pytest.raises(ConfigError, match="cannot read the file named here"):
         load_config(str(tmp_path / "c.yaml"))
     # Commands that need no secrets leave it unread.
     assert load_config(str(tmp_path / "c.yaml"), secrets=False).http.token is not None

@@ -34,6 +34,8 @@ from tests.test_service import get, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
+API_POST = {"X-Jupiterd-Request": "1"}  # what the CLI sends with a POST
+
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -188,7 +190,7 @@ async def test_a_pause_that_cannot_be_saved_answers_503(tmp_path: Path):
     await sup.start()
     try:
         async with TestClient(TestServer(make_app(sup))) as client:
-            r = await client.post("/pause", json={"by": "alice"})
+            r = await client.post("/pause", json={"by": "alice"}, headers=API_POST)
             assert r.status == 503
             doc = await r.json()
             assert doc["saved"] is False and "could not be saved" in doc["error"]
@@ -196,7 +198,7 @@ async def test_a_pause_that_cannot_be_saved_answers_503(tmp_path: Path):
             assert sup.state.paused  # a pause is still a pause, until jupiterd stops
             status = sup.status()
             assert status["pause_saved"] is False and "could not be saved" in status["pause_error"]
-            r = await client.post("/resume", json={"by": "alice"})
+            r = await client.post("/resume", json={"by": "alice"}, headers=API_POST)
             assert r.status == 200 and not sup.state.paused
             assert sup.status()["pause_saved"] is True
     finally:
@@ -216,7 +218,7 @@ async def test_an_injected_write_error_answers_503(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(statefile, "write_atomic", full)
     try:
         async with TestClient(TestServer(make_app(sup))) as client:
-            r = await client.post("/pause", json={"by": "alice"})
+            r = await client.post("/pause", json={"by": "alice"}, headers=API_POST)
             assert r.status == 503 and "No space left on device" in (await r.json())["error"]
             assert not (tmp_path / PAUSE_FILE).exists()
     finally:
@@ -232,7 +234,9 @@ async def test_pause_by_is_bounded_and_free_of_control_characters(tmp_path: Path
     await sup.start()
     try:
         async with TestClient(TestServer(make_app(sup))) as client:
-            r = await client.post("/pause", json={"by": "a\x1b[31m\nb" + "x" * 100000})
+            r = await client.post(
+                "/pause", json={"by": "a\x1b[31m\nb" + "x" * 10000}, headers=API_POST
+            )
             assert r.status == 200
         reason = sup.state.pause_reason
         assert reason.startswith("paused by a[31mb") and len(reason) <= len("paused by ") + 100
