@@ -12,6 +12,11 @@
 - Each service follows its instance in moto: starting the instance starts
   the process, stopping it stops the process. A process killed by a drill
   stays dead until its instance is stopped (an instance restart heals it).
+- Nothing outlives the sandbox: every process it starts (moto, the
+  services, and coturn's ``turnserver`` under its script) gets SIGKILL from
+  the kernel when its parent dies, however it dies (PR_SET_PDEATHSIG; they
+  are started from the event loop's thread, which lives as long as the
+  sandbox).
 - Front doors on 127.0.0.1 at the service ports stand in for the load
   balancers and the Elastic IP: they forward to whichever instance the AWS
   attachments point at.
@@ -25,13 +30,15 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +215,8 @@ class Stack:
         self.say = log
         self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
         self.coturn = shutil.which("turnserver") is not None
-        self._exit = contextlib.ExitStack()  # moto's server
+        self.moto: Any = None  # tests.peers.moto_server.MotoServer
+        self._children: list[Any] = []  # every service process started (Peer)
         self.endpoint = ""
         self.topology: Any = None
         self.instances: dict[tuple[str, Role], Instance] = {}
@@ -240,7 +248,7 @@ class Stack:
         self.log_path = self.workdir / "jupiterd.log"
         self._log_file = self.log_path.open("a", buffering=1)
         logs.configure("info", "json", stream=self._log_file)
-        await asyncio.to_thread(self._start_moto)
+        await self._start_moto()
         self.say(f"  AWS endpoint (moto) at {self.endpoint}")
         from ..seed import seed
 
@@ -290,15 +298,18 @@ class Stack:
             else:
                 os.environ[k] = v
 
-    def _start_moto(self) -> None:
-        from tests.peers.moto_server import moto_server
+    async def _start_moto(self) -> None:
+        from tests.peers.moto_server import start_moto
 
+        # Started on this thread, waited for on another (see _spawn).
+        self.moto = start_moto(FRONT_HOST, parent_death_signal=signal.SIGKILL)
         try:
-            self.endpoint = self._exit.enter_context(moto_server(FRONT_HOST)).url
+            await asyncio.to_thread(self.moto.wait_ready)
         except RuntimeError as exc:
             raise SandboxError(
                 f"{exc}: is moto[server] installed? pip install -e '.[sandbox]'"
             ) from exc
+        self.endpoint = self.moto.url
 
     def _probe_spec(self, name: str) -> dict[str, Any]:
         port = self.ports.get(name)
@@ -385,6 +396,19 @@ class Stack:
             TB_PASSWORD,
         ]
 
+    async def _spawn(self, cmd: list[str]) -> Any:
+        """Start a service process and wait until it is ready. The fork is
+        done on this thread, the event loop's, which lives as long as the
+        sandbox: the kernel sends the child its parent-death signal when the
+        forking *thread* ends, so a pool thread could kill it early. The
+        process is known to stop() from the fork on, even if this is
+        cancelled while it waits."""
+        self._children = [c for c in self._children if c.alive]
+        peer = self.Peer(cmd, wait=False, parent_death_signal=signal.SIGKILL)
+        self._children.append(peer)
+        await asyncio.to_thread(peer.wait_ready)
+        return peer
+
     def _describe(self) -> dict[str, str]:
         from ..seed import _client
 
@@ -417,7 +441,7 @@ class Stack:
                     f"  {inst.label} instance is running: starting its service on "
                     f"{inst.address}:{inst.port}"
                 )
-                inst.process = await asyncio.to_thread(self.Peer, self._command(inst))
+                inst.process = await self._spawn(self._command(inst))
             elif not running and inst.process is not None:
                 self.say(f"  {inst.label} instance is {inst.state}: stopping its service")
                 await asyncio.to_thread(inst.process.stop)
@@ -558,27 +582,44 @@ class Stack:
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
+        """Stop everything, each part even if an earlier one failed."""
         if self._stopped:
             return
         self._stopped = True
+
+        async def step(what: str, run: Callable[[], Awaitable[Any] | None]) -> None:
+            try:
+                result = run()
+                if result is not None:
+                    await result
+            except Exception as exc:
+                self.say(f"  (stopping {what} failed: {exc!r})")
+
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.supervisor is not None:
-            await self.supervisor.stop(grace=2)
+            await step("jupiterd", lambda: self.supervisor.stop(grace=2))
         if self.runner is not None:
-            await self.runner.cleanup()
+            await step("the API", self.runner.cleanup)
         for door in self.doors:
-            await door.stop()
+            await step("a front door", door.stop)
         if self.executor is not None:
-            self.executor.close()
+            await step("the executor", self.executor.close)
         for inst in self.instances.values():
-            if inst.service != "nat" and inst.process is not None:
-                await asyncio.to_thread(inst.process.stop)
+            if inst.service != "nat":
                 inst.process = None
+        # Every process ever started, including one whose start was cancelled.
+        await asyncio.gather(
+            *(
+                step(Path(child.cmd[1]).name, partial(asyncio.to_thread, child.stop))
+                for child in self._children
+            )
+        )
         if self.nat is not None:
-            await asyncio.to_thread(self.nat.destroy)
-        self._exit.close()
+            await step("the NAT namespaces", partial(asyncio.to_thread, self.nat.destroy))
+        if self.moto is not None:
+            await step("moto", partial(asyncio.to_thread, self.moto.stop))
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
         self._restore_env()
