@@ -16,7 +16,9 @@
   services, and coturn's ``turnserver`` under its script) gets SIGKILL from
   the kernel when its parent dies, however it dies (PR_SET_PDEATHSIG; they
   are started from the event loop's thread, which lives as long as the
-  sandbox).
+  sandbox). Its namespaces are named ``jupiterd-sandbox-<pid>-<start>-<role>``
+  after the sandbox process (pid and start time); a start removes those of
+  sandboxes no longer running, with any process inside.
 - Front doors on 127.0.0.1 at the service ports stand in for the load
   balancers and the Elastic IP: they forward to whichever instance the AWS
   attachments point at.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -134,12 +137,68 @@ class Instance:
         return f"{self.service} {self.role}"
 
 
+NETNS_PREFIX = "jupiterd-sandbox-"
+_NETNS = re.compile(rf"^{NETNS_PREFIX}(\d+)-(\d+)-(?:primary|backup)$")
+_VETH = re.compile(r"^jsbx(\d+)[pb]$")  # host side; interface names are 15 bytes at most
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if no
+    process of that pid runs (a zombie has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields 3.. (the name may hold spaces)
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _ip_out(*args: str) -> str:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Remove the namespaces (killing any process inside) and host-side veths
+    that sandboxes no longer running left behind: a SIGKILLed sandbox cannot
+    remove them itself. Only names of the sandbox's own pattern are touched,
+    and only those whose owner (pid and start time) is gone. Returns the
+    names removed."""
+    removed = []
+    for line in _ip_out("netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _NETNS.match(name)
+        if m is None or process_start(int(m.group(1))) == int(m.group(2)):
+            continue
+        for pid in _ip_out("netns", "pids", name).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        r = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        if r.returncode == 0:
+            removed.append(name)
+    for line in _ip_out("-o", "link", "show").splitlines():
+        # "7: jsbx123p@if6: <BROADCAST,...": a veth whose namespace end was never moved
+        parts = line.split(":")
+        link = parts[1].strip().split("@")[0] if len(parts) > 2 else ""
+        m = _VETH.match(link)
+        if m is None:
+            continue
+        owner = int(m.group(1))
+        if owner == os.getpid() or process_start(owner) is None:  # ours: not created yet
+            r = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
+            if r.returncode == 0:
+                removed.append(link)
+    return removed
+
+
 class NatNamespaces:
     """NAT instances as network namespaces behind veth pairs: an instance
-    that runs answers ping; a stopped (or broken) one does not."""
+    that runs answers ping; a stopped (or broken) one does not. The names
+    carry this process's pid and start time (see remove_stale_namespaces)."""
 
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.start = process_start(self.pid)
         self.created: list[tuple[str, str]] = []  # (netns, host-side veth)
         octet = os.getpid() % 250
         self.addresses = {Role.PRIMARY: f"198.19.{octet}.2", Role.BACKUP: f"198.19.{octet}.6"}
@@ -153,7 +212,7 @@ class NatNamespaces:
         return r.returncode == 0
 
     def _ns(self, role: Role) -> str:
-        return f"jsbx{self.tag}-{role.value[0]}"
+        return f"{NETNS_PREFIX}{self.pid}-{self.start}-{role.value}"
 
     def _ip(self, *args: str) -> None:
         r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
@@ -162,7 +221,7 @@ class NatNamespaces:
 
     def create(self) -> None:
         for role in Role:
-            ns, host_if, ns_if = self._ns(role), f"jsbx{self.tag}{role.value[0]}h", "eth0"
+            ns, host_if, ns_if = self._ns(role), f"jsbx{self.pid}{role.value[0]}", "eth0"
             self._ip("netns", "add", ns)
             self.created.append((ns, host_if))
             self._ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}n")
@@ -261,7 +320,9 @@ class Stack:
         for name in services:
             self.ports[name] = pick_port(name, [*HOSTS.values(), FRONT_HOST])
         if self.with_nat:
-            self.nat = NatNamespaces(str(os.getpid() % 10000))
+            for name in await asyncio.to_thread(remove_stale_namespaces):
+                self.say(f"  removed {name}, left by a sandbox that is no longer running")
+            self.nat = NatNamespaces()
             await asyncio.to_thread(self.nat.create)
             services.append("nat")
         for name in services:
