@@ -7,6 +7,11 @@
 
 Everything listens on loopback (and, for the NAT instances, in network
 namespaces the sandbox creates); nothing reaches AWS.
+
+Ctrl-C, SIGTERM, closing the terminal (SIGHUP, unless started under nohup)
+and a closed stdout (`jupiterd sandbox | tee log`, then Ctrl-C) all stop
+everything it started. Its processes die with it even if it is killed, and
+a start removes the network namespaces a killed sandbox left behind.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import select
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from ..machine import Role
 from .stack import SandboxError, Stack, free_local_port
@@ -54,29 +62,112 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd)
 
 
+class Console:
+    """Where the sandbox writes: progress to stdout (to stderr for a --json
+    drill, whose report is stdout's), reports to stdout. A write never
+    raises. When stdout breaks (EPIPE: the reader of `jupiterd sandbox | tee
+    log` died with the same Ctrl-C; EIO: the terminal was closed) it is
+    pointed at /dev/null, so neither a later write nor the flush at exit
+    fails, progress goes on to stderr while that works, and ``on_lost`` runs
+    once: the sandbox stops. ``check()`` notices a broken stdout without
+    writing to it. A broken stderr is only silenced."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.lost: set[str] = set()
+        self.on_lost: Callable[[str], None] = lambda reason: None
+
+    def say(self, text: str) -> None:
+        if self.quiet or not self._write("stdout", text):
+            self._write("stderr", text)
+
+    def report(self, text: str) -> None:
+        self._write("stdout", text)
+
+    def error(self, text: str) -> None:
+        self._write("stderr", text)
+
+    def check(self) -> None:
+        stream = sys.stdout
+        if "stdout" in self.lost or stream is None:
+            return
+        try:
+            poller = select.poll()
+            poller.register(stream.fileno(), 0)  # errors and hang-ups are always reported
+            events = poller.poll(0)
+        except (OSError, ValueError):
+            return
+        if events and events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            self._lose("stdout", "its reader is gone")
+
+    def _write(self, name: str, text: str) -> bool:
+        stream: TextIO | None = getattr(sys, name)
+        if name in self.lost or stream is None:
+            return False
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            self._lose(name, exc.strerror if isinstance(exc, OSError) else str(exc))
+            return False
+        return True
+
+    def _lose(self, name: str, why: str | None) -> None:
+        self.lost.add(name)
+        stream: TextIO | None = getattr(sys, name)
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+        if name == "stdout":
+            self.on_lost(f"stdout is closed ({why})")
+
+
 def _cmd(args: argparse.Namespace) -> int:
     if args.failback and not args.drill:
         from ..cli import UsageError
 
         raise UsageError("--failback goes with --drill SERVICE")
+    console = Console(quiet=bool(args.drill and args.json))
     try:
-        return asyncio.run(_main(args))
+        return asyncio.run(_main(args, console))
     except SandboxError as exc:
-        print(f"jupiterd sandbox: {exc}", file=sys.stderr)
+        console.error(f"jupiterd sandbox: {exc}")
         return 1
 
 
-def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT, SIGTERM, and SIGHUP unless it is ignored (nohup: the operator
+    asked the sandbox to outlive the terminal)."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
 
 
-async def _main(args: argparse.Namespace) -> int:
-    quiet = bool(args.drill and args.json)
-    say = _err if quiet else (lambda text: print(text, flush=True))
+async def _watch_output(console: Console) -> None:
+    while True:
+        console.check()
+        await asyncio.sleep(0.5)
+
+
+async def _main(args: argparse.Namespace, console: Console) -> int:
+    say = console.say
     stop = asyncio.Event()
+    why: list[str] = []
+
+    def request_stop(reason: str) -> None:
+        if not why:
+            why.append(reason)
+        stop.set()
+
+    console.on_lost = request_stop
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    sigs = _stop_signals()
+    for sig in sigs:
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    watcher = asyncio.create_task(_watch_output(console))
     stack = Stack(http_port=args.http_port, log=say)
     say("starting the sandbox: moto, the Jupiter topology, the services, jupiterd")
     try:
@@ -92,19 +183,23 @@ async def _main(args: argparse.Namespace) -> int:
         start.result()
         say(f"sandbox up in {stack.started_in:.1f}s")
         if args.drill:
-            return await _drills(stack, args, stop, say)
+            return await _drills(stack, args, stop, console)
         return await _interactive(stack, stop, say)
     finally:
-        say("stopping the sandbox")
+        say(f"stopping the sandbox ({why[0]})" if why else "stopping the sandbox")
         await stack.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        watcher.cancel()
+        for sig in sigs:
             loop.remove_signal_handler(sig)
         say("sandbox stopped: every process it started has exited")
 
 
-async def _drills(stack: Stack, args: argparse.Namespace, stop: asyncio.Event, say: Any) -> int:
+async def _drills(
+    stack: Stack, args: argparse.Namespace, stop: asyncio.Event, console: Console
+) -> int:
     from .drill import drill, render
 
+    say = console.say
     names = list(stack.config.services) if args.drill == "all" else [args.drill]
     unknown = [n for n in names if n not in stack.config.services]
     if unknown:
@@ -127,14 +222,14 @@ async def _drills(stack: Stack, args: argparse.Namespace, stop: asyncio.Event, s
         report = task.result()
         reports.append(report)
         if not args.json:
-            print(render(report), flush=True)
+            console.report(render(report))
     ok = bool(reports) and all(r["ok"] for r in reports)
     if args.json:
-        print(json.dumps(reports[0] if args.drill != "all" else reports, indent=2))
+        console.report(json.dumps(reports[0] if args.drill != "all" else reports, indent=2))
     elif len(reports) > 1:
-        print("== summary")
+        console.report("== summary")
         for r in reports:
-            print(
+            console.report(
                 f"  {r['service']:12} {'PASSED' if r['ok'] else 'FAILED'}  "
                 f"detect {r.get('detect_seconds')}s  failover {r.get('failover_seconds')}s"
             )

@@ -12,6 +12,13 @@
 - Each service follows its instance in moto: starting the instance starts
   the process, stopping it stops the process. A process killed by a drill
   stays dead until its instance is stopped (an instance restart heals it).
+- Nothing outlives the sandbox: every process it starts (moto, the
+  services, and coturn's ``turnserver`` under its script) gets SIGKILL from
+  the kernel when its parent dies, however it dies (PR_SET_PDEATHSIG; they
+  are started from the event loop's thread, which lives as long as the
+  sandbox). Its namespaces are named ``jupiterd-sandbox-<pid>-<start>-<role>``
+  after the sandbox process (pid and start time); a start removes those of
+  sandboxes no longer running, with any process inside.
 - Front doors on 127.0.0.1 at the service ports stand in for the load
   balancers and the Elastic IP: they forward to whichever instance the AWS
   attachments point at.
@@ -24,14 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +137,68 @@ class Instance:
         return f"{self.service} {self.role}"
 
 
+NETNS_PREFIX = "jupiterd-sandbox-"
+_NETNS = re.compile(rf"^{NETNS_PREFIX}(\d+)-(\d+)-(?:primary|backup)$")
+_VETH = re.compile(r"^jsbx(\d+)[pb]$")  # host side; interface names are 15 bytes at most
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if no
+    process of that pid runs (a zombie has stopped running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields 3.. (the name may hold spaces)
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _ip_out(*args: str) -> str:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Remove the namespaces (killing any process inside) and host-side veths
+    that sandboxes no longer running left behind: a SIGKILLed sandbox cannot
+    remove them itself. Only names of the sandbox's own pattern are touched,
+    and only those whose owner (pid and start time) is gone. Returns the
+    names removed."""
+    removed = []
+    for line in _ip_out("netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _NETNS.match(name)
+        if m is None or process_start(int(m.group(1))) == int(m.group(2)):
+            continue
+        for pid in _ip_out("netns", "pids", name).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        r = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        if r.returncode == 0:
+            removed.append(name)
+    for line in _ip_out("-o", "link", "show").splitlines():
+        # "7: jsbx123p@if6: <BROADCAST,...": a veth whose namespace end was never moved
+        parts = line.split(":")
+        link = parts[1].strip().split("@")[0] if len(parts) > 2 else ""
+        m = _VETH.match(link)
+        if m is None:
+            continue
+        owner = int(m.group(1))
+        if owner == os.getpid() or process_start(owner) is None:  # ours: not created yet
+            r = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
+            if r.returncode == 0:
+                removed.append(link)
+    return removed
+
+
 class NatNamespaces:
     """NAT instances as network namespaces behind veth pairs: an instance
-    that runs answers ping; a stopped (or broken) one does not."""
+    that runs answers ping; a stopped (or broken) one does not. The names
+    carry this process's pid and start time (see remove_stale_namespaces)."""
 
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.start = process_start(self.pid)
         self.created: list[tuple[str, str]] = []  # (netns, host-side veth)
         octet = os.getpid() % 250
         self.addresses = {Role.PRIMARY: f"198.19.{octet}.2", Role.BACKUP: f"198.19.{octet}.6"}
@@ -146,7 +212,7 @@ class NatNamespaces:
         return r.returncode == 0
 
     def _ns(self, role: Role) -> str:
-        return f"jsbx{self.tag}-{role.value[0]}"
+        return f"{NETNS_PREFIX}{self.pid}-{self.start}-{role.value}"
 
     def _ip(self, *args: str) -> None:
         r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
@@ -155,7 +221,7 @@ class NatNamespaces:
 
     def create(self) -> None:
         for role in Role:
-            ns, host_if, ns_if = self._ns(role), f"jsbx{self.tag}{role.value[0]}h", "eth0"
+            ns, host_if, ns_if = self._ns(role), f"jsbx{self.pid}{role.value[0]}", "eth0"
             self._ip("netns", "add", ns)
             self.created.append((ns, host_if))
             self._ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}n")
@@ -208,7 +274,8 @@ class Stack:
         self.say = log
         self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
         self.coturn = shutil.which("turnserver") is not None
-        self._exit = contextlib.ExitStack()  # moto's server
+        self.moto: Any = None  # tests.peers.moto_server.MotoServer
+        self._children: list[Any] = []  # every service process started (Peer)
         self.endpoint = ""
         self.topology: Any = None
         self.instances: dict[tuple[str, Role], Instance] = {}
@@ -240,7 +307,7 @@ class Stack:
         self.log_path = self.workdir / "jupiterd.log"
         self._log_file = self.log_path.open("a", buffering=1)
         logs.configure("info", "json", stream=self._log_file)
-        await asyncio.to_thread(self._start_moto)
+        await self._start_moto()
         self.say(f"  AWS endpoint (moto) at {self.endpoint}")
         from ..seed import seed
 
@@ -253,7 +320,9 @@ class Stack:
         for name in services:
             self.ports[name] = pick_port(name, [*HOSTS.values(), FRONT_HOST])
         if self.with_nat:
-            self.nat = NatNamespaces(str(os.getpid() % 10000))
+            for name in await asyncio.to_thread(remove_stale_namespaces):
+                self.say(f"  removed {name}, left by a sandbox that is no longer running")
+            self.nat = NatNamespaces()
             await asyncio.to_thread(self.nat.create)
             services.append("nat")
         for name in services:
@@ -290,15 +359,18 @@ class Stack:
             else:
                 os.environ[k] = v
 
-    def _start_moto(self) -> None:
-        from tests.peers.moto_server import moto_server
+    async def _start_moto(self) -> None:
+        from tests.peers.moto_server import start_moto
 
+        # Started on this thread, waited for on another (see _spawn).
+        self.moto = start_moto(FRONT_HOST, parent_death_signal=signal.SIGKILL)
         try:
-            self.endpoint = self._exit.enter_context(moto_server(FRONT_HOST)).url
+            await asyncio.to_thread(self.moto.wait_ready)
         except RuntimeError as exc:
             raise SandboxError(
                 f"{exc}: is moto[server] installed? pip install -e '.[sandbox]'"
             ) from exc
+        self.endpoint = self.moto.url
 
     def _probe_spec(self, name: str) -> dict[str, Any]:
         port = self.ports.get(name)
@@ -385,6 +457,19 @@ class Stack:
             TB_PASSWORD,
         ]
 
+    async def _spawn(self, cmd: list[str]) -> Any:
+        """Start a service process and wait until it is ready. The fork is
+        done on this thread, the event loop's, which lives as long as the
+        sandbox: the kernel sends the child its parent-death signal when the
+        forking *thread* ends, so a pool thread could kill it early. The
+        process is known to stop() from the fork on, even if this is
+        cancelled while it waits."""
+        self._children = [c for c in self._children if c.alive]
+        peer = self.Peer(cmd, wait=False, parent_death_signal=signal.SIGKILL)
+        self._children.append(peer)
+        await asyncio.to_thread(peer.wait_ready)
+        return peer
+
     def _describe(self) -> dict[str, str]:
         from ..seed import _client
 
@@ -417,7 +502,7 @@ class Stack:
                     f"  {inst.label} instance is running: starting its service on "
                     f"{inst.address}:{inst.port}"
                 )
-                inst.process = await asyncio.to_thread(self.Peer, self._command(inst))
+                inst.process = await self._spawn(self._command(inst))
             elif not running and inst.process is not None:
                 self.say(f"  {inst.label} instance is {inst.state}: stopping its service")
                 await asyncio.to_thread(inst.process.stop)
@@ -558,27 +643,44 @@ class Stack:
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
+        """Stop everything, each part even if an earlier one failed."""
         if self._stopped:
             return
         self._stopped = True
+
+        async def step(what: str, run: Callable[[], Awaitable[Any] | None]) -> None:
+            try:
+                result = run()
+                if result is not None:
+                    await result
+            except Exception as exc:
+                self.say(f"  (stopping {what} failed: {exc!r})")
+
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.supervisor is not None:
-            await self.supervisor.stop(grace=2)
+            await step("jupiterd", lambda: self.supervisor.stop(grace=2))
         if self.runner is not None:
-            await self.runner.cleanup()
+            await step("the API", self.runner.cleanup)
         for door in self.doors:
-            await door.stop()
+            await step("a front door", door.stop)
         if self.executor is not None:
-            self.executor.close()
+            await step("the executor", self.executor.close)
         for inst in self.instances.values():
-            if inst.service != "nat" and inst.process is not None:
-                await asyncio.to_thread(inst.process.stop)
+            if inst.service != "nat":
                 inst.process = None
+        # Every process ever started, including one whose start was cancelled.
+        await asyncio.gather(
+            *(
+                step(Path(child.cmd[1]).name, partial(asyncio.to_thread, child.stop))
+                for child in self._children
+            )
+        )
         if self.nat is not None:
-            await asyncio.to_thread(self.nat.destroy)
-        self._exit.close()
+            await step("the NAT namespaces", partial(asyncio.to_thread, self.nat.destroy))
+        if self.moto is not None:
+            await step("moto", partial(asyncio.to_thread, self.moto.stop))
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
         self._restore_env()

@@ -45,6 +45,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tests.peers.process import die_with_parent
+
 BINARY = "turnserver"
 DEFAULT_REALM = "jupiter.test"
 DEFAULT_USER = ("jupiter", "pilot-light")
@@ -230,12 +235,16 @@ def coturn(
     binary: str | None = None,
     ready_timeout: float = 10.0,
     new_session: bool = True,
+    parent_death_signal: int | None = None,
 ) -> Iterator[Coturn]:
-    """Run ``turnserver`` on ``host`` (loopback only); ``secret`` wins over ``user``."""
+    """Run ``turnserver`` on ``host`` (loopback only); ``secret`` wins over ``user``.
+    ``parent_death_signal``: the signal turnserver gets when this process dies
+    (call from the main thread: see ``die_with_parent``)."""
     _check_loopback(host)
     exe = binary or shutil.which(BINARY)
     if exe is None:
         raise FileNotFoundError(f"{BINARY} is not installed (Debian package coturn)")
+    preexec = None if parent_death_signal is None else die_with_parent(parent_death_signal)
     with tempfile.TemporaryDirectory(prefix="coturn-") as tmp:
         workdir = Path(tmp)
         log_path = workdir / "turnserver.log"
@@ -250,6 +259,7 @@ def coturn(
                 # In script mode turnserver stays in the script's process
                 # group, so killing that group (a simulated crash) kills it.
                 start_new_session=new_session,
+                preexec_fn=preexec,
             )
             try:
                 if _wait_ready(proc, host, listen, ready_timeout):
@@ -305,7 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with coturn(
-        args.host, args.port, user=user, secret=args.secret, realm=args.realm, new_session=False
+        args.host,
+        args.port,
+        user=user,
+        secret=args.secret,
+        realm=args.realm,
+        new_session=False,
+        # Killed with this script, even by SIGKILL (the sandbox's kill of
+        # its services): turnserver must not outlive it.
+        parent_death_signal=signal.SIGKILL,
     ) as server:
         print(f"ready {server.host}:{server.port}", flush=True)
         while not stop:

@@ -5,6 +5,8 @@ port, waits until it answers, yields a ``MotoServer`` (its URL and the
 environment a client needs: dummy credentials, region, no profile) and
 kills it on exit. ``patch_env=True`` also puts those credentials into this
 process's environment for the duration (boto3 reads them from there).
+``start_moto()`` only starts it (quick, so on the thread that should own
+the process: see ``die_with_parent``); ``wait_ready()`` and ``stop()`` follow.
 
 As a script: ``python tests/peers/moto_server.py [--port N]`` prints
 ``ready 127.0.0.1:PORT`` and runs until SIGTERM/SIGINT.
@@ -27,6 +29,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from tests.peers.hostile import free_port
+from tests.peers.process import die_with_parent
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -43,6 +46,14 @@ class MotoServer:
     url: str
     proc: subprocess.Popen[bytes]
     env: dict[str, str] = field(default_factory=dict)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        _wait_ready(self.url, self.proc, timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
@@ -87,12 +98,10 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise RuntimeError(f"moto server at {url} did not answer within {timeout:g}s")
 
 
-@contextlib.contextmanager
-def moto_server(
-    host: str = "127.0.0.1", *, patch_env: bool = False, timeout: float = 30.0
-) -> Iterator[MotoServer]:
+def start_moto(host: str = "127.0.0.1", *, parent_death_signal: int | None = None) -> MotoServer:
+    """Start moto on ``host`` and a free port without waiting for it;
+    ``parent_death_signal``: the signal it gets when this process dies."""
     port = free_port(host=host)
-    url = f"http://{host}:{port}"
     env = client_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
@@ -101,18 +110,25 @@ def moto_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=None if parent_death_signal is None else die_with_parent(parent_death_signal),
     )
+    return MotoServer(f"http://{host}:{port}", proc, env)
+
+
+@contextlib.contextmanager
+def moto_server(
+    host: str = "127.0.0.1", *, patch_env: bool = False, timeout: float = 30.0
+) -> Iterator[MotoServer]:
+    server = start_moto(host)
     try:
-        _wait_ready(url, proc, timeout)
-        server = MotoServer(url, proc, env)
+        server.wait_ready(timeout)
         if patch_env:
             with credentials_in_environment():
                 yield server
         else:
             yield server
     finally:
-        proc.kill()
-        proc.wait(10)
+        server.stop()
 
 
 def main() -> int:
