@@ -109,6 +109,7 @@ class Channel:
     peer: str
     local: str
     sent: int
+    deadline: float  # loop time; a transaction waits no longer
 
     async def transact(self, request: bytes, txid: bytes, what: str) -> Message:
         """Send ``request`` and return the response (success or error) that

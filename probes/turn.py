@@ -7,10 +7,19 @@ and password, or coturn's REST API shared secret, it answers the challenge
 the response's MESSAGE-INTEGRITY, and releases the allocation with a Refresh
 of lifetime 0. A TURN allocation belongs to its 5-tuple, so every request of
 one probe goes over one UDP socket or one TCP connection.
+
+A successful Allocate already proves the server alive, so the release is
+judged by what it can still tell under packet loss: it is retransmitted for
+at most ``RELEASE_RTOS`` initial RTOs (within the budget), and an unanswered
+release, or one answered 437 (Allocation Mismatch: an earlier send of it was
+processed and its answer lost), is recorded in the facts (``released``) and
+the detail, not a failure. The allocation then expires by itself after its
+lifetime, as coturn does with abandoned ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import time
@@ -39,6 +48,7 @@ _ALLOCATE = stunmsg.message_type(Method.ALLOCATE, Class.REQUEST)
 _REFRESH = stunmsg.message_type(Method.REFRESH, Class.REQUEST)
 _UDP_RELAY = stunmsg.REQUESTED_TRANSPORT.tlv(stunmsg.UDP)
 _RELEASE = stunmsg.LIFETIME.tlv(0)
+RELEASE_RTOS = 4  # the release waits this many initial RTOs at most (sends at 0, 1, 3 RTOs)
 _AUTH_ERRORS = frozenset(
     {401, 431, 441}
 )  # Unauthorized, Integrity Check Failure, Wrong Credentials
@@ -181,7 +191,7 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
             trace.facts["stale_port_retried"] = True
             msg = await _challenge(trace, channel)
         trace.facts["local_address"] = channel.local
-        detail = await _allocate(trace, channel, creds, msg, _auth_hint(options))
+        detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
@@ -220,6 +230,7 @@ async def _allocate(
     creds: tuple[str, str] | None,
     msg: Message,
     auth_hint: str,
+    rto: float,
 ) -> str:
     """The success detail, once the challenge (and, with credentials, the
     allocation and its release) passed; the caller writes requests_sent."""
@@ -313,7 +324,7 @@ async def _allocate(
     shown = show_address(relayed) if relayed else "a relay"
     try:
         with trace.phase("refresh"):
-            await _release(channel, auth)
+            released = await _release(trace, channel, auth, rto)
     except ProbeFailure as exc:
         if problem is not None:
             raise problem from None
@@ -327,22 +338,41 @@ async def _allocate(
     life = f", lifetime {trace.facts['lifetime']} s" if "lifetime" in trace.facts else ""
     return (
         f"{peer}{by} allocated relay {shown}{life} for {who} over "
-        f"{channel.transport.upper()}, and released it"
+        f"{channel.transport.upper()}, and {released}"
     )
 
 
-async def _release(channel: Channel, auth: _Auth) -> None:
-    """Refresh with LIFETIME 0 deletes the allocation (RFC 5766 section 7)."""
+async def _release(trace: Trace, channel: Channel, auth: _Auth, rto: float) -> str:
+    """Refresh with LIFETIME 0 deletes the allocation (RFC 5766 section 7).
+    Returns how it went, for the detail, and records it as the fact
+    ``released``: true, "437" or "unanswered". Raises ProbeFailure only for
+    an answer that is wrong under any loss (another error code, a bad
+    message)."""
     peer = channel.peer
-    msg = await _signed(channel, Method.REFRESH, [_RELEASE], auth, "Refresh (lifetime 0)")
+    channel.deadline = min(channel.deadline, asyncio.get_running_loop().time() + RELEASE_RTOS * rto)
+    try:
+        msg = await _signed(channel, Method.REFRESH, [_RELEASE], auth, "Refresh (lifetime 0)")
+    except ProbeFailure as exc:
+        if exc.reason != Reason.TIMEOUT:
+            raise
+        trace.facts["released"] = "unanswered"
+        return f"released it (the release went unanswered: {exc.detail}; it expires by itself)"
     if msg.cls == Class.ERROR:
         code, reason = error_of(msg, peer)
+        if code == 437:
+            trace.facts["released"] = "437"
+            return (
+                "released it (a retransmitted release got 437 Allocation Mismatch: "
+                "the allocation was already gone)"
+            )
         raise ProbeFailure(
             Reason.UNEXPECTED_RESPONSE,
             f"the Refresh (lifetime 0) got error {code} '{reason}'{_hint(code)}; the "
             "allocation stays until its lifetime ends",
             error_code=code,
         )
+    trace.facts["released"] = True
+    return "released it"
 
 
 async def _release_open(channel: Channel) -> str:
