@@ -346,7 +346,26 @@ async def test_stale_nonce_is_retried_once_with_the_new_nonce():
     assert result.facts["requests_sent"] == 5
 
 
-async def test_stale_nonce_twice_is_unexpected():
+async def test_wrong_nonce_twice_in_a_row_is_retried():
+    # Seen from coturn under loss: 438 to the request and to its first retry.
+    nonces = iter([b"n1", b"n2"])
+
+    def wrong_twice(req):
+        nonce = next(nonces, None)
+        if nonce is None:
+            return allocated(req)
+        return answer(
+            req, aio.Class.ERROR, ERROR_CODE=(438, "Wrong nonce"), NONCE=nonce, REALM=REALM
+        )
+
+    script = Scripted(allocate=wrong_twice)
+    result = await scripted(script)
+    assert result.ok, result
+    assert script.methods() == ["ALLOCATE"] * 4 + ["REFRESH"]
+    assert script.requests[3].attributes["NONCE"] == b"n2"
+
+
+async def test_stale_nonce_forever_is_unexpected():
     def always_stale(req):
         return answer(
             req, aio.Class.ERROR, ERROR_CODE=(438, "Stale Nonce"), NONCE=b"n2", REALM=REALM
@@ -412,15 +431,16 @@ async def test_success_without_relayed_address_is_rejected_and_released():
     assert script.methods()[-1] == "REFRESH"
 
 
-async def test_refused_release_fails_the_probe():
+async def test_refused_release_is_recorded_not_failed():
+    # The Allocate proved the server alive; the release is only cleanup.
     def refuse(req):
         return answer(req, aio.Class.ERROR, ERROR_CODE=(500, "Server Error"))
 
     result = await scripted(Scripted(refresh=refuse))
-    assert result.reason == Reason.UNEXPECTED_RESPONSE, result
-    assert "allocated 192.0.2.9:50000" in result.detail
-    assert "releasing it failed" in result.detail and "500" in result.detail
-    assert result.facts["error_code"] == 500
+    assert result.ok, result
+    assert result.facts["released"] == "error 500"
+    assert "got error 500 'Server Error'" in result.detail
+    assert "expires by itself" in result.detail
 
 
 async def test_release_whose_answer_was_lost_passes_on_437():
@@ -438,8 +458,8 @@ async def test_release_whose_answer_was_lost_passes_on_437():
     script = Scripted(refresh=lost_then_437)
     result = await scripted(script)
     assert result.ok, result
-    assert result.facts["released"] == "437"
-    assert "437 Allocation Mismatch" in result.detail
+    assert result.facts["released"] == "error 437"
+    assert "error 437 'Allocation Mismatch' (a retransmission" in result.detail
     assert script.methods() == ["ALLOCATE", "ALLOCATE", "REFRESH", "REFRESH"]
     assert sends[0] == sends[1]  # a retransmission, not a new transaction
 
