@@ -22,6 +22,7 @@ import probes
 from probes import icmp
 from probes.options import OptionError
 from tests.conftest import need
+from tests.peers.netns import mac, sh
 
 R = probes.Reason
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,7 +309,7 @@ class Namespaces:
         self.created: list[str] = []
 
     def sh(self, *args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, timeout=20)
+        sh(*args)
 
     def setup(self) -> None:
         for ns in (self.p, self.q):
@@ -359,14 +360,7 @@ class Namespaces:
             self.sh("ip", "netns", "exec", q, "sysctl", "-qw", key)
 
     def mac(self, ns: str, dev: str) -> str:
-        out = subprocess.run(
-            ["ip", "-n", ns, "-j", "link", "show", dev],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return str(json.loads(out.stdout)[0]["address"])
+        return mac(ns, dev)
 
     def set_ping_group_range(self, value: str) -> None:
         self.sh(
