@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -182,7 +183,12 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=2, help="services per kind")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill phase")
-    run(p.parse_args())
+    args = p.parse_args()
+    # Stopped early (also when started in the background, where SIGINT is
+    # ignored): unwind, so the peers, the daemon and the namespace go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run(args)
 
 
 if __name__ == "__main__":
