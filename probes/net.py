@@ -57,9 +57,11 @@ async def resolve(
 
 # Longer than a connect takes within a region, well under the 1 s SYN
 # retransmission it works around. Under 10% loss each way a handshake fails
-# 19% of the time: three attempts leave 0.7% to the kernel's retransmission.
+# 19% of the time: four attempts (at 0, 0.2, 0.4, 0.6 s) leave 0.13% to the
+# kernel's retransmission; at 20% each way (36%) 1.7%, against 4.7% with
+# three (bench/loss_kernel.py: socketio, two connects per probe).
 HEDGE_AFTER = 0.2
-ATTEMPTS = 3
+ATTEMPTS = 4
 # A lost data segment costs Linux's minimum retransmission timeout, 200 ms,
 # whatever the round trip, and a probe that makes several round trips in a
 # 1 s budget (socketio: two connections, about seven) failed when three or
