@@ -188,20 +188,35 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     creds = credentials(options)
     deadline = deadline_for(timeout)
     channel = await open_channel(trace, hp, options.transport, deadline, options.rto)
+
+    async def another_port() -> Message:
+        # coturn keeps a released allocation for a second, and one whose
+        # release went unanswered for its lifetime: a new socket that the
+        # kernel gave an earlier probe's port finds it there (437, to the
+        # challenge or, once authenticated, to the Allocate). Ask again from
+        # another port, once (opened before this one closes).
+        nonlocal channel
+        fresh = await open_channel(trace, hp, options.transport, deadline, options.rto)
+        fresh.sent = channel.sent
+        channel.close()
+        channel = fresh
+        trace.facts["stale_port_retried"] = True
+        return await _challenge(trace, channel)
+
     try:
         msg = await _challenge(trace, channel)
         if channel.transport == "udp" and _code(msg) == 437:
-            # coturn keeps a released allocation for a second: a new socket
-            # that the kernel gave an earlier probe's port finds it there.
-            # Ask again from another port (opened before this one closes).
-            fresh = await open_channel(trace, hp, options.transport, deadline, options.rto)
-            fresh.sent = channel.sent
-            channel.close()
-            channel = fresh
-            trace.facts["stale_port_retried"] = True
-            msg = await _challenge(trace, channel)
+            msg = await another_port()
         trace.facts["local_address"] = channel.local
-        detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
+        try:
+            detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
+        except ProbeFailure as exc:
+            stale = exc.facts.get("error_code") == 437 and "relayed_address" not in trace.facts
+            if channel.transport != "udp" or not stale or trace.facts.get("stale_port_retried"):
+                raise
+            msg = await another_port()
+            trace.facts["local_address"] = channel.local
+            detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
