@@ -57,9 +57,19 @@ async def resolve(
 
 # Longer than a connect takes within a region, well under the 1 s SYN
 # retransmission it works around. Under 10% loss each way a handshake fails
-# 19% of the time: three attempts leave 0.7% to the kernel's retransmission.
+# 19% of the time: four attempts (at 0, 0.2, 0.4, 0.6 s) leave 0.13% to the
+# kernel's retransmission; at 20% each way (36%) 1.7%, against 4.7% with
+# three (bench/loss_kernel.py: socketio, two connects per probe).
 HEDGE_AFTER = 0.2
-ATTEMPTS = 3
+ATTEMPTS = 4
+# A lost data segment costs Linux's minimum retransmission timeout, 200 ms,
+# whatever the round trip, and a probe that makes several round trips in a
+# 1 s budget (socketio: two connections, about seven) failed when three or
+# four of its segments were lost. Probe connections lower it (TCP_RTO_MIN_US,
+# Linux 6.11 and later; older kernels refuse the option and keep 200 ms). The
+# RTO still follows the measured round trip above this floor.
+RTO_MIN_US = 50_000
+_TCP_RTO_MIN_US = getattr(socket, "TCP_RTO_MIN_US", 45)
 
 
 async def tcp_connect(trace: Trace, hp: HostPort) -> socket.socket:
@@ -113,6 +123,9 @@ class _HedgedConnect:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if RTO_MIN_US:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_RTO_MIN_US, RTO_MIN_US)
             err = sock.connect_ex(self.addr)
         except BaseException:
             sock.close()

@@ -7,10 +7,20 @@ and password, or coturn's REST API shared secret, it answers the challenge
 the response's MESSAGE-INTEGRITY, and releases the allocation with a Refresh
 of lifetime 0. A TURN allocation belongs to its 5-tuple, so every request of
 one probe goes over one UDP socket or one TCP connection.
+
+A successful Allocate already proves the server alive, so the release is
+judged by what it can still tell under packet loss: it is retransmitted for
+at most ``RELEASE_RTOS`` initial RTOs (within the budget), and an unanswered
+release, or one answered with an error (coturn answers a retransmitted
+release whose first send was processed, its answer lost, with 437 Allocation
+Mismatch, or 438 Wrong Nonce), is recorded in the facts (``released``) and
+the detail, not a failure. The allocation then expires by itself after its
+lifetime, as coturn does with abandoned ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import time
@@ -39,6 +49,8 @@ _ALLOCATE = stunmsg.message_type(Method.ALLOCATE, Class.REQUEST)
 _REFRESH = stunmsg.message_type(Method.REFRESH, Class.REQUEST)
 _UDP_RELAY = stunmsg.REQUESTED_TRANSPORT.tlv(stunmsg.UDP)
 _RELEASE = stunmsg.LIFETIME.tlv(0)
+STALE_RETRIES = 3
+RELEASE_RTOS = 4  # the release waits this many initial RTOs at most (sends at 0, 1, 3 RTOs)
 _AUTH_ERRORS = frozenset(
     {401, 431, 441}
 )  # Unauthorized, Integrity Check Failure, Wrong Credentials
@@ -57,9 +69,12 @@ class Options(ProbeOptions):
     user: str = Field(default="jupiterd", min_length=1)  # the user part of a REST username
     ttl: int = Field(default=600, gt=0)  # lifetime of REST credentials (s)
     # Initial UDP retransmission timeout (s). RFC 5389 suggests 0.5 s or more for
-    # unknown Internet paths; with a 1 s probe budget that leaves one retransmission
-    # per transaction, too few under loss (measured in bench/lossy.py).
-    rto: float = Field(default=0.25, gt=0, le=60)
+    # unknown Internet paths; a probe makes two transactions (challenge, Allocate)
+    # and a release in one budget, so at 0.25 s one lost round trip in each
+    # exhausted a 1 s budget in 3.5% of probes at 10% loss each way (measured in
+    # tests/test_loss_kernel.py's namespace), at 0.1 s (sends at 0, 0.1, 0.3,
+    # 0.7 s) in about 0.3%. A longer path needs a longer rto (and timeout).
+    rto: float = Field(default=0.1, gt=0, le=60)
 
     @model_validator(mode="after")
     def _credentials(self) -> Self:
@@ -141,9 +156,14 @@ def _expect(msg: Message, method: Method, what: str, peer: str) -> None:
 async def _signed(
     channel: Channel, method: Method, attrs: list[bytes], auth: _Auth, what: str
 ) -> Message:
-    """An authenticated request, retried once with a fresh nonce on 438."""
+    """An authenticated request, retried with the fresh nonce of a 438 answer
+    (Stale or Wrong Nonce) up to STALE_RETRIES times: under loss coturn was
+    seen answering 438 twice in a row (a retransmission that reached a new
+    session on the same 5-tuple)."""
     msg = await _send_signed(channel, method, attrs, auth, what)
-    if msg.cls == Class.ERROR and error_of(msg, channel.peer)[0] == 438:
+    for _ in range(STALE_RETRIES):
+        if not (msg.cls == Class.ERROR and error_of(msg, channel.peer)[0] == 438):
+            break
         auth.update(msg, channel.peer)
         msg = await _send_signed(channel, method, attrs, auth, what)
     return msg
@@ -168,20 +188,35 @@ async def probe(trace: Trace, target: str, options: Options, timeout: float) -> 
     creds = credentials(options)
     deadline = deadline_for(timeout)
     channel = await open_channel(trace, hp, options.transport, deadline, options.rto)
+
+    async def another_port() -> Message:
+        # coturn keeps a released allocation for a second, and one whose
+        # release went unanswered for its lifetime: a new socket that the
+        # kernel gave an earlier probe's port finds it there (437, to the
+        # challenge or, once authenticated, to the Allocate). Ask again from
+        # another port, once (opened before this one closes).
+        nonlocal channel
+        fresh = await open_channel(trace, hp, options.transport, deadline, options.rto)
+        fresh.sent = channel.sent
+        channel.close()
+        channel = fresh
+        trace.facts["stale_port_retried"] = True
+        return await _challenge(trace, channel)
+
     try:
         msg = await _challenge(trace, channel)
         if channel.transport == "udp" and _code(msg) == 437:
-            # coturn keeps a released allocation for a second: a new socket
-            # that the kernel gave an earlier probe's port finds it there.
-            # Ask again from another port (opened before this one closes).
-            fresh = await open_channel(trace, hp, options.transport, deadline, options.rto)
-            fresh.sent = channel.sent
-            channel.close()
-            channel = fresh
-            trace.facts["stale_port_retried"] = True
-            msg = await _challenge(trace, channel)
+            msg = await another_port()
         trace.facts["local_address"] = channel.local
-        detail = await _allocate(trace, channel, creds, msg, _auth_hint(options))
+        try:
+            detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
+        except ProbeFailure as exc:
+            stale = exc.facts.get("error_code") == 437 and "relayed_address" not in trace.facts
+            if channel.transport != "udp" or not stale or trace.facts.get("stale_port_retried"):
+                raise
+            msg = await another_port()
+            trace.facts["local_address"] = channel.local
+            detail = await _allocate(trace, channel, creds, msg, _auth_hint(options), options.rto)
     finally:
         channel.close()
         trace.facts["requests_sent"] = channel.sent
@@ -220,6 +255,7 @@ async def _allocate(
     creds: tuple[str, str] | None,
     msg: Message,
     auth_hint: str,
+    rto: float,
 ) -> str:
     """The success detail, once the challenge (and, with credentials, the
     allocation and its release) passed; the caller writes requests_sent."""
@@ -313,7 +349,7 @@ async def _allocate(
     shown = show_address(relayed) if relayed else "a relay"
     try:
         with trace.phase("refresh"):
-            await _release(channel, auth)
+            released = await _release(trace, channel, auth, rto)
     except ProbeFailure as exc:
         if problem is not None:
             raise problem from None
@@ -327,22 +363,34 @@ async def _allocate(
     life = f", lifetime {trace.facts['lifetime']} s" if "lifetime" in trace.facts else ""
     return (
         f"{peer}{by} allocated relay {shown}{life} for {who} over "
-        f"{channel.transport.upper()}, and released it"
+        f"{channel.transport.upper()}, and {released}"
     )
 
 
-async def _release(channel: Channel, auth: _Auth) -> None:
-    """Refresh with LIFETIME 0 deletes the allocation (RFC 5766 section 7)."""
+async def _release(trace: Trace, channel: Channel, auth: _Auth, rto: float) -> str:
+    """Refresh with LIFETIME 0 deletes the allocation (RFC 5766 section 7).
+    Returns how it went, for the detail, and records it as the fact
+    ``released``: true, "unanswered" or "error CODE". Raises ProbeFailure only
+    for an answer no loss explains (not a STUN response to it)."""
     peer = channel.peer
-    msg = await _signed(channel, Method.REFRESH, [_RELEASE], auth, "Refresh (lifetime 0)")
+    channel.deadline = min(channel.deadline, asyncio.get_running_loop().time() + RELEASE_RTOS * rto)
+    try:
+        msg = await _signed(channel, Method.REFRESH, [_RELEASE], auth, "Refresh (lifetime 0)")
+    except ProbeFailure as exc:
+        if exc.reason != Reason.TIMEOUT:
+            raise
+        trace.facts["released"] = "unanswered"
+        return f"released it (the release went unanswered: {exc.detail}; it expires by itself)"
     if msg.cls == Class.ERROR:
         code, reason = error_of(msg, peer)
-        raise ProbeFailure(
-            Reason.UNEXPECTED_RESPONSE,
-            f"the Refresh (lifetime 0) got error {code} '{reason}'{_hint(code)}; the "
-            "allocation stays until its lifetime ends",
-            error_code=code,
+        trace.facts["released"] = f"error {code}"
+        gone = " (a retransmission: the first send released it)" if code in (437, 438) else ""
+        return (
+            f"asked to release it: the Refresh (lifetime 0) got error {code} "
+            f"'{reason}'{gone}; an allocation left over expires by itself"
         )
+    trace.facts["released"] = True
+    return "released it"
 
 
 async def _release_open(channel: Channel) -> str:

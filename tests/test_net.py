@@ -104,6 +104,26 @@ async def test_connects_with_one_attempt_when_nothing_is_lost(listener, attempts
     assert open_fds() == before
 
 
+async def test_probe_connections_lower_the_minimum_rto(listener):
+    # A lost data segment then costs 50 ms, not Linux's 200 ms (tests/test_loss_kernel.py
+    # and bench/loss_kernel.py show what that buys under loss).
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.IPPROTO_TCP, net._TCP_RTO_MIN_US, net.RTO_MIN_US)
+    except OSError:
+        pytest.skip("this kernel has no TCP_RTO_MIN_US (Linux 6.11 and later)")
+    finally:
+        probe.close()
+    sock = await net.tcp_connect(Trace("tcp", "x"), hp_of(listener))
+    try:
+        # The kernel rounds to jiffies, so compare in milliseconds, loosely.
+        got = sock.getsockopt(socket.IPPROTO_TCP, net._TCP_RTO_MIN_US)
+        assert abs(got - net.RTO_MIN_US) < 10_000, got
+        assert net.RTO_MIN_US < 200_000
+    finally:
+        sock.close()
+
+
 async def test_a_lost_syn_is_hedged_well_before_the_kernel_retransmits(listener, attempts):
     drop_everything(listener)
     let_through_soon(listener)

@@ -167,7 +167,7 @@ async def test_silent_udp_retransmits_only_within_the_budget():
 
 async def test_no_retransmission_that_cannot_be_answered():
     async with hostile.silent_udp() as (host, port):
-        result = await run(f"{host}:{port}", timeout=0.3)  # default RTO 0.5 s
+        result = await run(f"{host}:{port}", timeout=0.3, rto=0.5)
     assert result.reason == Reason.TIMEOUT
     assert result.facts["requests_sent"] == 1
 

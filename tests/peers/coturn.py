@@ -11,8 +11,9 @@ with a shared secret it derives every key from it and ignores static users
 (``get_user_key`` in src/apps/relay/userdb.c), so pass either ``user`` or
 ``secret`` and start two instances when a test needs both.
 
-Everything coturn opens is on loopback: ``--listening-ip`` and ``--relay-ip``
-are the given loopback address, TLS, DTLS, the CLI and RFC 5780's second
+Everything coturn opens is on loopback (or, inside a network namespace a test
+creates, tests/peers/netns.py, on RFC 2544's 198.18.0.0/15): ``--listening-ip``
+and ``--relay-ip`` are the given address, TLS, DTLS, the CLI and RFC 5780's second
 port are off, the relay ports come from a range checked free below the
 kernel's ephemeral range, and ``-n`` keeps it away from /etc/turnserver.conf.
 Its SQLite database, pid file and log live in a temporary directory. coturn
@@ -147,8 +148,16 @@ def _tcp_accepts(host: str, port: int) -> bool:
         return False
 
 
+# RFC 2544's benchmarking range: only in network namespaces tests create
+# (tests/peers/netns.py), never a real network.
+_BENCH_NET = ipaddress.ip_network("198.18.0.0/15")
+
+
 def _check_loopback(host: str) -> None:
-    if ":" in host or not ipaddress.ip_address(host).is_loopback:
+    if ":" in host:
+        raise ValueError(f"coturn must listen on an IPv4 loopback address, not {host}")
+    ip = ipaddress.ip_address(host)
+    if not (ip.is_loopback or ip in _BENCH_NET):
         raise ValueError(f"coturn must listen on an IPv4 loopback address, not {host}")
 
 
