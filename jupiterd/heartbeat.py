@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import probes
@@ -108,6 +110,30 @@ class Link:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def listen(self, answered: Callable[[], None], ended: Callable[[str], None]) -> None:
+        """Call ``answered`` per answer and ``ended`` ("closed" or "garbage")
+        once the link ends. Stream links read in a task; datagram links
+        override this to answer from their protocol callbacks."""
+
+        async def read() -> None:
+            try:
+                while True:
+                    await self.answer()
+                    answered()
+            except Closed:
+                ended("closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ended("garbage")
+
+        self._reader = asyncio.get_running_loop().create_task(read())
+
+    def stop_listening(self) -> None:
+        reader: asyncio.Task[None] | None = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.cancel()
 
     def delivered(self) -> bool:
         """Whether the peer's kernel has acknowledged everything sent (TCP):
@@ -312,17 +338,28 @@ class FrpLink(Link):
 # --------------------------------------------------------------------- datagrams
 
 
+def _ignore() -> None:
+    pass
+
+
+def _ignore_end(how: str) -> None:
+    pass
+
+
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self.queue = queue
+    def __init__(self, link: StunLink) -> None:
+        self.link = link
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.queue.qsize() < 64:
-            self.queue.put_nowait(data)
+        txids = self.link.txids
+        # Header only: type, length, cookie, transaction id (RFC 8489 section 5).
+        if len(data) >= 20 and data[0] & 0xC0 == 0 and data[8:20] in txids:
+            txids.remove(data[8:20])
+            self.link.answered()
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionRefusedError):
-            self.queue.put_nowait(None)  # port unreachable: nobody listens there now
+            self.link.ended("closed")  # port unreachable: nobody listens there now
 
 
 class StunLink(Link):
@@ -331,15 +368,22 @@ class StunLink(Link):
     def __init__(self, hp: HostPort) -> None:
         self.hp = hp
         self.transport: asyncio.DatagramTransport | None = None
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.txids: deque[bytes] = deque(maxlen=16)
+        self.answered: Callable[[], None] = _ignore
+        self.ended: Callable[[str], None] = _ignore_end
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         _, addr = await resolve(Trace("heartbeat", str(self.hp)), self.hp, socket.SOCK_DGRAM)
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self.queue), remote_addr=addr[:2]
+            lambda: _Datagrams(self), remote_addr=addr[:2]
         )
+
+    def listen(self, answered: Callable[[], None], ended: Callable[[str], None]) -> None:
+        self.answered, self.ended = answered, ended
+
+    def stop_listening(self) -> None:
+        self.answered, self.ended = _ignore, _ignore_end
 
     def send(self) -> None:
         assert self.transport is not None
@@ -347,19 +391,17 @@ class StunLink(Link):
         self.txids.append(txid)
         self.transport.sendto(stunmsg.encode(_BINDING_REQUEST, txid))
 
-    async def answer(self) -> None:
-        while True:
-            data = await self.queue.get()
-            if data is None:
-                raise Closed()
-            # Header only: type, length, cookie, transaction id (RFC 8489 section 5).
-            if len(data) >= 20 and data[0] & 0xC0 == 0 and data[8:20] in self.txids:
-                self.txids.remove(data[8:20])
-                return
-
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+_UNREACHABLE = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EHOSTDOWN}
+)
+
+
+_SOL_RAW, _ICMP_FILTER = 255, 1  # linux/icmp.h
 
 
 class IcmpLink(Link):
@@ -371,10 +413,12 @@ class IcmpLink(Link):
         self.addr: Any = None
         self.v6 = False
         self.raw = False
-        self.ident = os.getpid() & 0xFFFF
+        self._ident = os.urandom(2)  # raw sockets: tells our replies apart
+        self.ident = int.from_bytes(self._ident, "big")
         self.seq = 0
         self.sent: deque[int] = deque(maxlen=16)
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.answered: Callable[[], None] = _ignore
+        self.ended: Callable[[str], None] = _ignore_end
 
     async def open(self) -> None:
         family, self.addr = await resolve(
@@ -384,19 +428,53 @@ class IcmpLink(Link):
         self.sock, kind = icmp_probe.open_socket(family)
         self.raw = kind == "raw"
         self.sock.setblocking(False)
+        if self.raw and not self.v6:
+            # Echo replies and unreachables only (a raw socket sees all ICMP).
+            allowed = (1 << 0) | (1 << 3)
+            self.sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("=I", ~allowed & 0xFFFFFFFF))
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
+    def listen(self, answered: Callable[[], None], ended: Callable[[str], None]) -> None:
+        self.answered, self.ended = answered, ended
+
+    def stop_listening(self) -> None:
+        self.answered, self.ended = _ignore, _ignore_end
+
     def _readable(self) -> None:
-        assert self.sock is not None
         for _ in range(16):
+            if self.sock is None:
+                return
             try:
                 data = self.sock.recv(2048)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                continue  # a queued ICMP error on a ping socket: the probes judge those
-            if self.queue.qsize() < 64:
-                self.queue.put_nowait(data)
+            except OSError as exc:
+                # A ping socket reports an ICMP error about our echo this way.
+                if exc.errno in _UNREACHABLE:
+                    self.ended("closed")  # unreachable: told at once, as a refused port is
+                continue
+            self._packet(data)
+
+    def _packet(self, data: bytes) -> None:
+        if self.raw and not self.v6 and len(data) >= 28 and data[0] >> 4 == 4:
+            at = (data[0] & 0x0F) * 4
+            if data[at : at + 1] == b"\0" and data[at + 4 : at + 6] != self.ident.to_bytes(
+                2, "big"
+            ):
+                return  # another socket's echo reply: the cheap way out
+        try:
+            packet = icmp_probe.parse_packet(data, self.v6, self.raw and not self.v6)
+        except (icmp_probe.MalformedPacket, IndexError, struct.error):
+            return
+        if packet is None or packet.seq not in self.sent:
+            return
+        if self.raw and packet.ident != self.ident:
+            return  # another process's echo (raw sockets see every reply)
+        if packet.error:
+            self.ended("closed")
+            return
+        self.sent.remove(packet.seq)
+        self.answered()
 
     def send(self) -> None:
         assert self.sock is not None
@@ -405,20 +483,6 @@ class IcmpLink(Link):
         packet = icmp_probe.echo_request(self.v6, self.ident, self.seq, b"jupiterd-hb")
         with contextlib.suppress(OSError):  # a full buffer or a local firewall: unanswered
             self.sock.sendto(packet, self.addr)
-
-    async def answer(self) -> None:
-        while True:
-            data = await self.queue.get()
-            try:
-                packet = icmp_probe.parse_packet(data, self.v6, self.raw and not self.v6)
-            except (icmp_probe.MalformedPacket, IndexError, struct.error):
-                continue
-            if packet is None or packet.error or packet.seq not in self.sent:
-                continue
-            if self.raw and packet.ident != self.ident:
-                continue  # another process's echo (raw sockets see every reply)
-            self.sent.remove(packet.seq)
-            return
 
     def close(self) -> None:
         if self.sock is not None:
@@ -550,75 +614,70 @@ class Heartbeat:
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _session(self, link: Link) -> str:
-        """Run one link; returns why it ended: closed, garbage, stale, never, recycle."""
+        """Run one link; returns why it ended: closed, garbage, stale, never,
+        recycle. Timer and answer callbacks, no task switch per heartbeat."""
         loop = asyncio.get_running_loop()
         opened = loop.time()
-        pending: float | None = None  # when the first unanswered heartbeat went out
-        proven = False
-        missed = False
-        current: list[asyncio.Future[None]] = []
-
-        async def read() -> None:
-            nonlocal pending, proven, missed
-            while True:
-                await link.answer()
-                self.answered += 1
-                pending = None
-                proven = True
-                missed = False
-
-        reader = loop.create_task(read())
-
-        def ended(_: object) -> None:
-            if current:
-                _set(current[0])
-
-        reader.add_done_callback(ended)
         detect = self.detect_seconds
-        try:
-            while not reader.done():
-                now = loop.time()
-                if link.max_age is not None and now - opened > link.max_age:
-                    return "recycle"
-                if link.pipelined or pending is None:
-                    link.send()
-                    self.sent += 1
-                    if pending is None:
-                        pending = now
-                planned = now + self.interval
-                tick: asyncio.Future[None] = loop.create_future()
-                current[:] = [tick]
-                handle = loop.call_at(planned, _set, tick)
-                try:
-                    await tick
-                finally:
-                    handle.cancel()
-                if reader.done():
-                    break
-                now = loop.time()
-                if now - planned > self.interval / 2:
-                    await asyncio.sleep(0)  # the loop was stalled: let queued answers in first
-                    continue
-                if pending is not None and now - pending >= detect - 1e-3:
-                    if now - pending < UNDELIVERED_SECONDS and not link.delivered():
-                        continue  # TCP is still retransmitting: loss, not (yet) a hang
-                    if not proven:
+        interval = self.interval
+        end: asyncio.Future[str] = loop.create_future()
+        # when the first unanswered heartbeat went out; answered at least once;
+        # on_miss called for this silence
+        state: dict[str, Any] = {"pending": None, "proven": False, "missed": False}
+        handle: asyncio.TimerHandle | None = None
+
+        def finish(how: str) -> None:
+            if not end.done():
+                end.set_result(how)
+
+        def answered() -> None:
+            self.answered += 1
+            state["pending"] = None
+            state["proven"] = True
+            state["missed"] = False
+
+        def tick(planned: float) -> None:
+            nonlocal handle
+            now = loop.time()
+            if end.done():
+                return
+            if link.max_age is not None and now - opened > link.max_age:
+                finish("recycle")
+                return
+            pending = state["pending"]
+            # A stalled loop (a tick far behind): answers may be queued
+            # behind this callback, so no verdict on this tick.
+            if pending is not None and now - planned < interval / 2:
+                silent = now - pending
+                if silent >= detect - 1e-3 and (silent >= UNDELIVERED_SECONDS or link.delivered()):
+                    if not state["proven"]:
                         if now - opened > 10 * detect:
-                            return "never"
-                    elif not missed:
-                        missed = True
+                            finish("never")
+                            return
+                    elif not state["missed"]:
+                        state["missed"] = True
                         self.misses += 1
                         self.on_miss()
-                    elif now - pending > STALE_SECONDS:
-                        return "stale"
-            exc = reader.exception()
-            if isinstance(exc, Closed):
-                return "closed"
-            return "garbage"
+                    elif silent > STALE_SECONDS:
+                        finish("stale")
+                        return
+            if link.pipelined or state["pending"] is None:
+                try:
+                    link.send()
+                except Exception:  # a transport the peer has just reset
+                    finish("closed")
+                    return
+                self.sent += 1
+                if state["pending"] is None:
+                    state["pending"] = now
+            nxt = max(planned + interval, now)
+            handle = loop.call_at(nxt, tick, nxt)
+
+        link.listen(answered, finish)
+        tick(loop.time())
+        try:
+            return await end
         finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-            elif not reader.cancelled():
-                reader.exception()  # retrieved: garbage is not an error to log
+            if handle is not None:
+                handle.cancel()
+            link.stop_listening()
