@@ -556,6 +556,8 @@ class Heartbeat:
         self.misses = 0
         self.closes = 0
         self.links = 0  # links opened
+        self.attempts = 0  # links tried
+        self.ends: dict[str, int] = {}  # why links ended: closed, garbage, never...
         self._task: asyncio.Task[None] | None = None
         self._link: Link | None = None
 
@@ -583,6 +585,7 @@ class Heartbeat:
         loop = asyncio.get_running_loop()
         while True:
             link = self.make_link()
+            self.attempts += 1
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT):
                     await link.open()
@@ -598,6 +601,7 @@ class Heartbeat:
             opened = loop.time()
             try:
                 how = await self._session(link)
+                self.ends[how] = self.ends.get(how, 0) + 1
             finally:
                 link.close()
                 self._link = None
