@@ -73,7 +73,7 @@ OPEN_TIMEOUT = 2.0
 SESSION_SECONDS = 20.0  # socketio: a new session before the server's connect/ping timeouts
 # A TCP heartbeat the peer's kernel has not acknowledged counts as missed
 # only after this long: a lost segment costs TCP a 200 ms retransmission
-# timeout, doubled at each loss (0.2, 0.6, 1.4 s), and a silent link whose
+# timeout, doubled at each loss (0.2, 0.6, 1.4 s), while a silent link whose
 # data was acknowledged is the application not answering.
 UNDELIVERED_SECONDS = 1.0
 STALE_SECONDS = 5.0  # a link silent this long after a miss is replaced
@@ -135,23 +135,29 @@ class Link:
         if reader is not None:
             reader.cancel()
 
-    def delivered(self) -> bool:
-        """Whether the peer's kernel has acknowledged everything sent (TCP):
-        silence then means the application does not answer, not a lost
-        segment that TCP is still retransmitting."""
-        return True
+    def acked_for(self) -> float | None:
+        """TCP: None while the peer's kernel has not acknowledged all we
+        sent (a lost segment TCP is retransmitting), else the seconds since
+        its last acknowledgement: how long the application has been silent
+        about a request that certainly arrived. Datagrams: no such fact."""
+        return float("inf")
 
 
-def _tcp_delivered(writer: asyncio.StreamWriter | None) -> bool:
+def _tcp_acked_for(writer: asyncio.StreamWriter | None) -> float | None:
     sock = writer.get_extra_info("socket") if writer is not None else None
     if sock is None:
-        return True
+        return float("inf")
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 60)
     except OSError:
-        return True
-    # struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked.
-    return len(info) < 28 or struct.unpack_from("I", info, 24)[0] == 0
+        return float("inf")
+    if len(info) < 60:
+        return float("inf")
+    # struct tcp_info: 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss,
+    # unacked (offset 24), ... last_ack_recv (offset 56, milliseconds ago).
+    if struct.unpack_from("I", info, 24)[0]:
+        return None
+    return float(struct.unpack_from("I", info, 56)[0]) / 1000.0
 
 
 # --------------------------------------------------------------------- http
@@ -198,8 +204,8 @@ class HttpLink(Link):
         if self.conn is not None:
             self.conn.close()
 
-    def delivered(self) -> bool:
-        return _tcp_delivered(self.conn.writer if self.conn is not None else None)
+    def acked_for(self) -> float | None:
+        return _tcp_acked_for(self.conn.writer if self.conn is not None else None)
 
 
 # --------------------------------------------------------------------- socketio
@@ -268,8 +274,8 @@ class SocketIOLink(Link):
         if self.conn is not None:
             self.conn.close()
 
-    def delivered(self) -> bool:
-        return _tcp_delivered(self.conn.writer if self.conn is not None else None)
+    def acked_for(self) -> float | None:
+        return _tcp_acked_for(self.conn.writer if self.conn is not None else None)
 
 
 # --------------------------------------------------------------------- frp
@@ -331,8 +337,8 @@ class FrpLink(Link):
         if self.writer is not None:
             close_stream(self.writer)
 
-    def delivered(self) -> bool:
-        return _tcp_delivered(self.writer)
+    def acked_for(self) -> float | None:
+        return _tcp_acked_for(self.writer)
 
 
 # --------------------------------------------------------------------- datagrams
@@ -530,6 +536,15 @@ def link_for(kind: str, target: str, options: ProbeOptions) -> Link | None:
 # --------------------------------------------------------------------- the loop
 
 
+def _acked_long_enough(link: Link, detect: float, interval: float) -> bool:
+    """A TCP request counts as unanswered once it was acknowledged and the
+    application stayed silent for (about) the detection time after that:
+    a request TCP had to retransmit starts its clock at the acknowledgement.
+    Half an interval of slack covers the peer's delayed acknowledgement."""
+    acked = link.acked_for()
+    return acked is not None and acked + interval / 2 >= detect
+
+
 def _set(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -653,7 +668,9 @@ class Heartbeat:
             # behind this callback, so no verdict on this tick.
             if pending is not None and now - planned < interval / 2:
                 silent = now - pending
-                if silent >= detect - 1e-3 and (silent >= UNDELIVERED_SECONDS or link.delivered()):
+                if silent >= detect - 1e-3 and (
+                    silent >= UNDELIVERED_SECONDS or _acked_long_enough(link, detect, interval)
+                ):
                     if not state["proven"]:
                         if now - opened > 10 * detect:
                             finish("never")

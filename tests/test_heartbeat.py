@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -388,12 +389,12 @@ async def test_a_refused_udp_port_counts_as_a_close():
     assert hb.misses == 0
 
 
-async def test_tcp_delivered_tells_a_lost_segment_from_an_unanswering_peer():
+async def test_tcp_acked_for_tells_a_lost_segment_from_an_unanswering_peer():
     """The input of the loss guard: a request the peer's kernel has not
     acknowledged (here: every inbound segment dropped by a socket filter on
     the peer's side) is loss, not a hang; an acknowledged, unanswered one is
     the application's silence."""
-    from jupiterd.heartbeat import _tcp_delivered
+    from jupiterd.heartbeat import _tcp_acked_for
     from tests.test_net import SO_DETACH_FILTER, drop_everything
 
     accepted: list[socket.socket] = []
@@ -409,15 +410,21 @@ async def test_tcp_delivered_tells_a_lost_segment_from_an_unanswering_peer():
     try:
         writer.write(b"x")
         await wait_for(lambda: accepted, what="the accept")
-        await wait_for(lambda: _tcp_delivered(writer), what="the first byte acknowledged")
+        await wait_for(lambda: _tcp_acked_for(writer) is not None, what="the first byte acked")
         peer = socket.socket(fileno=accepted[0].fileno())  # the same socket, to set a filter
         try:
             drop_everything(peer)
             writer.write(b"lost")
+            written = time.monotonic()
             await asyncio.sleep(0.05)
-            assert not _tcp_delivered(writer)  # TCP is retransmitting
+            assert _tcp_acked_for(writer) is None  # TCP is retransmitting
             peer.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
-            await wait_for(lambda: _tcp_delivered(writer), what="the retransmission acknowledged")
+            await wait_for(
+                lambda: _tcp_acked_for(writer) is not None, what="the retransmission acknowledged"
+            )
+            acked = _tcp_acked_for(writer)
+            # The clock starts at the acknowledgement, not at the write.
+            assert acked is not None and acked < time.monotonic() - written
         finally:
             peer.detach()
     finally:
