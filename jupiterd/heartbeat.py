@@ -58,7 +58,7 @@ from probes import icmp as icmp_probe
 from probes.httpclient import HttpConnection
 from probes.net import close_stream, insecure_tls_context, open_stream, resolve
 from probes.options import HostPort, Url, parse_host, parse_hostport, parse_url
-from probes.result import Trace
+from probes.result import ProbeFailure, Reason, Trace
 from probes.websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame, open_websocket
 
 from .watch import BACKOFF_SECONDS, RETRY_SECONDS, SHORT_LIFE_SECONDS
@@ -160,6 +160,13 @@ def _tcp_acked_for(writer: asyncio.StreamWriter | None) -> float | None:
     return float(struct.unpack_from("I", info, 56)[0]) / 1000.0
 
 
+def _is_close(exc: BaseException) -> bool:
+    """A reset (a killed process with our unread bytes) is a close too."""
+    if isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
+        return True
+    return isinstance(exc, ProbeFailure) and exc.reason is Reason.RESET
+
+
 # --------------------------------------------------------------------- http
 
 
@@ -193,7 +200,7 @@ class HttpLink(Link):
         try:
             resp = await conn.read_response("HEAD", 0)
         except Exception as exc:
-            if conn.reader.at_eof():
+            if _is_close(exc) or conn.reader.at_eof():
                 raise Closed() from None
             raise Garbage(str(exc)) from None
         connection = resp.headers.get("connection", "").lower()
@@ -237,7 +244,7 @@ class SocketIOLink(Link):
         try:
             head, payload = await self.ws._frame()
         except Exception as exc:
-            if self.ws.closed_by_peer:
+            if _is_close(exc) or self.ws.closed_by_peer:
                 raise Closed() from None
             raise Garbage(str(exc)) from None
         if head.opcode == OP_CLOSE:
@@ -312,7 +319,7 @@ class FrpLink(Link):
             try:
                 raw = await self.reader.readexactly(yamux.HEADER_SIZE)
                 head = yamux.decode(raw)
-            except asyncio.IncompleteReadError:
+            except (asyncio.IncompleteReadError, ConnectionError):
                 raise Closed() from None
             except (yamux.YamuxError, OSError) as exc:
                 raise Garbage(str(exc)) from None
@@ -330,7 +337,7 @@ class FrpLink(Link):
                     raise Garbage("too much unrelated data")
                 try:
                     await self.reader.readexactly(head.length)
-                except asyncio.IncompleteReadError:
+                except (asyncio.IncompleteReadError, ConnectionError):
                     raise Closed() from None
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -429,4 +430,41 @@ async def test_tcp_acked_for_tells_a_lost_segment_from_an_unanswering_peer():
             peer.detach()
     finally:
         writer.close()
+        server.close()
+
+
+@pytest.mark.parametrize("kind", ["http", "frp"])
+async def test_a_reset_of_a_proven_link_counts_as_a_close(kind):
+    """A killed process resets connections with unread data: that wakes the
+    probe loop like a close, it is not garbage."""
+    from probes import yamux
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            for _ in range(2):
+                if kind == "http":
+                    await reader.readuntil(b"\r\n\r\n")
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    head = yamux.decode(await reader.readexactly(yamux.HEADER_SIZE))
+                    writer.write(yamux.encode(yamux.PING, yamux.ACK, 0, head.length))
+            await reader.read(1)  # the next heartbeat stays unread
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    opts = probes.get_kind(kind).parse_options({})
+    closed: list[int] = []
+    hb = Heartbeat(
+        lambda: link_for(kind, f"127.0.0.1:{port}", opts), 0.02, 3, list, lambda: closed.append(1)
+    )
+    hb.start()
+    try:
+        await wait_for(lambda: closed, what="the close callback")
+        assert hb.ends == {"closed": 1}
+        assert hb.answered >= 2 and hb.misses == 0
+    finally:
+        hb.stop()
         server.close()
