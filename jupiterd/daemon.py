@@ -322,13 +322,13 @@ class Supervisor:
             return False
         if t.heartbeat is None:
             counter = self.metrics.heartbeat_misses.labels(name, role.value)
-            fall = self.policy.thresholds[name].fall
             target = spec.target
 
             def make(kind: str = spec.kind.name, options: Any = spec.options) -> Any:
                 return link_for(kind, target, options)
 
             def missed(loop: TargetLoop = t.loop) -> None:
+                fall = self.policy.thresholds[name].fall  # as reloaded
                 counter.inc()
                 self.log.info(
                     "heartbeat missed: confirming with full probes",
