@@ -2,6 +2,8 @@
 """Daemon benchmarks: detection latency, scheduling at scale, memory.
 
     python bench/daemon.py detection [--runs 10] [--mode refused|silent|both]
+        [--kinds http,thingsboard,socketio,frp,stun,turn,icmp] [--no-heartbeat]
+    python bench/daemon.py heartbeat-cpu [--services 20] [--seconds 10] [--rounds 2]
     python bench/daemon.py scale [--targets 1000] [--seconds 30] [--scrape 15]
     python bench/daemon.py scale-search [--start 1000] [--step 1000] [--scrape 15]
     python bench/daemon.py memory [--process]
@@ -9,13 +11,18 @@
     python bench/daemon.py growth [--targets 2000] [--minutes 1]
     python bench/daemon.py startup [--runs 5] [--services 5] [--aws]
 
-All traffic stays on loopback. Figures are printed; nothing is asserted.
+All traffic stays on loopback (icmp: in network namespaces the bench creates
+and removes). Figures are printed; nothing is asserted.
 
-detection: three http services, default thresholds (interval 2 s, fast
-  interval 0.25 s, timeout 1 s, fall 3, jitter 0.1). At a random moment one
-  primary's server is killed (refused: the listener closes) or freezes
-  (silent: it accepts and never answers). Measured: from that moment to the
-  failover decision (the executor being called).
+detection: one service per kind, default thresholds (interval 2 s, fast
+  interval 0.25 s, timeout 1 s, fall 3, jitter 0.1) and heartbeat, its
+  primary on a real peer or stand-in (icmp: in network namespaces the bench
+  creates, root only). At a random moment the primary is killed (refused)
+  or freezes (silent: SIGSTOP, it accepts and never answers; icmp: the
+  namespace ignores echoes). Measured: from that moment to the failover
+  decision (the executor being called).
+heartbeat-cpu: per kind, CPU of this process per target-second with
+  heartbeats on and off, in alternating rounds of one run.
 scale: N tcp targets on a handful of loopback listeners at a 1 s interval;
   measured: probe-start lateness (p50/p99/max), CPU share of one core, RSS.
   The supervisor runs in this process (pinned to core 0 unless --no-pin),
@@ -305,15 +312,16 @@ async def detection(args: argparse.Namespace) -> None:
     unknown = set(kinds) - set(DETECTION_KINDS)
     if unknown:
         raise SystemExit(f"unknown kinds: {', '.join(sorted(unknown))}")
+    on = "on" if args.heartbeat else "off"
+    if args.icmp_peer is None:
+        print(
+            f"detection: {args.runs} runs per kind and mode; defaults interval 2s, fast 0.25s, "
+            f"timeout 1s, fall 3; watch {'on' if args.watch else 'off'}, heartbeat {on}",
+            flush=True,
+        )
     if "icmp" in kinds and args.icmp_peer is None:
         _detection_in_netns(args)
         kinds.remove("icmp")
-    on = "on" if args.heartbeat else "off"
-    print(
-        f"detection: {args.runs} runs per kind and mode; defaults interval 2s, fast 0.25s, "
-        f"timeout 1s, fall 3; watch {'on' if args.watch else 'off'}, heartbeat {on}",
-        flush=True,
-    )
     for kind in kinds:
         for mode in modes:
             times = []
@@ -347,8 +355,7 @@ def _detection_in_netns(args: argparse.Namespace) -> None:
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-        lines = [x for x in out.stdout.splitlines() if not x.startswith("detection:")]
-        print("\n".join(lines) or out.stderr[-2000:], flush=True)
+        print(out.stdout.rstrip() or out.stderr[-2000:], flush=True)
     finally:
         ns.cleanup()
 
