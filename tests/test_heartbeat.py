@@ -468,3 +468,49 @@ async def test_a_reset_of_a_proven_link_counts_as_a_close(kind):
     finally:
         hb.stop()
         server.close()
+
+
+async def test_confirm_runs_fall_probes_at_once_counting_the_one_in_flight():
+    """The confirmation's probes do not wait for each other (their timeouts
+    overlap); a probe already running counts as the first; a second
+    confirmation while one runs is ignored; each result is reported."""
+    from types import SimpleNamespace
+
+    from jupiterd.scheduler import ProbeSpec, TargetLoop
+    from probes import ProbeResult, Reason
+
+    release = asyncio.Event()
+    running = {"now": 0, "most": 0}
+
+    async def probe(target: str, options: Any, timeout: float) -> ProbeResult:
+        running["now"] += 1
+        running["most"] = max(running["most"], running["now"])
+        try:
+            await release.wait()
+        finally:
+            running["now"] -= 1
+        return ProbeResult("fake", target, False, Reason.TIMEOUT, "held", 0.0)
+
+    kind: Any = SimpleNamespace(name="fake", probe=probe)
+    results: list[ProbeResult] = []
+    loop = TargetLoop(
+        "t",
+        ProbeSpec(kind, "x", probes.ProbeOptions(), 60.0),
+        lambda r, at: results.append(r),
+        lambda: (3600.0, 0.0),
+    )
+    loop.start()
+    try:
+        loop.wake()
+        await wait_for(lambda: loop.probing, what="the scheduled probe")
+        loop.confirm(3, 0.0)
+        loop.confirm(3, 0.0)  # ignored: one is running
+        await wait_for(lambda: running["now"] == 3, what="three probes in flight")
+        assert loop.confirming == 2
+        release.set()
+        await wait_for(lambda: len(results) == 3, what="three results")
+        await asyncio.sleep(0.05)
+        assert running["most"] == 3
+        assert loop.probes_run == 3 and loop.confirming == 0
+    finally:
+        await loop.stop()
