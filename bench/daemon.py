@@ -2,6 +2,8 @@
 """Daemon benchmarks: detection latency, scheduling at scale, memory.
 
     python bench/daemon.py detection [--runs 10] [--mode refused|silent|both]
+        [--kinds http,thingsboard,socketio,frp,stun,turn,icmp] [--no-heartbeat]
+    python bench/daemon.py heartbeat-cpu [--services 20] [--seconds 10] [--rounds 2]
     python bench/daemon.py scale [--targets 1000] [--seconds 30] [--scrape 15]
     python bench/daemon.py scale-search [--start 1000] [--step 1000] [--scrape 15]
     python bench/daemon.py memory [--process]
@@ -9,13 +11,18 @@
     python bench/daemon.py growth [--targets 2000] [--minutes 1]
     python bench/daemon.py startup [--runs 5] [--services 5] [--aws]
 
-All traffic stays on loopback. Figures are printed; nothing is asserted.
+All traffic stays on loopback (icmp: in network namespaces the bench creates
+and removes). Figures are printed; nothing is asserted.
 
-detection: three http services, default thresholds (interval 2 s, fast
-  interval 0.25 s, timeout 1 s, fall 3, jitter 0.1). At a random moment one
-  primary's server is killed (refused: the listener closes) or freezes
-  (silent: it accepts and never answers). Measured: from that moment to the
-  failover decision (the executor being called).
+detection: one service per kind, default thresholds (interval 2 s, fast
+  interval 0.25 s, timeout 1 s, fall 3, jitter 0.1) and heartbeat, its
+  primary on a real peer or stand-in (icmp: in network namespaces the bench
+  creates, root only). At a random moment the primary is killed (refused)
+  or freezes (silent: SIGSTOP, it accepts and never answers; icmp: the
+  namespace ignores echoes). Measured: from that moment to the failover
+  decision (the executor being called).
+heartbeat-cpu: per kind, CPU of this process per target-second with
+  heartbeats on and off, in alternating rounds of one run.
 scale: N tcp targets on a handful of loopback listeners at a 1 s interval;
   measured: probe-start lateness (p50/p99/max), CPU share of one core, RSS.
   The supervisor runs in this process (pinned to core 0 unless --no-pin),
@@ -42,10 +49,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import random
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -134,81 +144,300 @@ class Server:
             self.runner = None
 
 
-async def one_detection(mode: str, rng: random.Random, watch: bool = True) -> float:
-    names = ["signaling", "frp", "thingsboard"]
-    servers = {n: Server(f"127.0.0.{10 + i}") for i, n in enumerate(names)}
-    for s in servers.values():
-        await s.start()
-    services = {
-        n: {
-            "probe": {"kind": "http", "port": s.port, "watch": watch},
-            "primary": {"address": s.host},
-            "backup": {"address": "127.0.1.1"},
-        }
-        for n, s in servers.items()
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({"state_dir": tmp, "services": services})
-        executor = FakeExecutor(delay=0.01)
-        decided = asyncio.get_running_loop().create_future()
-        executor.on_run = lambda req: decided.done() or decided.set_result(time.monotonic())
-        sup = Supervisor(
-            cfg,
-            executor=executor,
-            inventory=StaticInventory(cfg),
-            metrics=Metrics(CollectorRegistry()),
-            rng=rng,
-        )
-        first_fail: list[float] = []
-        on_result = sup._on_result
+DETECTION_KINDS = ("http", "thingsboard", "socketio", "frp", "stun", "turn", "icmp")
+TB_USER, TB_PASSWORD = "probe@bench.example", "bench-password"
+FRP_TOKEN, TURN_SECRET = "bench-token", "bench-secret"
+ICMP_TARGET, ICMP_BACKUP = "198.18.0.2", "198.18.0.1"  # in the namespaces the bench creates
 
-        def spy(name: str, role: Any, result: Any, at: float) -> None:
-            if name == "signaling" and not result.ok and not first_fail:
-                first_fail.append(time.monotonic())
-            on_result(name, role, result, at)
 
-        sup._on_result = spy  # type: ignore[method-assign]
-        await sup.start()
-        await asyncio.sleep(4 + rng.uniform(0, 2))  # everything up, random phase
-        victim = servers["signaling"]
-        broke = time.monotonic()
-        if mode == "refused":
-            await victim.kill()
-        else:
-            victim.frozen = True
-        killed = time.monotonic()
-        try:
-            at = await asyncio.wait_for(decided, 30)
-            print(
-                f"    kill took {killed - broke:.3f}s, first failed probe after "
-                f"{first_fail[0] - broke:.3f}s",
-                flush=True,
+class Victim:
+    """The service whose primary breaks: a peer (a process, the in-process
+    HTTP server, or a network namespace for icmp) that can be killed
+    (refused) or frozen (silent: it accepts and never answers)."""
+
+    def __init__(self, kind: str, icmp_peer: str | None = None) -> None:
+        self.kind = kind
+        self.icmp_peer = icmp_peer
+        self.options: dict[str, Any] = {}
+        self.host, self.port = "127.0.0.1", 0
+        self.backup = "127.0.1.1"
+        self.server: Server | None = None
+        self.proc: Any = None
+
+    async def start(self) -> None:
+        from tests.peers.coturn import free_port_pair
+        from tests.peers.process import Peer, node_peer, python_peer
+
+        kind = self.kind
+        if kind == "http":
+            self.server = Server("127.0.0.10")
+            await self.server.start()
+            self.host, self.port = self.server.host, self.server.port
+            return
+        if kind == "icmp":
+            self.host, self.backup = ICMP_TARGET, ICMP_BACKUP
+            self._icmp(answer=True)
+            return
+        if kind == "thingsboard":
+            cmd = python_peer(
+                "thingsboard_standin.py",
+                *("--host", "127.0.0.1", "--port", "0", "--user", TB_USER),
+                *("--password", TB_PASSWORD),
             )
-        finally:
-            await sup.stop(grace=0.5)
-            for s in servers.values():
-                s.frozen = False
-                await s.kill()
+        elif kind == "socketio":
+            cmd = node_peer("sio_server.js", "--major", "4", "--host", "127.0.0.1", "--port", "0")
+        elif kind == "frp":
+            cmd = python_peer("frps_standin.py", "--host", "127.0.0.1", "--port", "0")
+            cmd += ["--token", FRP_TOKEN]
+            self.options = {"token": FRP_TOKEN}
+        else:  # stun, turn: coturn
+            port = free_port_pair("127.0.0.1")
+            cmd = python_peer("coturn.py", "--host", "127.0.0.1", "--port", str(port))
+            cmd += ["--secret", TURN_SECRET]
+            if kind == "turn":
+                self.options = {"secret": TURN_SECRET}
+        self.proc = await asyncio.to_thread(Peer, cmd)
+        _drain(self.proc)
+        self.port = self.proc.port
+
+    def _icmp(self, *, answer: bool, reject: bool = False) -> None:
+        q = self.icmp_peer
+        assert q is not None
+        run = functools.partial(subprocess.run, capture_output=True, timeout=20)
+        run(["ip", "netns", "exec", q, "iptables", "-F", "INPUT"])
+        ignore = "0" if answer else "1"
+        run(["ip", "netns", "exec", q, "sysctl", "-qw", f"net.ipv4.icmp_echo_ignore_all={ignore}"])
+        if reject:
+            rule = ["-p", "icmp", "--icmp-type", "echo-request", "-j", "REJECT"]
+            rule += ["--reject-with", "icmp-host-unreachable"]
+            run(["ip", "netns", "exec", q, "iptables", "-A", "INPUT", *rule], check=True)
+
+    def service(self, watch: bool, heartbeat: bool) -> dict[str, Any]:
+        probe: dict[str, Any] = {"kind": self.kind, "options": self.options}
+        if self.kind != "icmp":
+            probe["port"] = self.port
+            if not watch:
+                probe["watch"] = False
+        if not heartbeat:
+            probe["heartbeat"] = False
+        return {
+            "probe": probe,
+            "primary": {"address": self.host},
+            "backup": {"address": self.backup},
+        }
+
+    async def break_(self, mode: str) -> None:
+        if self.kind == "icmp":
+            # refused: the namespace answers "host unreachable"; silent: it
+            # stops answering echo requests.
+            self._icmp(answer=mode == "refused", reject=mode == "refused")
+        elif self.server is not None:
+            if mode == "refused":
+                await self.server.kill()
+            else:
+                self.server.frozen = True
+        elif mode == "refused":
+            self.proc.crash()
+        else:
+            os.killpg(self.proc.proc.pid, signal.SIGSTOP)
+
+    async def stop(self) -> None:
+        if self.kind == "icmp":
+            self._icmp(answer=True)
+        if self.server is not None:
+            self.server.frozen = False
+            await self.server.kill()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.proc.pid, signal.SIGCONT)
+            self.proc.stop()
+
+
+def _drain(peer: Any) -> None:
+    """Read a peer's stdout so that its event lines never fill the pipe."""
+    import threading
+
+    def drain() -> None:
+        with contextlib.suppress(Exception):
+            for _ in peer.proc.stdout:
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+async def one_detection(
+    kind: str,
+    mode: str,
+    rng: random.Random,
+    watch: bool = True,
+    heartbeat: bool = True,
+    icmp_peer: str | None = None,
+) -> float:
+    victim = Victim(kind, icmp_peer)
+    await victim.start()
+    try:
+        services = {"victim": victim.service(watch, heartbeat)}
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = parse_config({"state_dir": tmp, "services": services})
+            executor = FakeExecutor(delay=0.01)
+            decided = asyncio.get_running_loop().create_future()
+            executor.on_run = lambda req: decided.done() or decided.set_result(time.monotonic())
+            sup = Supervisor(
+                cfg,
+                executor=executor,
+                inventory=StaticInventory(cfg),
+                metrics=Metrics(CollectorRegistry()),
+                rng=rng,
+            )
+            await sup.start()
+            try:
+                await asyncio.sleep(4 + rng.uniform(0, 2))  # everything up, random phase
+                state = sup.state.services["victim"].primary.status.value
+                if state != "up":
+                    raise RuntimeError(f"{kind}: the primary is {state} before the fault")
+                broke = time.monotonic()
+                await victim.break_(mode)
+                at = await asyncio.wait_for(decided, 30)
+            finally:
+                await sup.stop(grace=0.5)
+    finally:
+        await victim.stop()
     return at - broke
 
 
 async def detection(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     modes = ["refused", "silent"] if args.mode == "both" else [args.mode]
-    print(
-        f"detection: {args.runs} runs per mode; defaults interval 2s, fast 0.25s, timeout 1s, "
-        f"fall 3; watch {'on' if args.watch else 'off'}"
-    )
-    for mode in modes:
-        times = []
-        for i in range(args.runs):
-            t = await one_detection(mode, rng, args.watch)
-            times.append(t)
-            print(f"  {mode} run {i + 1}/{args.runs}: {t:.3f}s", flush=True)
+    kinds = args.kinds.split(",")
+    unknown = set(kinds) - set(DETECTION_KINDS)
+    if unknown:
+        raise SystemExit(f"unknown kinds: {', '.join(sorted(unknown))}")
+    on = "on" if args.heartbeat else "off"
+    if args.icmp_peer is None:
         print(
-            f"{mode} (watch {'on' if args.watch else 'off'}): median {statistics.median(times):.3f}s  p95 {pct(times, 95):.3f}s  "
-            f"min {min(times):.3f}s  max {max(times):.3f}s  (n={len(times)})"
+            f"detection: {args.runs} runs per kind and mode; defaults interval 2s, fast 0.25s, "
+            f"timeout 1s, fall 3; watch {'on' if args.watch else 'off'}, heartbeat {on}",
+            flush=True,
         )
+    if "icmp" in kinds and args.icmp_peer is None:
+        _detection_in_netns(args)
+        kinds.remove("icmp")
+    for kind in kinds:
+        for mode in modes:
+            times = []
+            for i in range(args.runs):
+                t = await one_detection(kind, mode, rng, args.watch, args.heartbeat, args.icmp_peer)
+                times.append(t)
+                if args.verbose:
+                    print(f"  {kind} {mode} run {i + 1}/{args.runs}: {t:.3f}s", flush=True)
+            print(
+                f"{kind:12s} {mode:8s} heartbeat {on:3s}: median {statistics.median(times):.3f}s  "
+                f"p95 {pct(times, 95):.3f}s  min {min(times):.3f}s  max {max(times):.3f}s  "
+                f"(n={len(times)})",
+                flush=True,
+            )
+
+
+def _detection_in_netns(args: argparse.Namespace) -> None:
+    """icmp: this script again, in network namespace P; the target is Q
+    across a veth pair (tests/test_probe_icmp.py's namespaces)."""
+    from tests.test_probe_icmp import Namespaces
+
+    ns = Namespaces()
+    try:
+        ns.setup()
+        cmd = [
+            *("ip", "netns", "exec", ns.p, sys.executable, str(Path(__file__).resolve())),
+            *("detection", "--kinds", "icmp", "--icmp-peer", ns.q, "--runs", str(args.runs)),
+            *("--mode", args.mode, "--seed", str(args.seed)),
+            *([] if args.heartbeat else ["--no-heartbeat"]),
+            *(["--verbose"] if args.verbose else []),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        print(out.stdout.rstrip() or out.stderr[-2000:], flush=True)
+    finally:
+        ns.cleanup()
+
+
+HEARTBEAT_CPU_KINDS = ("http", "thingsboard", "socketio", "frp", "stun", "turn", "icmp")
+
+
+async def heartbeat_cpu(args: argparse.Namespace) -> None:
+    """CPU of this process per target-second, heartbeats on and off, in one run."""
+    from bench.peers import MEASURED_CPU, helper_cpus
+
+    pinned = args.pin and len(os.sched_getaffinity(0)) > 1
+    helpers = helper_cpus() if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, {MEASURED_CPU})
+    kinds = args.kinds.split(",")
+    print(
+        f"heartbeat CPU: {args.services} services per kind (primary and backup on the same "
+        f"peer: {2 * args.services} targets), default thresholds and heartbeat; "
+        f"{args.seconds:g} s measured per round after {args.warmup:g} s, {args.rounds} rounds",
+        flush=True,
+    )
+    for kind in kinds:
+        victim = Victim(kind)
+        if kind == "icmp":
+            victim.host = victim.backup = "127.0.0.1"  # the kernel answers on loopback
+        else:
+            if helpers is not None:
+                # the peer's process on the other core
+                os.sched_setaffinity(0, helpers)
+            await victim.start()
+            if pinned:
+                os.sched_setaffinity(0, {MEASURED_CPU})
+            victim.backup = victim.host
+        figures: dict[bool, list[float]] = {True: [], False: []}
+        sent: list[float] = []
+        try:
+            for r in range(args.rounds):
+                for on in (True, False) if r % 2 == 0 else (False, True):
+                    cpu, hb = await _cpu_round(victim, args, on)
+                    figures[on].append(cpu)
+                    if on:
+                        sent.append(hb)
+        finally:
+            if kind != "icmp":
+                await victim.stop()
+        on_ms = statistics.median(figures[True])
+        off_ms = statistics.median(figures[False])
+        print(
+            f"{kind:12s} CPU per target-second: heartbeat on {on_ms:.3f} ms, off {off_ms:.3f} ms, "
+            f"on/off {on_ms / off_ms:.2f} (+{on_ms - off_ms:.3f} ms; "
+            f"{statistics.median(sent):.1f} heartbeats/s per target)",
+            flush=True,
+        )
+
+
+async def _cpu_round(victim: Victim, args: argparse.Namespace, on: bool) -> tuple[float, float]:
+    n = args.services
+    base = victim.service(True, on)
+    services = {f"s{i}": base for i in range(n)}
+    with tempfile.TemporaryDirectory() as tmp:
+        sup = _supervisor(tmp, services)
+        await sup.start()
+        try:
+            await asyncio.sleep(args.warmup)
+            hbs = [t.heartbeat for t in sup.targets.values() if t.heartbeat is not None]
+            sent0 = sum(h.sent for h in hbs)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            await asyncio.sleep(args.seconds)
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+            sent = sum(h.sent for h in hbs) - sent0
+            up = sum(
+                1
+                for s in sup.state.services.values()
+                for t in (s.primary, s.backup)
+                if t.status.value == "up"
+            )
+        finally:
+            await sup.stop(grace=0.5)
+    if up < 2 * n:
+        print(f"  warning: {victim.kind}: {up} of {2 * n} targets up", flush=True)
+    return 1e3 * cpu / (max(up, 1) * wall), sent / (max(up, 1) * wall)
 
 
 async def scale(args: argparse.Namespace) -> None:
@@ -604,12 +833,25 @@ def main() -> None:
     d.add_argument("--runs", type=int, default=10)
     d.add_argument("--mode", choices=["refused", "silent", "both"], default="both")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--kinds", default=",".join(DETECTION_KINDS))
     d.add_argument(
         "--no-watch",
         dest="watch",
         action="store_false",
         help="no idle watch connection: periodic probes only",
     )
+    d.add_argument(
+        "--no-heartbeat", dest="heartbeat", action="store_false", help="probe.heartbeat: false"
+    )
+    d.add_argument("--verbose", action="store_true", help="print every run")
+    d.add_argument("--icmp-peer", default=None, help=argparse.SUPPRESS)  # inside the namespace
+    hc = sub.add_parser("heartbeat-cpu")
+    hc.add_argument("--kinds", default=",".join(HEARTBEAT_CPU_KINDS))
+    hc.add_argument("--services", type=int, default=20)
+    hc.add_argument("--seconds", type=float, default=10)
+    hc.add_argument("--warmup", type=float, default=5)
+    hc.add_argument("--rounds", type=int, default=2)
+    hc.add_argument("--no-pin", dest="pin", action="store_false")
     s = sub.add_parser("scale")
     s.add_argument("--targets", type=int, default=1000)
     s.add_argument("--listeners", type=int, default=8)
@@ -663,7 +905,13 @@ def main() -> None:
         {"growth": growth, "startup": startup}[args.cmd](args)
         return
     logs.configure("error", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
-    commands = {"detection": detection, "scale": scale, "memory": memory, "exposition": exposition}
+    commands = {
+        "detection": detection,
+        "heartbeat-cpu": heartbeat_cpu,
+        "scale": scale,
+        "memory": memory,
+        "exposition": exposition,
+    }
     asyncio.run(commands[args.cmd](args))
 
 

@@ -351,6 +351,15 @@ class Attachments(Model):
     route_tables: list[Annotated[str, Field(pattern=r"^rtb-[0-9a-f]{8,17}$")]] = []
 
 
+class HeartbeatConfig(Model):
+    """A cheap message on a kept link to a healthy target (jupiterd/heartbeat.py)."""
+
+    interval: PositiveSeconds = 0.1  # between heartbeats
+    # This many unanswered in a row (interval x multiplier of silence) start
+    # the confirmation probes; never a DOWN by itself.
+    multiplier: int = Field(default=3, ge=1, le=100)
+
+
 class ProbeConfig(Model):
     kind: str
     # The port probed on each instance's address; the kind's default if unset.
@@ -364,6 +373,19 @@ class ProbeConfig(Model):
     # than up to one interval. Default: on for tcp, http, socketio and
     # thingsboard; off for frp (frps serialises first reads), stun/turn, icmp.
     watch: bool | None = None
+    # Heartbeat while the target is up: true/false or {interval, multiplier}.
+    # Default: on for http, thingsboard, socketio, frp (with mux), stun and
+    # turn (udp), icmp; none for tcp.
+    heartbeat: HeartbeatConfig | bool | None = None
+
+    @property
+    def heartbeat_settings(self) -> HeartbeatConfig | None:
+        """The heartbeat's settings, or None when this probe has none."""
+        from .heartbeat import HEARTBEAT_KINDS
+
+        if self.heartbeat is False or (self.heartbeat is None and self.kind not in HEARTBEAT_KINDS):
+            return None
+        return self.heartbeat if isinstance(self.heartbeat, HeartbeatConfig) else HeartbeatConfig()
 
     @property
     def watch_enabled(self) -> bool:
@@ -533,6 +555,12 @@ def _resolve_secret(value: Any, key: str, resolve: bool = True) -> Any:
     raise ConfigError(None, key, "a secret is a string, {env: NAME} or {file: PATH}")
 
 
+def _heartbeat_kinds() -> frozenset[str]:
+    from .heartbeat import HEARTBEAT_KINDS
+
+    return HEARTBEAT_KINDS
+
+
 def _check_probe(name: str, svc: ServiceConfig, secrets: bool = True) -> ServiceConfig:
     """Validate the probe's options with its kind's model, secrets resolved."""
     kind = probes.get_kind(svc.probe.kind)
@@ -541,6 +569,10 @@ def _check_probe(name: str, svc: ServiceConfig, secrets: bool = True) -> Service
         raise ConfigError(None, f"{base}.port", f"an {kind.name} probe has no port")
     if kind.target_style == "host" and svc.probe.watch:
         raise ConfigError(None, f"{base}.watch", f"an {kind.name} target has no port to watch")
+    if svc.probe.heartbeat not in (None, False) and kind.name not in _heartbeat_kinds():
+        raise ConfigError(
+            None, f"{base}.heartbeat", f"a {kind.name} probe has no heartbeat (nothing to ask)"
+        )
     if kind.target_style == "hostport" and svc.probe.port is None and kind.default_port is None:
         raise ConfigError(None, f"{base}.port", f"a {kind.name} probe needs a port")
     raw = dict(svc.probe.options) if isinstance(svc.probe.options, Mapping) else {}

@@ -29,6 +29,7 @@ from probes.options import parse_hostport
 from . import __version__, logs, statefile
 from .config import Config
 from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
+from .heartbeat import CONFIRM_SPACING, Heartbeat, link_for
 from .inventory import Inventory, ServiceView
 from .journal import Journal, JournalError, LockBusy, PlanLock, held_services
 from .machine import (
@@ -136,6 +137,7 @@ class _Target:
     instance_id: str | None
     labels: tuple[Any, Any, Any]  # cached metric children: success, duration, kind
     watch: Watch | None = None
+    heartbeat: Heartbeat | None = None
     results: dict[str, Any] = field(default_factory=dict)  # reason -> counter child
 
 
@@ -252,6 +254,8 @@ class Supervisor:
         for target in self.targets.values():
             if target.watch is not None:
                 target.watch.stop()
+            if target.heartbeat is not None:
+                target.heartbeat.stop()
         await asyncio.gather(*(target.loop.stop() for target in self.targets.values()))
         await self.lag.stop()
         running = [t for t in self.plans.values() if not t.done()]
@@ -319,10 +323,12 @@ class Supervisor:
         if t is None:
             return
         spec = t.loop.spec
+        streams = self._update_heartbeat(name, role, t, status is Status.UP)
         wanted = (
             status is Status.UP
             and spec is not None
             and self.config.services[name].probe.watch_enabled
+            and not streams  # the heartbeat's own connection tells a close
             and not self._stopping
         )
         if not wanted:
@@ -342,6 +348,44 @@ class Supervisor:
 
             t.watch = Watch(hp.host, hp.port, closed)
         t.watch.start()
+
+    def _update_heartbeat(self, name: str, role: Role, t: _Target, up: bool) -> bool:
+        """Run a target's heartbeat while it is up; True while it runs over TCP."""
+        spec = t.loop.spec
+        settings = self.config.services[name].probe.heartbeat_settings
+        if not up or spec is None or settings is None or self._stopping:
+            if t.heartbeat is not None:
+                t.heartbeat.stop()
+                t.heartbeat = None
+            return False
+        first = link_for(spec.kind.name, spec.target, spec.options)
+        if first is None:
+            return False
+        if t.heartbeat is None:
+            counter = self.metrics.heartbeat_misses.labels(name, role.value)
+            target = spec.target
+
+            def make(kind: str = spec.kind.name, options: Any = spec.options) -> Any:
+                return link_for(kind, target, options)
+
+            def missed(loop: TargetLoop = t.loop) -> None:
+                fall = self.policy.thresholds[name].fall  # as reloaded
+                counter.inc()
+                self.log.info(
+                    "heartbeat missed: confirming with full probes",
+                    service=name,
+                    role=role.value,
+                    silent_seconds=settings.interval * settings.multiplier,
+                    probes=fall,
+                )
+                loop.confirm(fall, CONFIRM_SPACING)
+
+            def closed(loop: TargetLoop = t.loop) -> None:
+                loop.wake()
+
+            t.heartbeat = Heartbeat(make, settings.interval, settings.multiplier, missed, closed)
+        t.heartbeat.start()
+        return not first.pipelined
 
     def _interval(self, name: str, role: Role) -> tuple[float | None, float]:
         th = self.policy.thresholds[name]
@@ -666,6 +710,9 @@ class Supervisor:
                     if address != t.address:
                         t.address = address
                         t.loop.spec = self._spec(name, address)
+                        if t.heartbeat is not None:
+                            t.heartbeat.stop()  # the next one goes to the new address
+                            t.heartbeat = None
                         t.loop.wake()  # a target that had no address waits for this
                         status = self.state.services[name].target(role).status
                         self._update_watch(name, role, status)
@@ -820,6 +867,8 @@ class Supervisor:
             if changed:
                 if t.watch is not None:
                     t.watch.stop()
+                if t.heartbeat is not None:
+                    t.heartbeat.stop()
                 await t.loop.stop()
                 del self.targets[(name, role)]
         for name in config.services:

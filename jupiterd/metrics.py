@@ -89,6 +89,12 @@ class Metrics:
             ["service", "role"],
             registry=r,
         )
+        self.heartbeat_misses = Counter(
+            "jupiterd_heartbeat_misses",
+            "Heartbeats unanswered for interval x multiplier (each starts confirmation probes).",
+            ["service", "role"],
+            registry=r,
+        )
 
         # Decisions
         self.target_state = Enum(

@@ -3,7 +3,8 @@
 - Per-target interval with jitter, asked of the caller after every probe
   (fast while the target is changing state, normal otherwise, none while
   its instance is stopped).
-- Never two probes of one target at once: the loop awaits each probe.
+- Never two probes of one target at once, but for a confirmation (below):
+  the loop awaits each probe.
 - No drift: the next start is computed from the previous *planned* start,
   so a late start does not push every later one back; a loop that fell
   more than one interval behind skips ahead and counts it.
@@ -14,6 +15,11 @@
 - A probe that timed out while the event loop stalled (``LagMonitor``) is
   the monitor's failure, not the target's: its timeout fired late, or the
   loop gave it too little of its budget to finish.
+- ``confirm(n, spacing)`` (a missed heartbeat) starts ``n`` full probes
+  ``spacing`` apart without waiting for each other, a probe already running
+  counting as the first: their timeouts overlap, so ``fall`` failures take
+  one timeout instead of ``fall``. Each is an independent probe on its own
+  connection; the next scheduled probe is planned from the last one's end.
 
 Sleeping uses one ``call_at`` handle and one future per wait: cheaper than a
 task or ``wait_for`` per probe when thousands of targets are scheduled.
@@ -159,6 +165,9 @@ class TargetLoop:
         self._task: asyncio.Task[None] | None = None
         self.probing = False
         self.probes_run = 0
+        self.confirming = 0  # confirmation probes in flight
+        self._confirm_task: asyncio.Task[None] | None = None
+        self._replan_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
@@ -173,7 +182,60 @@ class TargetLoop:
         if self._waiter is not None:
             _wake_future(self._waiter)
 
+    def confirm(self, count: int, spacing: float) -> None:
+        """Start ``count`` full probes now, ``spacing`` apart (a running
+        probe counts as the first); no-op while a confirmation runs."""
+        if self.spec is None or self._task is None or self.confirming:
+            return
+        if self._confirm_task is not None and not self._confirm_task.done():
+            return
+        count -= 1 if self.probing else 0
+        if count > 0:
+            self.confirming = count
+            self._confirm_task = asyncio.get_running_loop().create_task(
+                self._confirm(count, spacing), name=f"{self.name}:confirm"
+            )
+
+    async def _confirm(self, count: int, spacing: float) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(spec: ProbeSpec) -> None:
+            start = loop.time()
+            try:
+                result = await self._probe(spec)
+            finally:
+                self.confirming -= 1
+            self.probes_run += 1
+            end = loop.time()
+            if self.lag is not None:
+                result = self.lag.judge(result, start, end, spec.timeout)
+            self.on_result(result, end)
+            # The regular schedule starts again from the last result.
+            self._replan_at = end
+            if self._waiter is not None:
+                _wake_future(self._waiter)
+
+        try:
+            for i in range(count):
+                if i:
+                    await asyncio.sleep(spacing)
+                spec = self.spec
+                if spec is None:
+                    self.confirming -= count - i
+                    break
+                tasks.append(loop.create_task(one(spec)))
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.confirming = 0
+
     async def stop(self) -> None:
+        if self._confirm_task is not None:
+            self._confirm_task.cancel()
+            await asyncio.gather(self._confirm_task, return_exceptions=True)
+            self._confirm_task = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -212,6 +274,12 @@ class TargetLoop:
             now = loop.time()
             woken = self._woken
             self._woken = False
+            replan, self._replan_at = self._replan_at, None
+            if replan is not None and not woken:
+                # A confirmation result came in: plan from it, as after our own probe.
+                seconds, jitter = self.interval()
+                planned = None if seconds is None else replan + self._jittered(seconds, jitter)
+                continue
             spec = self.spec
             if spec is None or (planned is None and not woken):
                 planned = None
