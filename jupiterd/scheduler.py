@@ -10,6 +10,8 @@
   more than one interval behind skips ahead and counts it.
 - Each probe is bounded by its timeout (the probe library enforces it; a
   small grace here catches a probe that does not).
+- A probe that raises (a defect in jupiterd, not a verdict on the target)
+  gives a ``monitor_error`` result with cause ``defect``; the loop goes on.
 - ``wake()`` starts a probe at once (the isolation guard's fresh look, an
   instance that just started).
 - A probe that timed out while the event loop stalled (``LagMonitor``) is
@@ -324,4 +326,17 @@ class TargetLoop:
                 reason=Reason.TIMEOUT,
                 detail=f"the probe overran its {spec.timeout:g} s timeout",
                 duration_seconds=spec.timeout + GRACE,
+            )
+        except Exception as exc:  # a probe's defect must not end this loop
+            return ProbeResult(
+                kind=spec.kind.name,
+                target=spec.target,
+                ok=False,
+                reason=Reason.MONITOR_ERROR,
+                detail=(
+                    f"the {spec.kind.name} probe failed inside jupiterd "
+                    f"({type(exc).__name__}: {str(exc)[:200]}): a defect, no verdict on the target"
+                ),
+                duration_seconds=0.0,
+                cause=MonitorCause.DEFECT,
             )

@@ -78,11 +78,12 @@ class MonitorCause(StrEnum):
     NO_ROUTE = "no_route"  # ENETUNREACH/ENETDOWN from this host's own routing table
     RESOLVER = "resolver"  # this host's resolver failed (not: the name does not exist)
     LOOP_STALL = "loop_stall"  # the event loop stalled for much of the probe's budget
+    DEFECT = "defect"  # the probe code raised: a bug in jupiterd, reported with its type
 
     @property
     def host_wide(self) -> bool:
         """Whether every probe of this process is affected, not one target's."""
-        return self not in (MonitorCause.NO_ROUTE, MonitorCause.RESOLVER)
+        return self not in (MonitorCause.NO_ROUTE, MonitorCause.RESOLVER, MonitorCause.DEFECT)
 
 
 @dataclass(frozen=True, slots=True)

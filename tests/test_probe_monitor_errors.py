@@ -101,7 +101,7 @@ async def test_entrypoint_sets_the_cause_without_string_matching(exc, reason, ca
 
 def test_host_wide_causes():
     local = {c for c in MonitorCause if not c.host_wide}
-    assert local == {MonitorCause.NO_ROUTE, MonitorCause.RESOLVER}
+    assert local == {MonitorCause.NO_ROUTE, MonitorCause.RESOLVER, MonitorCause.DEFECT}
 
 
 def test_a_routers_answer_is_the_networks_not_the_monitors():
