@@ -11,6 +11,7 @@ The watch sends nothing. It is off for kinds where an idle connection can
 hurt: frps reads each new connection's first byte in its accept loop, one
 connection at a time, so a silent client would delay real frpc logins.
 A server that keeps closing the watch quickly gets it retried less often.
+A watch that cannot connect at all wakes the probe once, as a close would.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Watch:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
     def start(self) -> None:
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(
@@ -72,6 +77,12 @@ class Watch:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # A watch starts when its target was just seen up, and starts again
+        # after each close: a connect that fails then is news as much as a
+        # close (the target died before the watch got in), so the first
+        # failure wakes the probe. Later failures in a row do not: the
+        # probes already look at a target that refuses.
+        news = True
         while True:
             closed: asyncio.Future[None] = loop.create_future()
             try:
@@ -80,8 +91,13 @@ class Watch:
                         functools.partial(_Idle, closed), self.host, self.port
                     )
             except (OSError, TimeoutError):
+                if news:
+                    news = False
+                    self.closes += 1
+                    self.on_close()
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            news = True
             self._transport = transport
             opened = loop.time()
             try:

@@ -61,6 +61,31 @@ async def test_watch_calls_back_when_the_server_closes():
     assert not watch.running
 
 
+async def test_a_target_that_died_before_the_watch_got_in_wakes_the_probe_once(monkeypatch):
+    """The watch starts when its target is seen up; if the target dies
+    before the watch connects, the refused connect is the news (once: later
+    refusals in a row are the probes' business). A connection made again
+    and closed wakes it again."""
+    monkeypatch.setattr("jupiterd.watch.RETRY_SECONDS", 0.02)
+    srv = await HoldingServer().start()
+    port = srv.port
+    await srv.kill()  # dead before the watch starts
+    calls: list[float] = []
+    watch = Watch("127.0.0.1", port, lambda: calls.append(0.0))
+    watch.start()
+    try:
+        await wait_for(lambda: calls, what="a wake for the refused connect")
+        await asyncio.sleep(0.2)  # about ten more refusals
+        assert len(calls) == 1 and watch.closes == 1
+        back = await HoldingServer(port=port).start()
+        await wait_for(lambda: watch.connected, what="the watch reconnecting")
+        assert len(calls) == 1
+        await back.kill()
+        await wait_for(lambda: len(calls) == 2, what="a wake for the close")
+    finally:
+        watch.stop()
+
+
 async def test_a_crash_is_detected_long_before_the_next_scheduled_probe(tmp_path):
     servers = {n: await HoldingServer(f"127.0.0.{2 + i}").start() for i, n in enumerate("abc")}
     services = {
@@ -93,7 +118,9 @@ async def test_a_crash_is_detected_long_before_the_next_scheduled_probe(tmp_path
     try:
         await wait_for(
             lambda: all(
-                sup.state.services[n].primary.status is Status.UP and servers[n].conns
+                sup.state.services[n].primary.status is Status.UP
+                and (w := sup.targets[(n, P)].watch) is not None
+                and w.connected
                 for n in "abc"
             ),
             what="watched and up",
