@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
-from jupiterd.aws import AwsUnavailable
-from jupiterd.daemon import Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Role
-from jupiterd.metrics import Metrics
+from jupiterd.aws.client import AwsUnavailable
+from jupiterd.core.health import Role
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor, config_for, wait_for
 
 
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--outages", default="2,12,40")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    from jupiterd import logs
+    from jupiterd.telemetry import logs
 
     logs.configure("error", "console", stream=sys.stderr)
     print("outage_s  runs  reaction_s(median)  reaction_s(max)  reads_during_outage")

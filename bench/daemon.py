@@ -71,11 +71,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bench.peers import pct
-from jupiterd import logs
 from jupiterd.config import parse_config
-from jupiterd.daemon import Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.metrics import Metrics
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry import logs
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor
 
 
@@ -96,7 +96,7 @@ def _listeners(n: int, cpus: set[int] | None) -> Any:
 def _supervisor(tmp: str, services: dict[str, Any], **defaults: str) -> Supervisor:
     """A supervisor over ``services`` with both roles running (both probed),
     no isolation guard and a fake executor."""
-    from jupiterd.machine import Role
+    from jupiterd.core.health import Role
 
     cfg = parse_config(
         {
@@ -475,7 +475,7 @@ async def _scale(args: argparse.Namespace, addrs: list[str]) -> None:
         if args.scrape:
             from types import SimpleNamespace
 
-            from jupiterd.api import SUPERVISOR, _metrics
+            from jupiterd.runtime.api import SUPERVISOR, _metrics
 
             # The daemon's own /metrics handler, minus the HTTP around it.
             request: Any = SimpleNamespace(app={SUPERVISOR: sup})

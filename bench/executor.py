@@ -45,12 +45,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupiterd.aws import Aws
+from jupiterd.aws.client import Aws
+from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import parse_config
-from jupiterd.executor import AwsExecutor
-from jupiterd.executor_api import FailoverRequest, StepReport
-from jupiterd.machine import Role
-from jupiterd.seed import seed
+from jupiterd.core.execution import FailoverRequest, StepReport
+from jupiterd.core.health import Role
+from jupiterd.sandbox.seed import seed
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 from tests.peers.moto_server import moto_server
 from tests.peers.process import Peer, python_peer

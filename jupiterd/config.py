@@ -352,7 +352,7 @@ class Attachments(Model):
 
 
 class HeartbeatConfig(Model):
-    """A cheap message on a kept link to a healthy target (jupiterd/heartbeat.py)."""
+    """A cheap message on a kept link to a healthy target (jupiterd/runtime/heartbeat.py)."""
 
     interval: PositiveSeconds = 0.1  # between heartbeats
     # This many unanswered in a row (interval x multiplier of silence) start
@@ -381,7 +381,7 @@ class ProbeConfig(Model):
     @property
     def heartbeat_settings(self) -> HeartbeatConfig | None:
         """The heartbeat's settings, or None when this probe has none."""
-        from .heartbeat import HEARTBEAT_KINDS
+        from jupiterd.runtime.heartbeat import HEARTBEAT_KINDS
 
         if self.heartbeat is False or (self.heartbeat is None and self.kind not in HEARTBEAT_KINDS):
             return None
@@ -389,7 +389,7 @@ class ProbeConfig(Model):
 
     @property
     def watch_enabled(self) -> bool:
-        from .watch import WATCH_BY_DEFAULT
+        from jupiterd.runtime.watch import WATCH_BY_DEFAULT
 
         if self.watch is not None:
             return self.watch
@@ -441,7 +441,9 @@ class DrillConfig(Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from .drills import cron_trigger  # crontab's weekday numbers (0 and 7 = Sunday)
+        from jupiterd.runtime.drills import (
+            cron_trigger,  # crontab's weekday numbers (0 and 7 = Sunday)
+        )
 
         try:
             cron_trigger(v)
@@ -556,7 +558,7 @@ def _resolve_secret(value: Any, key: str, resolve: bool = True) -> Any:
 
 
 def _heartbeat_kinds() -> frozenset[str]:
-    from .heartbeat import HEARTBEAT_KINDS
+    from jupiterd.runtime.heartbeat import HEARTBEAT_KINDS
 
     return HEARTBEAT_KINDS
 

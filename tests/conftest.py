@@ -21,6 +21,6 @@ def _quiet_logs():
     """Decisions are logged at info; per-probe debug lines only slow tests."""
     import sys
 
-    from jupiterd import logs
+    from jupiterd.telemetry import logs
 
     logs.configure("info", "console", stream=sys.stderr)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jupiterd.config import Config, parse_config
-from jupiterd.executor_api import FailoverOutcome, FailoverRequest, StepReport
-from jupiterd.machine import Role
+from jupiterd.core.execution import FailoverOutcome, FailoverRequest, StepReport
+from jupiterd.core.health import Role
 
 FAST = {
     "interval": 0.2,

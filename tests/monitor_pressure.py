@@ -20,10 +20,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from jupiterd.daemon import ProbeEvent, Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Transition
-from jupiterd.metrics import Metrics
+from jupiterd.core.health import Transition
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor, P, config_for, wait_for
 
 PROBES_UNDER_PRESSURE = 12
@@ -126,7 +126,7 @@ async def main(host: str, port: int, state_dir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from jupiterd import logs
+    from jupiterd.telemetry import logs
 
     logs.configure("warning", "console", stream=sys.stderr)
     out = asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))

@@ -23,11 +23,11 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from jupiterd.api import make_app, start_server
 from jupiterd.config import load_config
-from jupiterd.daemon import Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.metrics import Metrics
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.api import make_app, start_server
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor, config_for, wait_for
 from tests.peers.hostile import free_port
 

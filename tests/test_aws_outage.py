@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from jupiterd.awsinventory import AwsInventory
-from jupiterd.daemon import Supervisor
-from jupiterd.executor import AwsExecutor
-from jupiterd.machine import Guard, Status
-from jupiterd.metrics import Metrics
+from jupiterd.aws.executor import AwsExecutor
+from jupiterd.aws.inventory import AwsInventory
+from jupiterd.core.health import Guard, Status
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import B, P, wait_for
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import FAST, jupiter_stack

@@ -12,12 +12,12 @@ from collections import deque
 import pytest
 from prometheus_client import CollectorRegistry
 
-from jupiterd.api import make_app
-from jupiterd.daemon import Supervisor
-from jupiterd.executor_api import OfflineExecutor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Guard, Status
-from jupiterd.metrics import Metrics
+from jupiterd.core.execution import OfflineExecutor
+from jupiterd.core.health import Guard, Status
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.api import make_app
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FAST, B, FakeExecutor, P, config_for, wait_for
 
 
@@ -262,7 +262,7 @@ async def test_monitor_only_reports_due_failovers_without_cooldown(stack):
 
 
 async def test_aws_unreachable_holds_retries_soon_and_acts_when_aws_answers(stack):
-    from jupiterd.aws import AwsUnavailable
+    from jupiterd.aws.client import AwsUnavailable
 
     sup, executor, prim, _, inv = stack
     sup.aws_retry_seconds = (0.05, 0.2)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from jupiterd.daemon import ProbeEvent, Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Transition
-from jupiterd.metrics import Metrics
-from jupiterd.scheduler import LagMonitor
+from jupiterd.core.health import Transition
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.probe_loop import LagMonitor
+from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from probes import ProbeResult, Reason
 from tests.daemon_helpers import FAST, FakeExecutor, P, config_for, wait_for
 

@@ -12,10 +12,10 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
-from jupiterd.daemon import Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Guard, Status, Transition
-from jupiterd.metrics import Metrics
+from jupiterd.core.health import Guard, Status, Transition
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need
 from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
 from tests.peers.coturn import _free_on_both, free_port_pair

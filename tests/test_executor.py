@@ -16,15 +16,15 @@ from typing import Any
 import boto3
 import pytest
 
-from jupiterd.aws import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
-from jupiterd.awsinventory import AwsInventory
-from jupiterd.executor import AwsExecutor, _refused, check_invariant
-from jupiterd.executor_api import FailoverRequest, StepReport
-from jupiterd.journal import PlanLock
-from jupiterd.machine import Role
-from jupiterd.metrics import Metrics
-from jupiterd.plan import service_status
-from jupiterd.seed import SERVICES, Topology, read_notifications
+from jupiterd.aws.client import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
+from jupiterd.aws.executor import AwsExecutor, _refused, check_invariant
+from jupiterd.aws.inventory import AwsInventory
+from jupiterd.core.execution import FailoverRequest, StepReport
+from jupiterd.core.health import Role
+from jupiterd.core.plan import service_status
+from jupiterd.sandbox.seed import SERVICES, Topology, read_notifications
+from jupiterd.state.journal import PlanLock
+from jupiterd.telemetry.metrics import Metrics
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
 from tests.peers.moto_server import MotoServer, client_env, moto_server
@@ -323,7 +323,7 @@ async def test_dry_run_changes_nothing(stack: Stack, moto: MotoServer):
 
 async def test_lock_held_by_another_process_refuses(stack: Stack):
     code = (
-        "import sys; from jupiterd.journal import PlanLock; l = PlanLock(sys.argv[1]); "
+        "import sys; from jupiterd.state.journal import PlanLock; l = PlanLock(sys.argv[1]); "
         "l.acquire(); print('held', flush=True); sys.stdin.readline()"
     )
     proc = await asyncio.create_subprocess_exec(

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
+from jupiterd.aws.executor import AwsExecutor, check_invariant
 from jupiterd.config import Config, parse_config
-from jupiterd.executor import AwsExecutor, check_invariant
-from jupiterd.executor_api import FailoverOutcome
-from jupiterd.journal import KILL_ENV, Journal
-from jupiterd.machine import Role
-from jupiterd.plan import service_status
-from jupiterd.seed import Topology, read_notifications, seed
+from jupiterd.core.execution import FailoverOutcome
+from jupiterd.core.health import Role
+from jupiterd.core.plan import service_status
+from jupiterd.sandbox.seed import Topology, read_notifications, seed
+from jupiterd.state.journal import KILL_ENV, Journal
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 from tests.peers.moto_server import MotoServer, client_env, moto_server

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import Config, parse_config
-from jupiterd.drills import DrillRunner, _crontab_days, cron_trigger
-from jupiterd.executor import AwsExecutor
-from jupiterd.executor_api import FailoverRequest
-from jupiterd.machine import Role
-from jupiterd.metrics import Metrics
+from jupiterd.core.execution import FailoverRequest
+from jupiterd.core.health import Role
+from jupiterd.runtime.drills import DrillRunner, _crontab_days, cron_trigger
+from jupiterd.telemetry.metrics import Metrics
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
 from tests.peers.moto_server import MotoServer, moto_server

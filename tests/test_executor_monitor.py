@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupiterd.executor import default_prober
+from jupiterd.aws.executor import default_prober
 from probes import MonitorCause, ProbeResult
 from tests.peers.jupiter_aws import Stack
 from tests.test_executor import make_executor, moto, request, stack

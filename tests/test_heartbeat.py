@@ -1,4 +1,4 @@
-"""Heartbeats (jupiterd/heartbeat.py): a miss starts full probes and never
+"""Heartbeats (jupiterd/runtime/heartbeat.py): a miss starts full probes and never
 decides by itself; a healthy peer answers without extra probes; each kind's
 heartbeat against its real peer; misbehaving peers never crash it.
 
@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 
 import probes
 from jupiterd.config import parse_config
-from jupiterd.daemon import ProbeEvent, Supervisor
-from jupiterd.heartbeat import Heartbeat, link_for
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Role, Status, Transition
-from jupiterd.metrics import Metrics
+from jupiterd.core.health import Role, Status, Transition
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.heartbeat import Heartbeat, link_for
+from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
+from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need
 from tests.daemon_helpers import FakeExecutor, wait_for
 from tests.peers import hostile
@@ -244,7 +244,7 @@ async def test_socketio_heartbeat_against_python_socketio():
 
 async def test_socketio_heartbeat_answers_server_pings(monkeypatch):
     """Engine.IO 4 servers ping: the session survives several of them."""
-    import jupiterd.heartbeat as hbmod
+    import jupiterd.runtime.heartbeat as hbmod
 
     monkeypatch.setattr(hbmod, "SESSION_SECONDS", 3600.0)
     with node_sio_server(need("node"), major=4, ping_interval_ms=200, ping_timeout_ms=200) as peer:
@@ -395,7 +395,7 @@ async def test_tcp_acked_for_tells_a_lost_segment_from_an_unanswering_peer():
     acknowledged (here: every inbound segment dropped by a socket filter on
     the peer's side) is loss, not a hang; an acknowledged, unanswered one is
     the application's silence."""
-    from jupiterd.heartbeat import _tcp_acked_for
+    from jupiterd.runtime.heartbeat import _tcp_acked_for
     from tests.test_net import SO_DETACH_FILTER, drop_everything
 
     accepted: list[socket.socket] = []
@@ -476,7 +476,7 @@ async def test_confirm_runs_fall_probes_at_once_counting_the_one_in_flight():
     confirmation while one runs is ignored; each result is reported."""
     from types import SimpleNamespace
 
-    from jupiterd.scheduler import ProbeSpec, TargetLoop
+    from jupiterd.runtime.probe_loop import ProbeSpec, TargetLoop
     from probes import ProbeResult, Reason
 
     release = asyncio.Event()

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jupiterd import statefile
-from jupiterd.journal import (
+from jupiterd.state import statefile
+from jupiterd.state.journal import (
     JOURNAL_NAME,
     KILL_ENV,
     ROTATE_BYTES,
@@ -140,7 +140,7 @@ def test_reader_never_raises_on_odd_records(tmp_path_factory, records):
 
 
 def test_rotation_keeps_unfinished_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr("jupiterd.journal.ROTATE_BYTES", 10)
+    monkeypatch.setattr("jupiterd.state.journal.ROTATE_BYTES", 10)
     j = Journal(tmp_path)
     pid = _plan(j)
     j.maybe_rotate()
@@ -167,7 +167,7 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path):
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from jupiterd.journal import PlanLock
+    from jupiterd.state.journal import PlanLock
     lock = PlanLock(sys.argv[1])
     lock.acquire()
     print("held", flush=True)
@@ -212,7 +212,7 @@ def test_kill_hook_kills_after_the_nth_durable_record(tmp_path: Path):
     code = textwrap.dedent(
         f"""
         import sys
-        from jupiterd.journal import Journal
+        from jupiterd.state.journal import Journal
         j = Journal({str(tmp_path)!r})
         p = j.start_plan("web", "primary", "backup", "r", "cli", "stopped")
         for i in range(5):

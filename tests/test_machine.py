@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from jupiterd.config import IsolationGuard, Thresholds
-from jupiterd.machine import (
+from jupiterd.core.health import (
     ActiveObserved,
     Alert,
     AwsReachability,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from jupiterd.config import IsolationGuard, Thresholds
-from jupiterd.machine import (
+from jupiterd.core.health import (
     Guard,
     HoldCleared,
     MachineState,

@@ -7,7 +7,7 @@ import subprocess
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from jupiterd.metrics import Metrics
+from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need
 
 

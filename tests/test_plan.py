@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from jupiterd.config import Config, parse_config
-from jupiterd.machine import Role
-from jupiterd.plan import (
+from jupiterd.core.health import Role
+from jupiterd.core.plan import (
     MISSING,
     EipFacts,
     InstanceFacts,

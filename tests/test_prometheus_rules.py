@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from jupiterd.aws import AwsError
-from jupiterd.executor_api import Result
-from jupiterd.machine import Guard
-from jupiterd.metrics import Metrics
+from jupiterd.aws.client import AwsError
+from jupiterd.core.execution import Result
+from jupiterd.core.health import Guard
+from jupiterd.telemetry.metrics import Metrics
 from probes.result import Reason
 from tests.conftest import need
 

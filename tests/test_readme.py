@@ -11,8 +11,8 @@ import yaml
 
 import probes
 from jupiterd import cli
-from jupiterd.machine import Guard
-from jupiterd.metrics import Metrics
+from jupiterd.core.health import Guard
+from jupiterd.telemetry.metrics import Metrics
 from probes.result import Reason
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import probes
-from jupiterd.scheduler import LagMonitor, ProbeSpec, TargetLoop
+from jupiterd.runtime.probe_loop import LagMonitor, ProbeSpec, TargetLoop
 from probes import MonitorCause, ProbeResult, Reason
 from tests.daemon_helpers import wait_for
 

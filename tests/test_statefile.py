@@ -19,15 +19,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from jupiterd import statefile
+from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import parse_config
-from jupiterd.daemon import PAUSE_FILE, Supervisor
-from jupiterd.executor import AwsExecutor
-from jupiterd.executor_api import FailoverRequest
-from jupiterd.inventory import StaticInventory
-from jupiterd.journal import JOURNAL_NAME, LOCK_NAME, Journal, PlanLock, held_services
-from jupiterd.machine import Guard, Role
-from jupiterd.metrics import Metrics
+from jupiterd.core.execution import FailoverRequest
+from jupiterd.core.health import Guard, Role
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import PAUSE_FILE, Supervisor
+from jupiterd.state import statefile
+from jupiterd.state.journal import JOURNAL_NAME, LOCK_NAME, Journal, PlanLock, held_services
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor, config_for, wait_for
 from tests.peers.hostile import free_port
 from tests.test_service import get, wait
@@ -182,7 +182,7 @@ async def test_a_pause_that_cannot_be_saved_answers_503(tmp_path: Path):
     pause holds in memory, says it is not saved, and the API answers 503."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from jupiterd.api import make_app
+    from jupiterd.runtime.api import make_app
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -208,7 +208,7 @@ async def test_a_pause_that_cannot_be_saved_answers_503(tmp_path: Path):
 async def test_an_injected_write_error_answers_503(tmp_path: Path, monkeypatch):
     from aiohttp.test_utils import TestClient, TestServer
 
-    from jupiterd.api import make_app
+    from jupiterd.runtime.api import make_app
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
@@ -228,7 +228,7 @@ async def test_an_injected_write_error_answers_503(tmp_path: Path, monkeypatch):
 async def test_pause_by_is_bounded_and_free_of_control_characters(tmp_path: Path):
     from aiohttp.test_utils import TestClient, TestServer
 
-    from jupiterd.api import make_app
+    from jupiterd.runtime.api import make_app
 
     sup = _supervisor(tmp_path)
     await sup.start()
@@ -442,7 +442,7 @@ def test_cli_failover_refuses_a_held_service_with_a_sentence(tmp_path: Path):
 
 
 def _poisoned_cache(tmp_path: Path, how: str) -> Path:
-    import jupiterd.aws as awsmod
+    import jupiterd.aws.client as awsmod
 
     made = awsmod.pruned_models(tmp_path)
     path = awsmod.models_cache_file(tmp_path)
@@ -464,7 +464,7 @@ def _poisoned_cache(tmp_path: Path, how: str) -> Path:
 def test_a_poisoned_models_cache_is_moved_aside_and_made_again(tmp_path, monkeypatch, how):
     """Before: only the operation names were checked, so a cache whose
     shapes or metadata were wrong was used, and every plan failed."""
-    import jupiterd.aws as awsmod
+    import jupiterd.aws.client as awsmod
 
     monkeypatch.setattr(awsmod, "_pruned", None)
     path = _poisoned_cache(tmp_path, how)
@@ -498,7 +498,7 @@ def test_planted_links_never_make_jupiterd_write_outside(tmp_path: Path):
         plan = j.start_plan("web", "primary", "backup", "r", "cli", "stopped")
         j.done(plan.id)
         j.close()
-    from jupiterd.service import lock_state_dir
+    from jupiterd.runtime.lifecycle import lock_state_dir
 
     fd = lock_state_dir(str(state))
     assert isinstance(fd, int)
@@ -546,7 +546,7 @@ def _daemon_config(tmp_path: Path, name: str, state: Path) -> tuple[Path, int]:
 
 @pytest.mark.slow
 def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(tmp_path: Path):
-    from jupiterd.service import EXIT_STATE_DIR_BUSY
+    from jupiterd.runtime.lifecycle import EXIT_STATE_DIR_BUSY
 
     state = tmp_path / "state"
     first_cfg, port = _daemon_config(tmp_path, "first", state)
@@ -576,7 +576,7 @@ def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(tmp_path: Path):
         first.terminate()
         first.wait(10)
     # Once the first is gone the lock is free again.
-    from jupiterd.service import lock_state_dir
+    from jupiterd.runtime.lifecycle import lock_state_dir
 
     fd = lock_state_dir(str(state))
     assert isinstance(fd, int)
@@ -616,7 +616,7 @@ def test_cli_pause_says_when_the_flag_could_not_be_saved(tmp_path: Path):
 def test_the_machine_holds_a_journal_damaged_service_until_cleared():
     """Pure: the hold shows at once (no failover due), a due failover stays
     held, and clearing it lets the failover start."""
-    from jupiterd.machine import Hold, HoldCleared, JournalHold, StartFailover
+    from jupiterd.core.health import Hold, HoldCleared, JournalHold, StartFailover
     from tests.test_machine import P, Run
 
     r = Run()

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-import jupiterd.aws as awsmod
-from jupiterd import statefile
-from jupiterd.daemon import PAUSE_FILE, PAUSE_MAX_BYTES, parse_pause
-from jupiterd.journal import JOURNAL_NAME, Journal, held_services
+import jupiterd.aws.client as awsmod
+from jupiterd.runtime.supervisor import PAUSE_FILE, PAUSE_MAX_BYTES, parse_pause
+from jupiterd.state import statefile
+from jupiterd.state.journal import JOURNAL_NAME, Journal, held_services
 from tests.peers.hostile import free_port
 from tests.test_service import get, wait
 

@@ -14,7 +14,7 @@ import pytest
 
 from jupiterd import cli
 from jupiterd.config import Config, Thresholds, parse_duration
-from jupiterd.daemon import HEALTHY_AFTER_SECONDS, TICK_SECONDS
+from jupiterd.runtime.supervisor import HEALTHY_AFTER_SECONDS, TICK_SECONDS
 from tests.conftest import need
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "jupiterd.service"
@@ -131,7 +131,7 @@ def test_restart_on_failure_rate_limited_but_not_for_a_bad_config(
     assert _seconds(_one(unit, "Service", "RestartSec")) >= 1
     assert int(_one(unit, "Unit", "StartLimitBurst")) >= 2
     assert _seconds(_one(unit, "Unit", "StartLimitIntervalSec")) >= 60
-    from jupiterd.service import EXIT_STATE_DIR_BUSY
+    from jupiterd.runtime.lifecycle import EXIT_STATE_DIR_BUSY
 
     prevent = _one(unit, "Service", "RestartPreventExitStatus").split()
     # A bad config, and another daemon holding the state directory.

@@ -7,11 +7,11 @@ import random
 
 from prometheus_client import CollectorRegistry
 
-from jupiterd.daemon import Supervisor
-from jupiterd.inventory import StaticInventory
-from jupiterd.machine import Status
-from jupiterd.metrics import Metrics
-from jupiterd.watch import Watch
+from jupiterd.core.health import Status
+from jupiterd.core.inventory import StaticInventory
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.runtime.watch import Watch
+from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
 
 
@@ -66,7 +66,7 @@ async def test_a_target_that_died_before_the_watch_got_in_wakes_the_probe_once(m
     before the watch connects, the refused connect is the news (once: later
     refusals in a row are the probes' business). A connection made again
     and closed wakes it again."""
-    monkeypatch.setattr("jupiterd.watch.RETRY_SECONDS", 0.02)
+    monkeypatch.setattr("jupiterd.runtime.watch.RETRY_SECONDS", 0.02)
     srv = await HoldingServer().start()
     port = srv.port
     await srv.kill()  # dead before the watch starts

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..machine import Role
+from jupiterd.core.health import Role
+
 from .stack import SandboxError, Stack, free_local_port
 
 CONTROL_PORT = 9479
@@ -126,7 +127,7 @@ class Console:
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.failback and not args.drill:
-        from ..cli import UsageError
+        from jupiterd.cli import UsageError
 
         raise UsageError("--failback goes with --drill SERVICE")
     console = Console(quiet=bool(args.drill and args.json))
@@ -247,7 +248,7 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
             return web.Response(text=stack.break_service(service) + "\n")
         if action == "heal":
             return web.Response(text=stack.heal_service(service) + "\n")
-        from ..executor_api import FailoverRequest
+        from jupiterd.core.execution import FailoverRequest
 
         active = stack.supervisor.state.services[service].active
         stack.heal_service(service)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import probes
+from jupiterd.core.execution import FailoverOutcome, FailoverRequest
+from jupiterd.core.health import Hold, Role, StartFailover, Status, Transition
+from jupiterd.runtime.supervisor import PlanEvent, ProbeEvent
 
-from ..daemon import PlanEvent, ProbeEvent
-from ..executor_api import FailoverOutcome, FailoverRequest
-from ..machine import Hold, Role, StartFailover, Status, Transition
 from .stack import Stack
 
 READY_TIMEOUT = 90.0
@@ -128,8 +128,8 @@ async def _watch_restore(stack: Stack, service: str, phase: Phase, t0: float) ->
 
 async def verify(stack: Stack, service: str, phase: Phase) -> None:
     """Check the end state in AWS and through the service's own probe."""
-    from ..plan import attachment_states
-    from ..seed import read_notifications
+    from jupiterd.core.plan import attachment_states
+    from jupiterd.sandbox.seed import read_notifications
 
     to, old = phase.to_role, phase.from_role
     add = phase.checks.append

@@ -1,7 +1,7 @@
 """The whole Jupiter stack on one machine, with no AWS account.
 
 - AWS: moto in server mode on loopback, seeded with the Jupiter topology
-  (``jupiterd.seed``).
+  (``jupiterd.sandbox.seed``).
 - The services, for real, one process per EC2 instance: primaries on
   127.0.0.2, backups on 127.0.0.3, at the production ports where free
   (3000, 3478, 7000, 8080), else those plus 10000. Signaling is a
@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from ..machine import Role
+from jupiterd.core.health import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "tests" / "peers"
@@ -302,14 +302,14 @@ class Stack:
         t0 = time.monotonic()
         self.Peer = _peer_class()
         self._set_env()
-        from .. import logs
+        from jupiterd.telemetry import logs
 
         self.log_path = self.workdir / "jupiterd.log"
         self._log_file = self.log_path.open("a", buffering=1)
         logs.configure("info", "json", stream=self._log_file)
         await self._start_moto()
         self.say(f"  AWS endpoint (moto) at {self.endpoint}")
-        from ..seed import seed
+        from jupiterd.sandbox.seed import seed
 
         self.topology = await asyncio.to_thread(seed, self.endpoint)
         self.say(
@@ -336,7 +336,7 @@ class Stack:
                     self.ports.get(name),
                 )
         self._write_config(services)
-        from ..config import load_config
+        from jupiterd.config import load_config
 
         self.config = load_config(str(self.config_path))
         await self.follow_once()
@@ -471,7 +471,7 @@ class Stack:
         return peer
 
     def _describe(self) -> dict[str, str]:
-        from ..seed import _client
+        from jupiterd.sandbox.seed import _client
 
         ec2 = _client(self.endpoint, "ap-southeast-2", "ec2")
         ids = [i.instance_id for i in self.instances.values()]
@@ -549,7 +549,7 @@ class Stack:
     # ------------------------------------------------------------------ front doors
 
     async def refresh_routes(self) -> None:
-        from ..plan import attachment_states
+        from jupiterd.core.plan import attachment_states
 
         facts = await self.inventory.facts()
         for name, f in facts.items():
@@ -579,7 +579,8 @@ class Stack:
         return f"{FRONT_HOST}:{self.ports[service]}"
 
     async def _start_front_doors(self, services: list[str]) -> None:
-        from ..awsinventory import AwsInventory
+        from jupiterd.aws.inventory import AwsInventory
+
         from .frontdoor import TcpFrontDoor, UdpFrontDoor
 
         self.inventory = AwsInventory(self.config)
@@ -610,10 +611,10 @@ class Stack:
     # ------------------------------------------------------------------ jupiterd
 
     async def _start_daemon(self) -> None:
-        from ..api import start_server
-        from ..daemon import Supervisor
-        from ..executor import AwsExecutor
-        from ..metrics import Metrics
+        from jupiterd.aws.executor import AwsExecutor
+        from jupiterd.runtime.api import start_server
+        from jupiterd.runtime.supervisor import Supervisor
+        from jupiterd.telemetry.metrics import Metrics
 
         metrics = Metrics()
         self.executor = AwsExecutor(

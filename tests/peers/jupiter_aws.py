@@ -31,7 +31,7 @@ import boto3
 import yaml
 
 from jupiterd.config import Config, parse_config
-from jupiterd.seed import SERVICES, Topology, seed
+from jupiterd.sandbox.seed import SERVICES, Topology, seed
 
 HOSTS = {"primary": "127.0.0.2", "backup": "127.0.0.3"}
 

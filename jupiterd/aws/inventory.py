@@ -19,12 +19,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .aws import Aws, AwsNotFound
-from .config import Config, InstanceRef
-from .inventory import InstanceInfo, ServiceView
-from .machine import Role
-from .metrics import Metrics
-from .plan import (
+from jupiterd.aws.client import Aws, AwsNotFound
+from jupiterd.config import Config, InstanceRef
+from jupiterd.core.health import Role
+from jupiterd.core.inventory import InstanceInfo, ServiceView
+from jupiterd.core.plan import (
     MISSING,
     EipFacts,
     InstanceFacts,
@@ -36,6 +35,7 @@ from .plan import (
     service_status,
     zone_key,
 )
+from jupiterd.telemetry.metrics import Metrics
 
 _ROLES = (Role.PRIMARY, Role.BACKUP)
 

@@ -35,15 +35,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jupiterd.config import HttpConfig, is_loopback
+from jupiterd.runtime.supervisor import BY_MAX
+from jupiterd.state.statefile import clean_text
+from jupiterd.telemetry import logs
 from probes.options import OptionError, parse_hostport
 
-from . import logs
-from .config import HttpConfig, is_loopback
-from .daemon import BY_MAX
-from .statefile import clean_text
-
 if TYPE_CHECKING:
-    from .daemon import Supervisor
+    from jupiterd.runtime.supervisor import Supervisor
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 # The listen address the server was started with (a reload applies only at

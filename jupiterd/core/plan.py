@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
-from .config import Config, Route53Record
-from .executor_api import Direction, direction_of
-from .machine import Role
+from jupiterd.config import Config, Route53Record
+from jupiterd.core.execution import Direction, direction_of
+from jupiterd.core.health import Role
 
 # --------------------------------------------------------------------------- facts
 

@@ -38,8 +38,8 @@ import botocore.session
 import structlog
 from botocore.config import Config as BotoConfig
 
-from .config import AwsConfig
-from .metrics import Metrics
+from jupiterd.config import AwsConfig
+from jupiterd.telemetry.metrics import Metrics
 
 log = structlog.get_logger("jupiterd.aws")
 
@@ -195,7 +195,7 @@ def parse_models_cache(data: bytes) -> dict[str, dict[str, Any]]:
     passes cannot make a plan fail)."""
     from botocore.model import ServiceModel
 
-    from .statefile import Invalid, loads
+    from jupiterd.state.statefile import Invalid, loads
 
     doc = loads(data)
     if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT:
@@ -228,7 +228,7 @@ def parse_models_cache(data: bytes) -> dict[str, dict[str, Any]]:
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]] | None:
     """The cached models; a damaged cache is moved aside (and rebuilt)."""
-    from . import statefile
+    from jupiterd.state import statefile
 
     try:
         return statefile.read(path, statefile.MODELS_CACHE, parse_models_cache, CACHE_MAX_BYTES)
@@ -239,7 +239,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]] | None:
 def _write_cache(path: Path, models: dict[str, dict[str, Any]]) -> None:
     """Best effort: a read-only state directory only costs the next start
     the pruning again."""
-    from . import statefile
+    from jupiterd.state import statefile
 
     doc = {"format": CACHE_FORMAT, "sha256": _digest(models), "models": models}
     try:

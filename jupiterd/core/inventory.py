@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .config import Config
-from .machine import Role
+from jupiterd.config import Config
+from jupiterd.core.health import Role
 
 InstanceStateName = str  # EC2's: pending, running, stopping, stopped, shutting-down, terminated
 

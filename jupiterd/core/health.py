@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
-from .config import IsolationGuard, Thresholds
+from jupiterd.config import IsolationGuard, Thresholds
 
 
 class Role(StrEnum):

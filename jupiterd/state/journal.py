@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import statefile
-from .statefile import Damaged, Invalid
+from jupiterd.state import statefile
+from jupiterd.state.statefile import Damaged, Invalid
 
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = "jupiterd.lock"

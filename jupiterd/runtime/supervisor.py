@@ -23,16 +23,10 @@ from types import MappingProxyType
 from typing import Any
 
 import probes
-from probes import ProbeResult
-from probes.options import parse_hostport
-
-from . import __version__, logs, statefile
-from .config import Config
-from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
-from .heartbeat import CONFIRM_SPACING, Heartbeat, link_for
-from .inventory import Inventory, ServiceView
-from .journal import Journal, JournalError, LockBusy, PlanLock, held_services
-from .machine import (
+from jupiterd import __version__
+from jupiterd.config import Config
+from jupiterd.core.execution import Executor, FailoverOutcome, FailoverRequest, direction_of
+from jupiterd.core.health import (
     Action,
     ActiveObserved,
     Alert,
@@ -62,10 +56,17 @@ from .machine import (
     probe_interval,
     step,
 )
-from .metrics import Metrics
-from .scheduler import LagMonitor, ProbeSpec, TargetLoop
-from .sdnotify import Notifier
-from .watch import Watch
+from jupiterd.core.inventory import Inventory, ServiceView
+from jupiterd.runtime.heartbeat import CONFIRM_SPACING, Heartbeat, link_for
+from jupiterd.runtime.probe_loop import LagMonitor, ProbeSpec, TargetLoop
+from jupiterd.runtime.sd_notify import Notifier
+from jupiterd.runtime.watch import Watch
+from jupiterd.state import statefile
+from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock, held_services
+from jupiterd.telemetry import logs
+from jupiterd.telemetry.metrics import Metrics
+from probes import ProbeResult
+from probes.options import parse_hostport
 
 TICK_SECONDS = 1.0
 HEALTHY_AFTER_SECONDS = 5.0  # /healthz fails when the main loop has not run for this long

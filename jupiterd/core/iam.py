@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
-from .machine import Role
-from .plan import (
+from jupiterd.config import Config
+from jupiterd.core.health import Role
+from jupiterd.core.plan import (
     InstanceFacts,
     Permission,
     Plan,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -89,7 +90,7 @@ def _add_probe(sub: Any) -> None:
 
 
 def _load(path: str, secrets: bool = True) -> Any:
-    from .config import load_config
+    from jupiterd.config import load_config
 
     return load_config(path, secrets=secrets)
 
@@ -103,7 +104,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         f"http {cfg.http.listen}; {len(cfg.drills)} drill schedule(s)"
     )
     if not cfg.http.loopback:
-        from .api import exposed_note
+        from jupiterd.runtime.api import exposed_note
 
         print(f"note: {exposed_note(cfg.http)}", file=sys.stderr)
     return EXIT_OK
@@ -111,33 +112,33 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _default_executor(config: Any, dry_run: bool, metrics: Any) -> Any:
     if not config.aws.enabled:
-        from .executor_api import OfflineExecutor
+        from jupiterd.core.execution import OfflineExecutor
 
         return OfflineExecutor()
-    from .executor import AwsExecutor
+    from jupiterd.aws.executor import AwsExecutor
 
     return AwsExecutor(config, dry_run=dry_run, metrics=metrics)
 
 
 def _default_inventory(config: Any, metrics: Any, executor: Any = None) -> Any:
     if not config.aws.enabled:
-        from .inventory import StaticInventory
+        from jupiterd.core.inventory import StaticInventory
 
         return StaticInventory(config)
-    from .awsinventory import AwsInventory
+    from jupiterd.aws.inventory import AwsInventory
 
     # One set of AWS clients for the daemon: the executor's.
     return AwsInventory(config, getattr(executor, "aws", None), metrics=metrics)
 
 
 def _drill_executor(config: Any, metrics: Any) -> Any:
-    from .executor import AwsExecutor
+    from jupiterd.aws.executor import AwsExecutor
 
     return AwsExecutor(config, dry_run=True, metrics=metrics)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .service import serve
+    from jupiterd.runtime.lifecycle import serve
 
     path = config_path(args.config)
     cfg = _load(path)
@@ -157,8 +158,8 @@ def _api_post(args: argparse.Namespace, path: str) -> int:
     import urllib.error
     import urllib.request
 
-    from .api import API_HEADER
-    from .config import load_config
+    from jupiterd.config import load_config
+    from jupiterd.runtime.api import API_HEADER
 
     # Only http (the listener and its token) is needed, not the probe secrets.
     cfg = load_config(config_path(args.config), secrets=False, http_token=True)
@@ -213,8 +214,8 @@ def _add_daemon(sub: Any) -> None:
 
 
 def _cmd_state_files(args: argparse.Namespace) -> int:
-    from . import statefile
-    from .journal import held_services
+    from jupiterd.state import statefile
+    from jupiterd.state.journal import held_services
 
     cfg = _load(config_path(args.config), secrets=False)  # only state_dir is needed
     if args.action == "ack":
@@ -249,16 +250,18 @@ def _add_state_files(sub: Any) -> None:
 
 
 COMMANDS: list[Callable[[Any], None]] = [_add_probe, _add_daemon, _add_state_files]
-COMMANDS.append(lambda sub: __import__("jupiterd.cli_ops").cli_ops.add_commands(sub))
-COMMANDS.append(lambda sub: __import__("jupiterd.cli_iam").cli_iam.add_commands(sub))
-COMMANDS.append(lambda sub: __import__("jupiterd.sandbox").sandbox.add_commands(sub))
+# The other commands' modules import this one: they are loaded when the parser is built.
+for _module in ("jupiterd.cli.ops", "jupiterd.cli.iam", "jupiterd.sandbox"):
+    COMMANDS.append(
+        lambda sub, m=_module: importlib.import_module(m).add_commands(sub)  # type: ignore[misc]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jupiterd", description="Application-level health checks and safe failover."
     )
-    from . import __version__
+    from jupiterd import __version__
 
     parser.add_argument("--version", action="version", version=f"jupiterd {__version__}")
     parser.add_argument(
@@ -280,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         args.func = _cmd_run  # plain `jupiterd [--config FILE] [--dry-run]`
         args.command = "run"
-    from .config import ConfigError
+    from jupiterd.config import ConfigError
 
     try:
         return int(args.func(args))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_FAIL, EXIT_OK, UsageError, config_path
+from jupiterd.cli import EXIT_FAIL, EXIT_OK, UsageError, config_path
 
 _OPS = (
     ("failover", "backup", False, "move SERVICE's traffic from the primary to the backup"),
@@ -72,8 +72,8 @@ def _common(p: Any) -> None:
 
 
 def _setup(args: argparse.Namespace, secrets: bool = True) -> Any:
-    from . import logs
-    from .config import load_config
+    from jupiterd.config import load_config
+    from jupiterd.telemetry import logs
 
     cfg = load_config(config_path(getattr(args, "config", None)), secrets=secrets)
     # Progress on stderr, the summary on stdout.
@@ -89,7 +89,7 @@ def _who() -> str:
 
 
 def _cmd_failover(args: argparse.Namespace) -> int:
-    from .machine import Role
+    from jupiterd.core.health import Role
 
     cfg = _setup(args)
     to_role = Role(args.to_role)
@@ -102,7 +102,7 @@ def _cmd_failover(args: argparse.Namespace) -> int:
         services = [args.service]
     dry_run = bool(getattr(args, "dry_run", False))
     reason = args.reason or f"manual {args.command} from the command line by {_who()}"
-    from .journal import held_services
+    from jupiterd.state.journal import held_services
 
     held = held_services(cfg.state_dir, services)
     for name, why in held.items():
@@ -119,8 +119,8 @@ def _cmd_failover(args: argparse.Namespace) -> int:
 async def _failover(
     cfg: Any, services: list[str], to_role: Any, dry_run: bool, reason: str
 ) -> list[tuple[Any, bool]]:
-    from .executor import AwsExecutor
-    from .executor_api import FailoverRequest
+    from jupiterd.aws.executor import AwsExecutor
+    from jupiterd.core.execution import FailoverRequest
 
     ex = AwsExecutor(cfg, dry_run=dry_run, progress_interval=5.0)
     try:
@@ -139,7 +139,7 @@ async def _failover(
 
 
 def _format_outcome(o: Any, resumed: bool) -> str:
-    from .executor_api import direction_of
+    from jupiterd.core.execution import direction_of
 
     direction = direction_of(o.to_role)
     head = "resumed interrupted " if resumed else ""
@@ -159,7 +159,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for s in args.services:
         if s not in cfg.services:
             raise UsageError(f"no service named '{s}' (configured: {', '.join(cfg.services)})")
-    from .aws import AwsError
+    from jupiterd.aws.client import AwsError
 
     try:
         report = asyncio.run(_status(cfg, args.services or list(cfg.services)))
@@ -174,10 +174,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
-    from .aws import Aws
-    from .awsinventory import AwsInventory
-    from .journal import Journal, JournalError, held_services
-    from .plan import service_status
+    from jupiterd.aws.client import Aws
+    from jupiterd.aws.inventory import AwsInventory
+    from jupiterd.core.plan import service_status
+    from jupiterd.state.journal import Journal, JournalError, held_services
 
     aws = Aws(cfg.aws, cache_dir=Path(cfg.state_dir))
     try:

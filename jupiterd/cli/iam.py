@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from .cli import EXIT_OK, config_path
+from jupiterd.cli import EXIT_OK, config_path
 
 
 def add_commands(sub: Any) -> None:
@@ -28,8 +28,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_iam_policy(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .iam import MANAGED_POLICY_LIMIT, compact_size, policy_json
+    from jupiterd.config import load_config
+    from jupiterd.core.iam import MANAGED_POLICY_LIMIT, compact_size, policy_json
 
     cfg = load_config(config_path(getattr(args, "config", None)), secrets=False)
     text = policy_json(cfg)

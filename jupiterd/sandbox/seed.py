@@ -41,7 +41,7 @@ class SeedError(Exception):
 
 
 def check_loopback(endpoint_url: str) -> None:
-    from .config import is_loopback
+    from jupiterd.config import is_loopback
 
     if not is_loopback(urlsplit(endpoint_url).hostname or ""):
         raise SeedError(
@@ -368,7 +368,7 @@ def read_notifications(topology: Topology, *, wait: float = 0.0) -> list[dict[st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m jupiterd.seed", description="Seed a loopback AWS endpoint (moto)."
+        prog="python -m jupiterd.sandbox.seed", description="Seed a loopback AWS endpoint (moto)."
     )
     p.add_argument("--endpoint", required=True, help="e.g. http://127.0.0.1:5000")
     p.add_argument("--region", default="ap-southeast-2")

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import probes
+from jupiterd.runtime.watch import BACKOFF_SECONDS, RETRY_SECONDS, SHORT_LIFE_SECONDS
 from probes import ProbeOptions, stunmsg, yamux
 from probes import icmp as icmp_probe
 from probes.httpclient import HttpConnection
@@ -60,8 +61,6 @@ from probes.net import close_stream, insecure_tls_context, open_stream, resolve
 from probes.options import HostPort, Url, parse_host, parse_hostport, parse_url
 from probes.result import ProbeFailure, Reason, Trace
 from probes.websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame, open_websocket
-
-from .watch import BACKOFF_SECONDS, RETRY_SECONDS, SHORT_LIFE_SECONDS
 
 # Kinds with a heartbeat unless the service's probe says otherwise.
 HEARTBEAT_KINDS = frozenset({"http", "thingsboard", "socketio", "frp", "stun", "turn", "icmp"})

@@ -20,14 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import logs, statefile
-from .api import exposed_note, start_server
-from .config import Config, ConfigError, load_config
-from .daemon import Supervisor
-from .executor_api import Executor
-from .inventory import Inventory
-from .metrics import Metrics
-from .sdnotify import Notifier
+from jupiterd.config import Config, ConfigError, load_config
+from jupiterd.core.execution import Executor
+from jupiterd.core.inventory import Inventory
+from jupiterd.runtime.api import exposed_note, start_server
+from jupiterd.runtime.sd_notify import Notifier
+from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.state import statefile
+from jupiterd.telemetry import logs
+from jupiterd.telemetry.metrics import Metrics
 
 ExecutorFactory = Callable[[Config, bool, Metrics], Executor]
 # The executor is passed so an AWS inventory can share its clients.
@@ -118,7 +119,7 @@ class _Drills:
         sup.drills = None
         if make is None or not sup.config.drills:
             return
-        from .drills import DrillRunner
+        from jupiterd.runtime.drills import DrillRunner
 
         runner = DrillRunner(sup.config, lambda c: make(c, sup.metrics), sup.metrics)
         sup.drills = runner

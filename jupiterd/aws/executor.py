@@ -48,9 +48,7 @@ from typing import Any
 import structlog
 
 import probes
-from probes import ProbeOptions, ProbeResult
-
-from .aws import (
+from jupiterd.aws.client import (
     Aws,
     AwsAccessDenied,
     AwsError,
@@ -59,13 +57,11 @@ from .aws import (
     AwsUnavailable,
     iam_action,
 )
-from .awsinventory import AwsInventory, _instances
-from .config import Config, Thresholds
-from .executor_api import FailoverOutcome, FailoverRequest, Result, StepReport
-from .journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord, held_services
-from .machine import Role
-from .metrics import Metrics
-from .plan import (
+from jupiterd.aws.inventory import AwsInventory, _instances
+from jupiterd.config import Config, Thresholds
+from jupiterd.core.execution import FailoverOutcome, FailoverRequest, Result, StepReport
+from jupiterd.core.health import Role
+from jupiterd.core.plan import (
     GONE_STATES,
     STOPPED_STATES,
     TRAFFIC_KINDS,
@@ -85,6 +81,16 @@ from .plan import (
     target_serving,
     zone_key,
 )
+from jupiterd.state.journal import (
+    Journal,
+    JournalError,
+    LockBusy,
+    PlanLock,
+    PlanRecord,
+    held_services,
+)
+from jupiterd.telemetry.metrics import Metrics
+from probes import ProbeOptions, ProbeResult
 
 log = structlog.get_logger("jupiterd.executor")
 

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import structlog
 from apscheduler.triggers.cron import CronTrigger
 
-from .config import Config
-from .executor_api import Executor, FailoverOutcome, FailoverRequest, direction_of
-from .machine import Role
-from .metrics import Metrics
+from jupiterd.config import Config
+from jupiterd.core.execution import Executor, FailoverOutcome, FailoverRequest, direction_of
+from jupiterd.core.health import Role
+from jupiterd.telemetry.metrics import Metrics
 
 log = structlog.get_logger("jupiterd.drills")
 

@@ -1,0 +1,2 @@
+"""The AWS side: the boto3 client wrapper, the inventory read from AWS and the
+plan executor."""
