@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client import CollectorRegistry
 
 from jupiterd.aws.client import AwsUnavailable
-from jupiterd.core.health import Role
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Role
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import FakeExecutor, config_for, wait_for

@@ -96,7 +96,7 @@ def _listeners(n: int, cpus: set[int] | None) -> Any:
 def _supervisor(tmp: str, services: dict[str, Any], **defaults: str) -> Supervisor:
     """A supervisor over ``services`` with both roles running (both probed),
     no isolation guard and a fake executor."""
-    from jupiterd.core.health import Role
+    from jupiterd.core.types import Role
 
     cfg = parse_config(
         {

@@ -49,7 +49,7 @@ from jupiterd.aws.client import Aws
 from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import parse_config
 from jupiterd.core.execution import FailoverRequest, StepReport
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 from jupiterd.sandbox.seed import seed
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 from tests.peers.moto_server import moto_server

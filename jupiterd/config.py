@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -31,6 +31,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 import probes
 from probes.options import OptionError, ProbeOptions, parse_hostport, quote
@@ -381,16 +384,12 @@ class ProbeConfig(Model):
     @property
     def heartbeat_settings(self) -> HeartbeatConfig | None:
         """The heartbeat's settings, or None when this probe has none."""
-        from jupiterd.runtime.heartbeat import HEARTBEAT_KINDS
-
         if self.heartbeat is False or (self.heartbeat is None and self.kind not in HEARTBEAT_KINDS):
             return None
         return self.heartbeat if isinstance(self.heartbeat, HeartbeatConfig) else HeartbeatConfig()
 
     @property
     def watch_enabled(self) -> bool:
-        from jupiterd.runtime.watch import WATCH_BY_DEFAULT
-
         if self.watch is not None:
             return self.watch
         return self.kind in WATCH_BY_DEFAULT
@@ -441,10 +440,6 @@ class DrillConfig(Model):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from jupiterd.runtime.drills import (
-            cron_trigger,  # crontab's weekday numbers (0 and 7 = Sunday)
-        )
-
         try:
             cron_trigger(v)
         except ValueError as exc:
@@ -558,8 +553,6 @@ def _resolve_secret(value: Any, key: str, resolve: bool = True) -> Any:
 
 
 def _heartbeat_kinds() -> frozenset[str]:
-    from jupiterd.runtime.heartbeat import HEARTBEAT_KINDS
-
     return HEARTBEAT_KINDS
 
 
@@ -889,3 +882,63 @@ def load_config(path: str, *, secrets: bool = True, http_token: bool | None = No
             path, None, "the file is empty (expected a mapping with a 'services' key)"
         )
     return parse_config(doc, path, secrets=secrets, http_token=http_token)
+
+
+# --------------------------------------------------------------------------- defaults by kind
+# Kinds watched by an idle connection unless the service's probe says otherwise.
+WATCH_BY_DEFAULT = frozenset({"tcp", "http", "socketio", "thingsboard"})
+# Kinds with a heartbeat unless the service's probe says otherwise.
+HEARTBEAT_KINDS = frozenset({"http", "thingsboard", "socketio", "frp", "stun", "turn", "icmp"})
+
+
+# --------------------------------------------------------------------------- drill schedules
+# crontab's weekday numbers (0 and 7 = Sunday), UTC.
+
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _day(text: str) -> int:
+    t = text.strip().lower()
+    if t[:3] in _DAYS and not t.isdigit():
+        return _DAYS.index(t[:3])
+    n = int(t)
+    if not 0 <= n <= 7:
+        raise ValueError(f"day of week {text} is not 0-7")
+    return n
+
+
+def _crontab_days(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday) as day names.
+    APScheduler 3's ``from_crontab`` reads numbers with 0 = Monday (its
+    issue 286), so ``1`` would fire on Tuesdays; names mean the same to both."""
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        rng, _, step = part.partition("/")
+        every = int(step) if step else 1
+        if rng == "*":
+            lo, hi = 0, 6
+        elif "-" in rng:
+            a, b = rng.split("-", 1)
+            lo, hi = _day(a), _day(b)
+            if hi < lo:
+                raise ValueError(f"day-of-week range {rng} runs backwards")
+        else:
+            lo = _day(rng)
+            hi = 6 if step else lo
+        days.update(d % 7 for d in range(lo, hi + 1, every))
+    return ",".join(_DAYS[d] for d in sorted(days))
+
+
+def cron_trigger(expr: str) -> CronTrigger:
+    """A crontab expression (five fields, UTC) with crontab's weekday numbers."""
+    from datetime import UTC
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"'{expr}' has {len(fields)} fields, a crontab line has 5")
+    fields[4] = _crontab_days(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=UTC)

@@ -9,7 +9,7 @@ from typing import Any
 
 from jupiterd.config import Config, parse_config
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest, StepReport
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 FAST = {
     "interval": 0.2,

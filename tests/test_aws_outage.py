@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from jupiterd.aws.executor import AwsExecutor
 from jupiterd.aws.inventory import AwsInventory
-from jupiterd.core.health import Guard, Status
+from jupiterd.core.health import Guard
+from jupiterd.core.types import Status
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import B, P, wait_for

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from jupiterd.core.execution import OfflineExecutor
-from jupiterd.core.health import Guard, Status
+from jupiterd.core.health import Guard
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Status
 from jupiterd.runtime.api import make_app
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.telemetry.metrics import Metrics

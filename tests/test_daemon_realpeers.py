@@ -12,8 +12,9 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
-from jupiterd.core.health import Guard, Status, Transition
+from jupiterd.core.health import Guard, Transition
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Status
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need

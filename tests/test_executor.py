@@ -20,8 +20,8 @@ from jupiterd.aws.client import AwsAccessDenied, AwsError, AwsNotFound, AwsThrot
 from jupiterd.aws.executor import AwsExecutor, _refused, check_invariant
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.core.execution import FailoverRequest, StepReport
-from jupiterd.core.health import Role
 from jupiterd.core.plan import service_status
+from jupiterd.core.types import Role
 from jupiterd.sandbox.seed import SERVICES, Topology, read_notifications
 from jupiterd.state.journal import PlanLock
 from jupiterd.telemetry.metrics import Metrics

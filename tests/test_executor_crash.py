@@ -25,8 +25,8 @@ import yaml
 from jupiterd.aws.executor import AwsExecutor, check_invariant
 from jupiterd.config import Config, parse_config
 from jupiterd.core.execution import FailoverOutcome
-from jupiterd.core.health import Role
 from jupiterd.core.plan import service_status
+from jupiterd.core.types import Role
 from jupiterd.sandbox.seed import Topology, read_notifications, seed
 from jupiterd.state.journal import KILL_ENV, Journal
 from tests.peers.fault_proxy import FaultProxy

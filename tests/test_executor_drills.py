@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from jupiterd.aws.executor import AwsExecutor
-from jupiterd.config import Config, parse_config
+from jupiterd.config import Config, _crontab_days, cron_trigger, parse_config
 from jupiterd.core.execution import FailoverRequest
-from jupiterd.core.health import Role
-from jupiterd.runtime.drills import DrillRunner, _crontab_days, cron_trigger
+from jupiterd.core.types import Role
+from jupiterd.runtime.drills import DrillRunner
 from jupiterd.telemetry.metrics import Metrics
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack

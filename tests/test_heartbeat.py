@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry
 
 import probes
 from jupiterd.config import parse_config
-from jupiterd.core.health import Role, Status, Transition
+from jupiterd.core.health import Transition
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Role, Status
 from jupiterd.runtime.heartbeat import Heartbeat, link_for
 from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
 from jupiterd.telemetry.metrics import Metrics

@@ -25,9 +25,7 @@ from jupiterd.core.health import (
     PauseChanged,
     Policy,
     ProbeNow,
-    Role,
     StartFailover,
-    Status,
     TargetState,
     Tick,
     Transition,
@@ -36,6 +34,7 @@ from jupiterd.core.health import (
     retry_delay,
     step,
 )
+from jupiterd.core.types import Role, Status
 
 P, B = Role.PRIMARY, Role.BACKUP
 TH = Thresholds()  # interval 2, fast 0.25, fall 3, rise 2, cooldown 600, max 2/h

@@ -16,12 +16,11 @@ from jupiterd.core.health import (
     Observation,
     Policy,
     ProbeNow,
-    Role,
     StartFailover,
-    Status,
     Tick,
     step,
 )
+from jupiterd.core.types import Role, Status
 
 P, B = Role.PRIMARY, Role.BACKUP
 TH = Thresholds()  # fall 3, rise 2, failover_after 0

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from jupiterd.config import Config, parse_config
-from jupiterd.core.health import Role
 from jupiterd.core.plan import (
     MISSING,
     EipFacts,
@@ -30,6 +29,7 @@ from jupiterd.core.plan import (
     service_status,
     target_group_name,
 )
+from jupiterd.core.types import Role
 
 ACCOUNT = "123456789012"
 TG1 = f"arn:aws:elasticloadbalancing:ap-southeast-2:{ACCOUNT}:targetgroup/sig/0123456789abcdef"

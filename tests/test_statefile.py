@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import parse_config
 from jupiterd.core.execution import FailoverRequest
-from jupiterd.core.health import Guard, Role
+from jupiterd.core.health import Guard
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Role
 from jupiterd.runtime.supervisor import PAUSE_FILE, Supervisor
 from jupiterd.state import statefile
 from jupiterd.state.journal import JOURNAL_NAME, LOCK_NAME, Journal, PlanLock, held_services

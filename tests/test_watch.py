@@ -7,8 +7,8 @@ import random
 
 from prometheus_client import CollectorRegistry
 
-from jupiterd.core.health import Status
 from jupiterd.core.inventory import StaticInventory
+from jupiterd.core.types import Status
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.runtime.watch import Watch
 from jupiterd.telemetry.metrics import Metrics

@@ -60,7 +60,6 @@ from jupiterd.aws.client import (
 from jupiterd.aws.inventory import AwsInventory, _instances
 from jupiterd.config import Config, Thresholds
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest, Result, StepReport
-from jupiterd.core.health import Role
 from jupiterd.core.plan import (
     GONE_STATES,
     STOPPED_STATES,
@@ -81,6 +80,7 @@ from jupiterd.core.plan import (
     target_serving,
     zone_key,
 )
+from jupiterd.core.types import Role
 from jupiterd.state.journal import (
     Journal,
     JournalError,

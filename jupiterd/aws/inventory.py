@@ -21,7 +21,6 @@ from typing import Any
 
 from jupiterd.aws.client import Aws, AwsNotFound
 from jupiterd.config import Config, InstanceRef
-from jupiterd.core.health import Role
 from jupiterd.core.inventory import InstanceInfo, ServiceView
 from jupiterd.core.plan import (
     MISSING,
@@ -35,6 +34,7 @@ from jupiterd.core.plan import (
     service_status,
     zone_key,
 )
+from jupiterd.core.types import Role
 from jupiterd.telemetry.metrics import Metrics
 
 _ROLES = (Role.PRIMARY, Role.BACKUP)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from jupiterd.cli import EXIT_OK, config_path
+from jupiterd.cli.common import EXIT_OK, config_path
 
 
 def add_commands(sub: Any) -> None:

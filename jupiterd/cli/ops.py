@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupiterd.cli import EXIT_FAIL, EXIT_OK, UsageError, config_path
+from jupiterd.cli.common import EXIT_FAIL, EXIT_OK, UsageError, config_path
 
 _OPS = (
     ("failover", "backup", False, "move SERVICE's traffic from the primary to the backup"),
@@ -89,7 +89,7 @@ def _who() -> str:
 
 
 def _cmd_failover(args: argparse.Namespace) -> int:
-    from jupiterd.core.health import Role
+    from jupiterd.core.types import Role
 
     cfg = _setup(args)
     to_role = Role(args.to_role)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 Direction = Literal["failover", "failback"]
 Result = Literal["success", "aborted", "failed", "dry_run"]

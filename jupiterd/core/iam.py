@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupiterd.config import Config
-from jupiterd.core.health import Role
 from jupiterd.core.plan import (
     InstanceFacts,
     Permission,
@@ -39,6 +38,7 @@ from jupiterd.core.plan import (
     merge_permissions,
     plan_permissions,
 )
+from jupiterd.core.types import Role
 
 # Actions whose every resource type accepts aws:ResourceTag conditions
 # (AWS Service Authorization Reference; tests cross-check parliament's copy).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jupiterd.config import Config
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 InstanceStateName = str  # EC2's: pending, running, stopping, stopped, shutting-down, terminated
 

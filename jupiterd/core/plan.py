@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from jupiterd.config import Config, Route53Record
 from jupiterd.core.execution import Direction, direction_of
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 # --------------------------------------------------------------------------- facts
 

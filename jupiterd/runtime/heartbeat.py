@@ -62,9 +62,6 @@ from probes.options import HostPort, Url, parse_host, parse_hostport, parse_url
 from probes.result import ProbeFailure, Reason, Trace
 from probes.websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame, open_websocket
 
-# Kinds with a heartbeat unless the service's probe says otherwise.
-HEARTBEAT_KINDS = frozenset({"http", "thingsboard", "socketio", "frp", "stun", "turn", "icmp"})
-
 # Confirmation probes after a miss start this far apart (each on its own
 # connection, at its own moment), not one timeout apart.
 CONFIRM_SPACING = 0.02

@@ -47,16 +47,15 @@ from jupiterd.core.health import (
     PauseChanged,
     Policy,
     ProbeNow,
-    Role,
     ServiceState,
     StartFailover,
-    Status,
     Tick,
     Transition,
     probe_interval,
     step,
 )
 from jupiterd.core.inventory import Inventory, ServiceView
+from jupiterd.core.types import Role, Status
 from jupiterd.runtime.heartbeat import CONFIRM_SPACING, Heartbeat, link_for
 from jupiterd.runtime.probe_loop import LagMonitor, ProbeSpec, TargetLoop
 from jupiterd.runtime.sd_notify import Notifier

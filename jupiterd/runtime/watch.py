@@ -20,9 +20,6 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-# Kinds watched unless the service's probe says otherwise.
-WATCH_BY_DEFAULT = frozenset({"tcp", "http", "socketio", "thingsboard"})
-
 CONNECT_TIMEOUT = 2.0
 RETRY_SECONDS = 1.0  # after a failed connect (the probes cover a dead target)
 SHORT_LIFE_SECONDS = 5.0  # a watch closed sooner than this was closed on purpose...

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 from .stack import SandboxError, Stack, free_local_port
 
@@ -127,7 +127,7 @@ class Console:
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.failback and not args.drill:
-        from jupiterd.cli import UsageError
+        from jupiterd.cli.common import UsageError
 
         raise UsageError("--failback goes with --drill SERVICE")
     console = Console(quiet=bool(args.drill and args.json))

@@ -20,7 +20,8 @@ from typing import Any
 
 import probes
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
-from jupiterd.core.health import Hold, Role, StartFailover, Status, Transition
+from jupiterd.core.health import Hold, StartFailover, Transition
+from jupiterd.core.types import Role, Status
 from jupiterd.runtime.supervisor import PlanEvent, ProbeEvent
 
 from .stack import Stack

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from jupiterd.core.health import Role
+from jupiterd.core.types import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "tests" / "peers"
