@@ -25,7 +25,6 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -231,7 +230,8 @@ def test_state_dir_is_the_only_place_the_user_can_write(rootfs: Rootfs) -> None:
 
 
 def test_version_and_shipped_examples(rootfs: Rootfs) -> None:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    from jupiterd import __version__ as version  # the one version source
+
     proc = rootfs.run([*rootfs.config["Entrypoint"], "--version"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"jupiterd {version}"
