@@ -311,7 +311,7 @@ def _no_child(*args: Any, **kwargs: Any) -> Any:
 
 
 def test_pruned_models_are_kept_in_the_state_dir_and_read_back(tmp_path, monkeypatch):
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     monkeypatch.setattr(awsmod, "_pruned", None)
     made = awsmod.pruned_models(tmp_path)
@@ -337,7 +337,7 @@ def test_pruned_models_are_kept_in_the_state_dir_and_read_back(tmp_path, monkeyp
     ids=["empty", "truncated", "not-a-mapping", "wrong-operations", "not-utf8"],
 )
 def test_a_damaged_cache_is_made_again(tmp_path, monkeypatch, content):
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     path = awsmod.models_cache_file(tmp_path)
     path.write_bytes(content)
@@ -348,7 +348,7 @@ def test_a_damaged_cache_is_made_again(tmp_path, monkeypatch, content):
 
 
 def test_a_new_botocore_leaves_no_old_cache_behind(tmp_path, monkeypatch):
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     old = tmp_path / "aws-models-0.0.1-000000000000.json"
     old.write_text("{}")
@@ -359,7 +359,7 @@ def test_a_new_botocore_leaves_no_old_cache_behind(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_state_dir_only_costs_the_pruning(tmp_path, monkeypatch):
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     missing = tmp_path / "no" / "such" / "dir"
     monkeypatch.setattr(awsmod, "_pruned", None)

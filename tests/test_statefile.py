@@ -443,7 +443,7 @@ def test_cli_failover_refuses_a_held_service_with_a_sentence(tmp_path: Path):
 
 
 def _poisoned_cache(tmp_path: Path, how: str) -> Path:
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     made = awsmod.pruned_models(tmp_path)
     path = awsmod.models_cache_file(tmp_path)
@@ -465,7 +465,7 @@ def _poisoned_cache(tmp_path: Path, how: str) -> Path:
 def test_a_poisoned_models_cache_is_moved_aside_and_made_again(tmp_path, monkeypatch, how):
     """Before: only the operation names were checked, so a cache whose
     shapes or metadata were wrong was used, and every plan failed."""
-    import jupiterd.aws.client as awsmod
+    import jupiterd.aws.models as awsmod
 
     monkeypatch.setattr(awsmod, "_pruned", None)
     path = _poisoned_cache(tmp_path, how)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-import jupiterd.aws.client as awsmod
+import jupiterd.aws.models as awsmod
 from jupiterd.runtime.supervisor import PAUSE_FILE, PAUSE_MAX_BYTES, parse_pause
 from jupiterd.state import statefile
 from jupiterd.state.journal import JOURNAL_NAME, Journal, held_services
