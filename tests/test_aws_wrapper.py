@@ -365,3 +365,18 @@ def test_an_unwritable_state_dir_only_costs_the_pruning(tmp_path, monkeypatch):
     monkeypatch.setattr(awsmod, "_pruned", None)
     assert set(awsmod.pruned_models(missing)) == set(awsmod.OPERATIONS)
     assert not missing.exists()
+
+
+def test_models_are_pruned_in_a_child_process_not_the_daemons(tmp_path, monkeypatch):
+    """The child keeps botocore's full models out of the daemon's memory:
+    its module must run as a program (it did not once the package moved)."""
+    import jupiterd.aws.models as awsmod
+
+    monkeypatch.setattr(awsmod, "_pruned", None)
+
+    def in_process() -> Any:
+        raise AssertionError("the models were pruned in the daemon's own process")
+
+    monkeypatch.setattr(awsmod, "_prune_all", in_process)
+    made = awsmod.pruned_models(tmp_path)
+    assert set(made) == set(awsmod.OPERATIONS)
