@@ -14,9 +14,10 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
     any --instance stopped--> STOPPED --instance running--> UNKNOWN
 
 Per service: the active instance DOWN for ``failover_after`` seconds starts
-a failover to the standby unless a guard holds it (maintenance pause, manual
-mode, monitor isolation, AWS unreachable, retry backoff, cooldown, hourly
-cap, standby unhealthy, both down, already in flight, monitor degraded). Only
+a failover to the standby unless a guard holds it (pause, maintenance tag,
+manual mode, monitor isolation, AWS unreachable, retry backoff, cooldown,
+hourly cap, standby unhealthy, both down, already in flight, monitor
+degraded). Only
 a plan that changed something on AWS counts toward the cooldown and the
 hourly cap. In monitor-only mode (no AWS access) a due failover is reported
 once per outage (``FailoverDue``) and nothing else happens. Before deciding,

@@ -136,7 +136,7 @@ def evaluate(
     # The guards, most deliberate first.
     guard: tuple[Guard, str] | None = None
     if state.paused:
-        guard = (Guard.MAINTENANCE, f"{where}, but jupiterd is paused ({state.pause_reason})")
+        guard = (Guard.PAUSED, f"{where}, but jupiterd is paused ({state.pause_reason})")
     elif s.maintenance:
         guard = (Guard.MAINTENANCE, f"{where}, but the service is in maintenance (instance tag)")
     elif not policy.auto_failover.get(name, True):

@@ -15,7 +15,8 @@ from jupiterd.core.types import Role, Status
 class Guard(StrEnum):
     """Why an otherwise due failover is held. Each is a metric label."""
 
-    MAINTENANCE = "maintenance"
+    PAUSED = "paused"  # jupiterd pause, guards.paused
+    MAINTENANCE = "maintenance"  # an instance carries the maintenance tag
     MANUAL = "manual"
     ISOLATION = "isolation"
     COOLDOWN = "cooldown"
