@@ -13,17 +13,17 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
                           +----------rise ok-------------------------- RECOVERING
     any --instance stopped--> STOPPED --instance running--> UNKNOWN
 
-Per service: the active instance DOWN for ``failover_after`` seconds starts
-a failover to the standby unless a guard holds it (pause, maintenance tag,
-manual mode, monitor isolation, AWS unreachable, retry backoff, cooldown,
-hourly cap, standby unhealthy, both down, already in flight, monitor
-degraded). Only
-a plan that changed something on AWS counts toward the cooldown and the
-hourly cap. In monitor-only mode (no AWS access) a due failover is reported
-once per outage (``FailoverDue``) and nothing else happens. Before deciding,
-every other service's active target must have been probed since the failure
-began, so that "everything failed at once" (the monitor's own network) is
-seen as such and not as one outage.
+Per service: the active instance DOWN for ``failover_after`` seconds
+starts a failover to the standby unless a guard holds it (pause,
+maintenance tag, manual mode, monitor isolation, AWS unreachable, retry
+backoff, cooldown, hourly cap, standby unhealthy, both down, already in
+flight, monitor degraded). Only a plan that changed something on AWS
+counts toward the cooldown and the hourly cap. In monitor-only mode (no
+AWS access) a due failover is reported once per outage (``FailoverDue``)
+and nothing else happens. Before deciding, every other service's active
+target must have been probed since the failure began, so that "everything
+failed at once" (the monitor's own network) is seen as such and not as one
+outage.
 
 A probe that failed on the monitor's side (``Observation.cause``: out of
 descriptors, a stalled loop...) is no evidence either way: it neither counts
