@@ -30,7 +30,6 @@ from jupiterd.core.plan.build import (
 from jupiterd.core.plan.facts import (
     GONE_STATES,
     MISSING,
-    STOPPED_STATES,
     ArnContext,
     EipFacts,
     InstanceFacts,
@@ -69,6 +68,7 @@ from jupiterd.core.plan.status import (
     target_registered,
     target_serving,
 )
+from jupiterd.core.types import STOPPED_STATES
 
 __all__ = [
     "GONE_STATES",

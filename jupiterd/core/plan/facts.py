@@ -9,20 +9,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupiterd.config import Config
-from jupiterd.core.types import Role
+from jupiterd.core.types import TERMINATED_STATES, InstanceState, Role
 
 # --------------------------------------------------------------------------- facts
 
 MISSING = "missing"  # an instance state: no instance was found
-GONE_STATES = frozenset({"terminated", "shutting-down", MISSING})
-STOPPED_STATES = frozenset({"stopped", "stopping"})
+GONE_STATES = TERMINATED_STATES | {MISSING}
 
 
 @dataclass(frozen=True, slots=True)
 class InstanceFacts:
     role: Role
     instance_id: str | None
-    state: str  # EC2's state name, or MISSING
+    state: str  # EC2's state name (InstanceState), or MISSING
     private_ip: str | None = None
     public_ip: str | None = None
     eni_id: str | None = None  # the primary network interface (device index 0)
@@ -33,7 +32,7 @@ class InstanceFacts:
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        return self.state == InstanceState.RUNNING
 
     def describe(self) -> str:
         return f"the {self.role} instance {self.instance_id or '(not found)'}"

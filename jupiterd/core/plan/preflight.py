@@ -7,13 +7,12 @@ from jupiterd.config import Config
 from jupiterd.core.plan.facts import (
     GONE_STATES,
     MISSING,
-    STOPPED_STATES,
     ServiceFacts,
     _unique_tgs,
     zone_key,
 )
 from jupiterd.core.plan.status import attachment_states
-from jupiterd.core.types import Role
+from jupiterd.core.types import STOPPED_STATES, TERMINATED_STATES, Role
 
 # --------------------------------------------------------------------------- preflight
 
@@ -37,7 +36,7 @@ def preflight_problems(
                 else f"tags Project={config.project_tag}, Service={service}, Role={inst.role}"
             )
             problems.append(f"the {inst.role} instance ({how}) does not exist")
-    if standby.state in ("terminated", "shutting-down"):
+    if standby.state in TERMINATED_STATES:
         problems.append(f"{standby.describe()} is {standby.state}: nothing to fail over to")
     for _name, arn, _port in _unique_tgs(att.target_groups):
         tg = facts.target_group(arn)

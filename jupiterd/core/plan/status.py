@@ -8,7 +8,6 @@ from typing import Literal
 
 from jupiterd.config import Config
 from jupiterd.core.plan.facts import (
-    STOPPED_STATES,
     EipFacts,
     InstanceFacts,
     ServiceFacts,
@@ -17,7 +16,7 @@ from jupiterd.core.plan.facts import (
     normalize_record_name,
     target_group_name,
 )
-from jupiterd.core.types import Role
+from jupiterd.core.types import STOPPED_STATES, Role
 
 # --------------------------------------------------------------------------- what AWS says
 
