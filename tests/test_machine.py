@@ -354,7 +354,7 @@ def test_pause_holds_and_resume_acts():
     assert r.of(Note)[-1].reason == "jupiterd paused by cli: no automatic action"
     r.obs("sig", P, "---")
     hold = r.of(Hold)[-1]
-    assert hold.guard is Guard.MAINTENANCE
+    assert hold.guard is Guard.PAUSED
     assert hold.reason.endswith("but jupiterd is paused (paused by cli)")
     r.obs("turn", P, "+")
     r.obs("frp", P, "+")
@@ -630,13 +630,13 @@ def test_monitor_only_still_reports_guards():
     r.send(PauseChanged(True, r.t, by="cli"))
     _due(r)
     assert not r.of(FailoverDue)
-    assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    assert r.svc("sig").hold.guard is Guard.PAUSED
     r.send(PauseChanged(False, r.t, by="cli"))
     assert len(r.of(FailoverDue)) == 1
     assert r.svc("sig").hold is None
     # Paused and resumed again within the same outage: the hold is lifted,
     # the due failover is not reported twice.
     r.send(PauseChanged(True, r.t, by="cli"))
-    assert r.svc("sig").hold.guard is Guard.MAINTENANCE
+    assert r.svc("sig").hold.guard is Guard.PAUSED
     r.send(PauseChanged(False, r.t, by="cli"))
     assert r.svc("sig").hold is None and len(r.of(FailoverDue)) == 1

@@ -34,7 +34,7 @@ from jupiterd.core.plan import (
     service_status,
     zone_key,
 )
-from jupiterd.core.types import Role
+from jupiterd.core.types import TERMINATED_STATES, Role
 from jupiterd.telemetry.metrics import Metrics
 
 _ROLES = (Role.PRIMARY, Role.BACKUP)
@@ -195,7 +195,7 @@ class AwsInventory:
                 for i in found
                 if _tags(i).get("Service") == name and _tags(i).get("Role") == str(role)
             ]
-            live = [i for i in match if i["State"]["Name"] not in ("terminated", "shutting-down")]
+            live = [i for i in match if i["State"]["Name"] not in TERMINATED_STATES]
             if len(live) > 1:
                 ids = ", ".join(sorted(i["InstanceId"] for i in live))
                 out[key] = InstanceFacts(

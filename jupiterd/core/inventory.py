@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jupiterd.config import Config
-from jupiterd.core.types import Role
+from jupiterd.core.types import InstanceState, Role
 
-InstanceStateName = str  # EC2's: pending, running, stopping, stopped, shutting-down, terminated
+InstanceStateName = str  # EC2's state name: an InstanceState, as AWS answers it
 
 
 @dataclass(frozen=True, slots=True)
 class InstanceInfo:
     instance_id: str | None
     address: str | None  # what the probes target (the private IP unless configured)
-    state: InstanceStateName = "running"
+    state: InstanceStateName = InstanceState.RUNNING
     maintenance: bool = False
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        return self.state == InstanceState.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class StaticInventory:
         for name, svc in self.config.services.items():
             infos = {}
             for role, ref in ((Role.PRIMARY, svc.primary), (Role.BACKUP, svc.backup)):
-                default = "running" if role is Role.PRIMARY else "stopped"
+                default = InstanceState.RUNNING if role is Role.PRIMARY else InstanceState.STOPPED
                 state = self.states.get((name, role), default)
                 infos[role] = InstanceInfo(ref.instance_id, ref.address, state)
             out[name] = ServiceView(infos[Role.PRIMARY], infos[Role.BACKUP])
