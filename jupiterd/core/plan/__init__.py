@@ -10,7 +10,7 @@ conditions, so a least-privilege policy and a dry run can be derived from
 plans without touching AWS.
 
 The facts types hold what the read-only describes returned
-(``awsinventory`` fills them); the functions below turn them into the
+(``jupiterd.aws.inventory`` fills them); the functions below turn them into the
 answer to "which instance carries the traffic, and do the attachments agree"
 and into preflight problems. Everything here is tested table-driven.
 
