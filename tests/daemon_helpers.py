@@ -50,6 +50,9 @@ class FakeExecutor:
             stopped_old=self.stop_old and self.result == "success",
         )
 
+    async def resume_pending(self) -> list[FailoverOutcome]:
+        return []  # no journal: nothing is ever left unfinished
+
 
 def config_for(services: dict[str, dict[str, Any]], state_dir: str, **top: Any) -> Config:
     doc = {

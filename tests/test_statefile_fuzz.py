@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 import jupiterd.aws.models as awsmod
-from jupiterd.runtime.supervisor import PAUSE_FILE, PAUSE_MAX_BYTES, parse_pause
+from jupiterd.runtime.pause import PAUSE_FILE, PAUSE_MAX_BYTES, parse_pause
 from jupiterd.state import statefile
 from jupiterd.state.journal import JOURNAL_NAME, Journal, held_services
 from tests.peers.hostile import free_port

@@ -68,9 +68,14 @@ class Executor(Protocol):
     """Runs one plan at a time per service; never raises for AWS failures
     (they are a ``failed``/``aborted`` outcome with a detail)."""
 
-    dry_run: bool
+    dry_run: bool  # plans run without changing anything
 
     async def run(self, request: FailoverRequest) -> FailoverOutcome: ...
+
+    async def resume_pending(self) -> list[FailoverOutcome]:
+        """Finish (or undo) the plans an earlier process left unfinished;
+        the daemon calls it once at start. Nothing to do: ``[]``."""
+        ...
 
 
 class OfflineExecutor:
@@ -88,3 +93,6 @@ class OfflineExecutor:
             0.0,
             changed=False,
         )
+
+    async def resume_pending(self) -> list[FailoverOutcome]:
+        return []  # it never starts a plan, so none is left unfinished

@@ -41,7 +41,7 @@ from jupiterd.runtime.api_guard import (
     host_allowed,
     host_of,
 )
-from jupiterd.runtime.supervisor import BY_MAX
+from jupiterd.runtime.pause import BY_MAX
 from jupiterd.state.statefile import clean_text
 from jupiterd.telemetry import logs
 from probes.options import parse_hostport

@@ -18,10 +18,9 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from jupiterd.config import Config, ConfigError, load_config
-from jupiterd.core.execution import Executor
+from jupiterd.core.execution import Executor, FailoverOutcome
 from jupiterd.core.inventory import Inventory
 from jupiterd.runtime.api import exposed_note, start_server
 from jupiterd.runtime.sd_notify import Notifier
@@ -141,9 +140,8 @@ async def _serve(
 ) -> int:
     log = logs.get("jupiterd")
     config = sup.config
-    resumed: list[Any] = []
-    resume = getattr(sup.executor, "resume_pending", None)
-    if resume is not None and not dry_run:
+    resumed: list[FailoverOutcome] = []
+    if not dry_run and not sup.executor.dry_run:  # a dry run leaves no plan unfinished
         # A plan a crash interrupted is finished (or rolled back) before any
         # new decision is taken. That can take as long as a plan's bounded
         # waits: tell systemd, so the start timeout does not kill it midway.
@@ -155,7 +153,7 @@ async def _serve(
             f"EXTEND_TIMEOUT_USEC={int((longest + 60) * 1e6)}",
             "STATUS=finishing any plan a previous run left unfinished",
         )
-        resumed = list(await resume() or ())
+        resumed = await sup.executor.resume_pending()
     try:
         runner = await start_server(sup, config.http.listen)
     except OSError as exc:

@@ -22,7 +22,8 @@ import probes
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.health import Hold, StartFailover, Transition
 from jupiterd.core.types import Role, Status
-from jupiterd.runtime.supervisor import PlanEvent, ProbeEvent
+from jupiterd.runtime.plans import PlanEvent
+from jupiterd.runtime.targets import ProbeEvent
 
 from .stack import Stack
 
