@@ -6,8 +6,8 @@
   127.0.0.2, backups on 127.0.0.3, at the production ports where free
   (3000, 3478, 7000, 8080), else those plus 10000. Signaling is a
   python-socketio server, coturn the real ``turnserver`` when installed (a
-  small STUN/TURN responder otherwise), frp and ThingsBoard the stand-ins of
-  the test suite. The NAT instances are network namespaces answering ping
+  small STUN/TURN responder otherwise), frp and ThingsBoard stand-ins
+  (``jupiterd.sandbox.peers``). The NAT instances are network namespaces answering ping
   (root only; without it the NAT service is left out).
 - Each service follows its instance in moto: starting the instance starts
   the process, stopping it stops the process. A process killed by a drill
@@ -49,8 +49,7 @@ import yaml
 
 from jupiterd.core.types import Role
 
-ROOT = Path(__file__).resolve().parents[2]
-PEERS = ROOT / "tests" / "peers"
+from .peers.process import PEERS, Peer
 
 SERVICE_PORTS = {"signaling": 3000, "coturn": 3478, "frp": 7000, "thingsboard": 8080}
 PORT_OFFSET = 10000
@@ -128,7 +127,7 @@ class Instance:
     instance_id: str
     address: str
     port: int | None
-    process: Any = None  # tests.peers.process.Peer while running
+    process: Any = None  # a Peer while running
     broken: bool = False  # killed on purpose: stays down until the instance stops
     state: str = "unknown"
 
@@ -244,19 +243,6 @@ class NatNamespaces:
         self.created.clear()
 
 
-def _peer_class() -> Any:
-    if not (PEERS / "process.py").exists():
-        raise SandboxError(
-            "jupiterd sandbox runs from a source checkout: it starts the service stand-ins "
-            "kept in tests/peers/. Clone the repository and `pip install -e '.[sandbox]'`."
-        )
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.peers.process import Peer
-
-    return Peer
-
-
 class Stack:
     """Starts, follows and stops everything; ``stop()`` is safe to call twice."""
 
@@ -274,7 +260,7 @@ class Stack:
         self.say = log
         self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
         self.coturn = shutil.which("turnserver") is not None
-        self.moto: Any = None  # tests.peers.moto_server.MotoServer
+        self.moto: Any = None  # a peers.moto_server.MotoServer
         self._children: list[Any] = []  # every service process started (Peer)
         self.endpoint = ""
         self.topology: Any = None
@@ -300,7 +286,6 @@ class Stack:
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        self.Peer = _peer_class()
         self._set_env()
         from jupiterd.telemetry import logs
 
@@ -360,7 +345,7 @@ class Stack:
                 os.environ[k] = v
 
     async def _start_moto(self) -> None:
-        from tests.peers.moto_server import start_moto
+        from .peers.moto_server import start_moto
 
         # Started on this thread, waited for on another (see _spawn).
         self.moto = start_moto(FRONT_HOST, parent_death_signal=signal.SIGKILL)
@@ -368,7 +353,7 @@ class Stack:
             await asyncio.to_thread(self.moto.wait_ready)
         except RuntimeError as exc:
             raise SandboxError(
-                f"{exc}: is moto[server] installed? pip install -e '.[sandbox]'"
+                f"{exc}: is moto[server] installed? pip install 'jupiterd[sandbox]'"
             ) from exc
         self.endpoint = self.moto.url
 
@@ -465,7 +450,7 @@ class Stack:
         process is known to stop() from the fork on, even if this is
         cancelled while it waits."""
         self._children = [c for c in self._children if c.alive]
-        peer = self.Peer(cmd, wait=False, parent_death_signal=signal.SIGKILL)
+        peer = Peer(cmd, wait=False, parent_death_signal=signal.SIGKILL)
         self._children.append(peer)
         await asyncio.to_thread(peer.wait_ready)
         return peer
