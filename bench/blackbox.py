@@ -382,7 +382,7 @@ def others(args: argparse.Namespace) -> None:
     import contextlib
 
     from bench.peers import helper_cpus, node_sio, spawn
-    from tests.peers.process import python_peer
+    from tests.peers.commands import python_peer
 
     cpus = helper_cpus() if args.measured_cpus else None
     kinds = [k for k in args.others.split(",") if k]
@@ -395,7 +395,7 @@ def others(args: argparse.Namespace) -> None:
                     spawn(node_sio("--major", "4", "--host", "127.0.0.1", "--port", "0"), cpus=cpus)
                 )
             elif kind == "stun":
-                from tests.peers.coturn import free_port_pair
+                from jupiterd.sandbox.peers.coturn import free_port_pair
 
                 port = free_port_pair("127.0.0.1")
                 addr = stack.enter_context(

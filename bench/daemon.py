@@ -165,8 +165,9 @@ class Victim:
         self.proc: Any = None
 
     async def start(self) -> None:
-        from tests.peers.coturn import free_port_pair
-        from tests.peers.process import Peer, node_peer, python_peer
+        from jupiterd.sandbox.peers.coturn import free_port_pair
+        from jupiterd.sandbox.peers.process import Peer
+        from tests.peers.commands import node_peer, python_peer
 
         kind = self.kind
         if kind == "http":

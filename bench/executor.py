@@ -50,10 +50,11 @@ from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import parse_config
 from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.types import Role
+from jupiterd.sandbox.peers.moto_server import moto_server
+from jupiterd.sandbox.peers.process import Peer
 from jupiterd.sandbox.seed import seed
+from tests.peers.commands import python_peer
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
-from tests.peers.moto_server import moto_server
-from tests.peers.process import Peer, python_peer
 
 ATTACH = ("source_dest_check", "register_target", "associate_eip", "upsert_record", "replace_route")
 

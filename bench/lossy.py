@@ -312,8 +312,8 @@ def run(args: argparse.Namespace) -> None:
         report_line,
         spawn,
     )
-    from tests.peers.coturn import free_port_pair
-    from tests.peers.process import python_peer
+    from jupiterd.sandbox.peers.coturn import free_port_pair
+    from tests.peers.commands import python_peer
 
     pinned = args.pin and len(os.sched_getaffinity(0)) > 1
     cpus = helper_cpus() if pinned else None

@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
+from jupiterd.sandbox.peers.process import Peer, peer
+from tests.peers.commands import ROOT, node_peer
 from tests.peers.hostile import free_port
-from tests.peers.process import ROOT, Peer, node_peer, peer
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MEASURED_CPU = 0  # the core the measured process runs on when pinning

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import probes
 from bench.peers import node_sio, spawn
-from tests.peers.process import python_peer
+from tests.peers.commands import python_peer
 
 TOKEN = "bench-token"
 SECRET = "bench-secret"
@@ -90,7 +90,7 @@ def cases(stack: contextlib.ExitStack, kinds: set[str]) -> list[tuple[str, str, 
         out.append(("socketio", "socketio (polling)", sio, {"transport": "polling"}))
         out.append(("socketio", "socketio (upgrade)", sio, {}))
     if kinds & {"stun", "turn"}:
-        from tests.peers.coturn import free_port_pair
+        from jupiterd.sandbox.peers.coturn import free_port_pair
 
         port = free_port_pair("127.0.0.1")
         turn = stack.enter_context(

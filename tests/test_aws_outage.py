@@ -16,11 +16,11 @@ from jupiterd.aws.inventory import AwsInventory
 from jupiterd.core.health import Guard
 from jupiterd.core.types import Status
 from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
 from jupiterd.telemetry.metrics import Metrics
 from tests.daemon_helpers import B, P, wait_for
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import FAST, jupiter_stack
-from tests.peers.moto_server import MotoServer, moto_server
 
 pytestmark = pytest.mark.slow
 

@@ -25,12 +25,12 @@ from jupiterd.aws.client import (
     classify,
 )
 from jupiterd.config import AwsConfig
+from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
 from jupiterd.sandbox.seed import SeedError, check_loopback
 from jupiterd.telemetry.metrics import Metrics
 from tests.peers import fault_proxy
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.hostile import free_port
-from tests.peers.moto_server import MotoServer, moto_server
 
 
 def client_error(code: str, message: str = "m", status: int = 400) -> Exception:

@@ -16,11 +16,12 @@ from jupiterd.core.health import Guard, Transition
 from jupiterd.core.inventory import StaticInventory
 from jupiterd.core.types import Status
 from jupiterd.runtime.supervisor import Supervisor
+from jupiterd.sandbox.peers.coturn import _free_on_both, free_port_pair
+from jupiterd.sandbox.peers.process import Peer
 from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need
 from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
-from tests.peers.coturn import _free_on_both, free_port_pair
-from tests.peers.process import Peer, python_peer
+from tests.peers.commands import python_peer
 
 pytestmark = pytest.mark.slow
 

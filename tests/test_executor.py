@@ -22,12 +22,12 @@ from jupiterd.aws.inventory import AwsInventory
 from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.plan import service_status
 from jupiterd.core.types import Role
+from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
 from jupiterd.sandbox.seed import SERVICES, Topology, read_notifications
 from jupiterd.state.journal import PlanLock
 from jupiterd.telemetry.metrics import Metrics
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
-from tests.peers.moto_server import MotoServer, client_env, moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,11 +27,11 @@ from jupiterd.config import Config, parse_config
 from jupiterd.core.execution import FailoverOutcome
 from jupiterd.core.plan import service_status
 from jupiterd.core.types import Role
+from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
 from jupiterd.sandbox.seed import Topology, read_notifications, seed
 from jupiterd.state.journal import KILL_ENV, Journal
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
-from tests.peers.moto_server import MotoServer, client_env, moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = EDGE

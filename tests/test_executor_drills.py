@@ -15,10 +15,10 @@ from jupiterd.config import Config, _crontab_days, cron_trigger, parse_config
 from jupiterd.core.execution import FailoverRequest
 from jupiterd.core.types import Role
 from jupiterd.runtime.drills import DrillRunner
+from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
 from jupiterd.telemetry.metrics import Metrics
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
-from tests.peers.moto_server import MotoServer, moto_server
 
 
 def ts(text: str) -> float:

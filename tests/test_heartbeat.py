@@ -26,14 +26,14 @@ from jupiterd.core.inventory import StaticInventory
 from jupiterd.core.types import Role, Status
 from jupiterd.runtime.heartbeat import Heartbeat, link_for
 from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
+from jupiterd.sandbox.peers.coturn import coturn
+from jupiterd.sandbox.peers.frps_standin import FrpsStandin
+from jupiterd.sandbox.peers.thingsboard_standin import thingsboard_standin
 from jupiterd.telemetry.metrics import Metrics
 from tests.conftest import need
 from tests.daemon_helpers import FakeExecutor, wait_for
 from tests.peers import hostile
-from tests.peers.coturn import coturn
-from tests.peers.frps_standin import FrpsStandin
 from tests.peers.socketio_servers import node_sio_server, python_sio_server
-from tests.peers.thingsboard_standin import thingsboard_standin
 
 
 class Server:

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import probes
+from jupiterd.sandbox.peers.frps_standin import Fault, FrpsStandin
 from probes import frp, yamux
 from probes.frp import MsgError
 from probes.yamux import ACK, DATA, FIN, GO_AWAY, PING, RST, SYN, WINDOW_UPDATE
 from tests.peers import hostile
-from tests.peers.frps_standin import Fault, FrpsStandin
 
 Reason = probes.Reason
 TOKEN = "correct-horse-battery"
@@ -570,7 +570,7 @@ def test_standin_script_mode_prints_ready_and_stops_on_sigterm():
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(root / "tests/peers/frps_standin.py"),
+            str(root / "jupiterd/sandbox/peers/frps_standin.py"),
             "--port",
             str(port),
             "--token",

@@ -16,11 +16,11 @@ import pytest
 from aioice import stun as aio
 
 import probes
+from jupiterd.sandbox.peers.coturn import coturn
+from jupiterd.sandbox.peers.stun_standin import ask, attribute_layout, stun_standin
 from probes import stun
 from tests.conftest import need
 from tests.peers import hostile
-from tests.peers.coturn import coturn
-from tests.peers.stun_standin import ask, attribute_layout, stun_standin
 
 Reason = probes.Reason
 

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import probes
+from jupiterd.sandbox.peers.thingsboard_standin import thingsboard_standin
 from probes import thingsboard as tbp
 from probes.httpclient import Response
 from probes.options import OptionError
 from tests.peers import hostile
-from tests.peers.thingsboard_standin import thingsboard_standin
 
 R = probes.Reason
 USER, PASSWORD, DEVICE = "probe@tenant.example", "s3cret-Passw0rd", "A1b2C3d4E5f6G7h8"

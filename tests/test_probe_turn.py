@@ -21,11 +21,11 @@ from aioice import stun as aio
 from aioice.turn import make_integrity_key
 
 import probes
+from jupiterd.sandbox.peers.coturn import binding_answered, coturn
+from jupiterd.sandbox.peers.stun_standin import ask, attribute_layout, stun_standin
 from probes import turn
 from tests.conftest import need
 from tests.peers import hostile
-from tests.peers.coturn import binding_answered, coturn
-from tests.peers.stun_standin import ask, attribute_layout, stun_standin
 
 Reason = probes.Reason
 SECRET = "rest-shared-secret-0123"

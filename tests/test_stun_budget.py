@@ -68,8 +68,8 @@ async def test_a_late_answer_to_the_last_send_is_still_taken():
 async def test_turn_absorbs_a_lost_request_in_each_of_its_transactions():
     """Allocate, authenticated Allocate, Refresh: each first send lost, every
     retransmission answered, all inside the 1 s budget."""
+    from jupiterd.sandbox.peers.coturn import coturn
     from tests.conftest import need
-    from tests.peers.coturn import coturn
 
     need("turnserver")
     with coturn(secret="s") as server:

@@ -6,8 +6,8 @@
   127.0.0.2, backups on 127.0.0.3, at the production ports where free
   (3000, 3478, 7000, 8080), else those plus 10000. Signaling is a
   python-socketio server, coturn the real ``turnserver`` when installed (a
-  small STUN/TURN responder otherwise), frp and ThingsBoard the stand-ins of
-  the test suite. The NAT instances are network namespaces answering ping
+  small STUN/TURN responder otherwise), frp and ThingsBoard stand-ins
+  (``jupiterd.sandbox.peers``). The NAT instances are network namespaces answering ping
   (root only; without it the NAT service is left out).
 - Each service follows its instance in moto: starting the instance starts
   the process, stopping it stops the process. A process killed by a drill
@@ -31,16 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,215 +44,31 @@ import yaml
 
 from jupiterd.core.types import Role
 
-ROOT = Path(__file__).resolve().parents[2]
-PEERS = ROOT / "tests" / "peers"
+from .fleet import Fleet
+from .layout import (
+    AWS_ENV,
+    FRONT_HOST,
+    HOSTS,
+    THRESHOLDS,
+    Instance,
+    SandboxError,
+    free_local_port,
+    pick_port,
+    probe_spec,
+)
+from .nat import NETNS_PREFIX, NatNamespaces, process_start, remove_stale_namespaces
 
-SERVICE_PORTS = {"signaling": 3000, "coturn": 3478, "frp": 7000, "thingsboard": 8080}
-PORT_OFFSET = 10000
-HOSTS = {Role.PRIMARY: "127.0.0.2", Role.BACKUP: "127.0.0.3"}
-FRONT_HOST = "127.0.0.1"
-TURN_SECRET = "sandbox-turn-secret"
-FRP_TOKEN = "sandbox-frp-token"
-TB_USER, TB_PASSWORD = "probe@jupiter.example.com", "sandbox-password"
-
-# Fast enough for a drill in seconds, with the production logic unchanged.
-THRESHOLDS: dict[str, Any] = {
-    "interval": "1s",
-    "fast_interval": "250ms",
-    "timeout": "800ms",
-    "fall": 3,
-    "rise": 2,
-    "cooldown": "1m",
-    "max_failovers_per_hour": 10,
-    "start_timeout": "30s",
-    "healthy_timeout": "30s",
-    "drain_timeout": "3s",  # also bounds the DNS drain of a still-serving old instance
-    "target_healthy_timeout": "30s",
-}
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "ap-southeast-2",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+__all__ = [
+    "NETNS_PREFIX",
+    "SandboxError",
+    "Stack",
+    "free_local_port",
+    "process_start",
+    "remove_stale_namespaces",
+]
 
 
-class SandboxError(Exception):
-    """A sandbox that cannot start: the message says what to do."""
-
-
-def _free(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(service: str, hosts: list[str]) -> int:
-    """The production port if free on every address (TCP, and UDP for
-    coturn), else the documented offset, else any free port."""
-    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if service == "coturn" else [])
-    base = SERVICE_PORTS[service]
-    for port in (base, base + PORT_OFFSET, base + 2 * PORT_OFFSET):
-        if all(_free(h, port, k) for h in hosts for k in kinds):
-            return port
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = int(s.getsockname()[1])
-        if all(_free(h, port, k) for h in hosts for k in kinds):
-            return port
-    raise SandboxError(f"no port free for {service} on {', '.join(hosts)}")
-
-
-def free_local_port(preferred: int) -> int:
-    if _free(FRONT_HOST, preferred):
-        return preferred
-    with socket.socket() as s:
-        s.bind((FRONT_HOST, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Instance:
-    service: str
-    role: Role
-    instance_id: str
-    address: str
-    port: int | None
-    process: Any = None  # tests.peers.process.Peer while running
-    broken: bool = False  # killed on purpose: stays down until the instance stops
-    state: str = "unknown"
-
-    @property
-    def label(self) -> str:
-        return f"{self.service} {self.role}"
-
-
-NETNS_PREFIX = "jupiterd-sandbox-"
-_NETNS = re.compile(rf"^{NETNS_PREFIX}(\d+)-(\d+)-(?:primary|backup)$")
-_VETH = re.compile(r"^jsbx(\d+)[pb]$")  # host side; interface names are 15 bytes at most
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), or None if no
-    process of that pid runs (a zombie has stopped running)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields 3.. (the name may hold spaces)
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _ip_out(*args: str) -> str:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    return r.stdout if r.returncode == 0 else ""
-
-
-def remove_stale_namespaces() -> list[str]:
-    """Remove the namespaces (killing any process inside) and host-side veths
-    that sandboxes no longer running left behind: a SIGKILLed sandbox cannot
-    remove them itself. Only names of the sandbox's own pattern are touched,
-    and only those whose owner (pid and start time) is gone. Returns the
-    names removed."""
-    removed = []
-    for line in _ip_out("netns", "list").splitlines():
-        name = line.split()[0] if line.split() else ""
-        m = _NETNS.match(name)
-        if m is None or process_start(int(m.group(1))) == int(m.group(2)):
-            continue
-        for pid in _ip_out("netns", "pids", name).split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
-        r = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-        if r.returncode == 0:
-            removed.append(name)
-    for line in _ip_out("-o", "link", "show").splitlines():
-        # "7: jsbx123p@if6: <BROADCAST,...": a veth whose namespace end was never moved
-        parts = line.split(":")
-        link = parts[1].strip().split("@")[0] if len(parts) > 2 else ""
-        m = _VETH.match(link)
-        if m is None:
-            continue
-        owner = int(m.group(1))
-        if owner == os.getpid() or process_start(owner) is None:  # ours: not created yet
-            r = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
-            if r.returncode == 0:
-                removed.append(link)
-    return removed
-
-
-class NatNamespaces:
-    """NAT instances as network namespaces behind veth pairs: an instance
-    that runs answers ping; a stopped (or broken) one does not. The names
-    carry this process's pid and start time (see remove_stale_namespaces)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.start = process_start(self.pid)
-        self.created: list[tuple[str, str]] = []  # (netns, host-side veth)
-        octet = os.getpid() % 250
-        self.addresses = {Role.PRIMARY: f"198.19.{octet}.2", Role.BACKUP: f"198.19.{octet}.6"}
-        self._nets = {Role.PRIMARY: (f"198.19.{octet}.1", 0), Role.BACKUP: (f"198.19.{octet}.5", 4)}
-
-    @staticmethod
-    def available() -> bool:
-        if os.geteuid() != 0 or shutil.which("ip") is None:
-            return False
-        r = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10)
-        return r.returncode == 0
-
-    def _ns(self, role: Role) -> str:
-        return f"{NETNS_PREFIX}{self.pid}-{self.start}-{role.value}"
-
-    def _ip(self, *args: str) -> None:
-        r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-        if r.returncode != 0:
-            raise SandboxError(f"ip {' '.join(args)}: {r.stderr.strip()}")
-
-    def create(self) -> None:
-        for role in Role:
-            ns, host_if, ns_if = self._ns(role), f"jsbx{self.pid}{role.value[0]}", "eth0"
-            self._ip("netns", "add", ns)
-            self.created.append((ns, host_if))
-            self._ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}n")
-            self._ip("link", "set", f"{host_if}n", "netns", ns)
-            self._ip("-n", ns, "link", "set", f"{host_if}n", "name", ns_if)
-            gw, _ = self._nets[role]
-            self._ip("addr", "add", f"{gw}/30", "dev", host_if)
-            self._ip("link", "set", host_if, "up")
-            self._ip("-n", ns, "addr", "add", f"{self.addresses[role]}/30", "dev", ns_if)
-            self._ip("-n", ns, "link", "set", "lo", "up")
-            self.set_running(role, False)
-
-    def set_running(self, role: Role, up: bool) -> None:
-        self._ip("-n", self._ns(role), "link", "set", "eth0", "up" if up else "down")
-
-    def destroy(self) -> None:
-        for ns, host_if in reversed(self.created):
-            subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=10)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        self.created.clear()
-
-
-def _peer_class() -> Any:
-    if not (PEERS / "process.py").exists():
-        raise SandboxError(
-            "jupiterd sandbox runs from a source checkout: it starts the service stand-ins "
-            "kept in tests/peers/. Clone the repository and `pip install -e '.[sandbox]'`."
-        )
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.peers.process import Peer
-
-    return Peer
-
-
-class Stack:
+class Stack(Fleet):
     """Starts, follows and stops everything; ``stop()`` is safe to call twice."""
 
     def __init__(
@@ -268,24 +79,18 @@ class Stack:
         log: Callable[[str], None] = print,
         with_nat: bool | None = None,
     ) -> None:
+        super().__init__(log)
         self.own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jupiterd-sandbox-"))
         self.http_port = http_port
-        self.say = log
         self.with_nat = NatNamespaces.available() if with_nat is None else with_nat
-        self.coturn = shutil.which("turnserver") is not None
-        self.moto: Any = None  # tests.peers.moto_server.MotoServer
-        self._children: list[Any] = []  # every service process started (Peer)
-        self.endpoint = ""
+        self.moto: Any = None  # a peers.moto_server.MotoServer
         self.topology: Any = None
-        self.instances: dict[tuple[str, Role], Instance] = {}
         self.ports: dict[str, int] = {}
-        self.nat: NatNamespaces | None = None
         self.doors: list[Any] = []
         self.routes: dict[str, Role | None] = {}
         self.config_path = self.workdir / "jupiterd.yaml"
         self.config: Any = None
-        self.supervisor: Any = None
         self.runner: Any = None
         self.executor: Any = None
         self.inventory: Any = None
@@ -300,7 +105,6 @@ class Stack:
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        self.Peer = _peer_class()
         self._set_env()
         from jupiterd.telemetry import logs
 
@@ -360,7 +164,7 @@ class Stack:
                 os.environ[k] = v
 
     async def _start_moto(self) -> None:
-        from tests.peers.moto_server import start_moto
+        from .peers.moto_server import start_moto
 
         # Started on this thread, waited for on another (see _spawn).
         self.moto = start_moto(FRONT_HOST, parent_death_signal=signal.SIGKILL)
@@ -368,31 +172,14 @@ class Stack:
             await asyncio.to_thread(self.moto.wait_ready)
         except RuntimeError as exc:
             raise SandboxError(
-                f"{exc}: is moto[server] installed? pip install -e '.[sandbox]'"
+                f"{exc}: is moto[server] installed? pip install 'jupiterd[sandbox]'"
             ) from exc
         self.endpoint = self.moto.url
-
-    def _probe_spec(self, name: str) -> dict[str, Any]:
-        port = self.ports.get(name)
-        if name == "signaling":
-            return {"kind": "socketio", "port": port}
-        if name == "coturn":
-            opts = {"secret": TURN_SECRET} if self.coturn else {}
-            return {"kind": "turn", "port": port, "options": opts}
-        if name == "frp":
-            return {"kind": "frp", "port": port, "options": {"token": FRP_TOKEN}}
-        if name == "thingsboard":
-            return {
-                "kind": "thingsboard",
-                "port": port,
-                "options": {"username": TB_USER, "password": TB_PASSWORD},
-            }
-        return {"kind": "icmp"}
 
     def _write_config(self, services: list[str]) -> None:
         listen = {
             n: {
-                "probe": self._probe_spec(n),
+                "probe": probe_spec(n, self.ports.get(n), self.coturn),
                 "primary": self.instances[(n, Role.PRIMARY)].address,
                 "backup": self.instances[(n, Role.BACKUP)].address,
             }
@@ -412,139 +199,6 @@ class Stack:
             "# Generated by `jupiterd sandbox`: the topology in moto, services on loopback.\n"
             + yaml.safe_dump(doc, sort_keys=False)
         )
-
-    # ------------------------------------------------------------------ instances follow moto
-
-    def _command(self, inst: Instance) -> list[str]:
-        py = [sys.executable]
-        host, port = inst.address, str(inst.port)
-        if inst.service == "signaling":
-            return [*py, str(PEERS / "signaling_server.py"), "--host", host, "--port", port]
-        if inst.service == "coturn":
-            if self.coturn:
-                return [
-                    *py,
-                    str(PEERS / "coturn.py"),
-                    "--host",
-                    host,
-                    "--port",
-                    port,
-                    "--secret",
-                    TURN_SECRET,
-                ]
-            return [*py, str(PEERS / "stun_standin.py"), "--host", host, "--port", port]
-        if inst.service == "frp":
-            return [
-                *py,
-                str(PEERS / "frps_standin.py"),
-                "--host",
-                host,
-                "--port",
-                port,
-                "--token",
-                FRP_TOKEN,
-            ]
-        return [
-            *py,
-            str(PEERS / "thingsboard_standin.py"),
-            "--host",
-            host,
-            "--port",
-            port,
-            "--user",
-            TB_USER,
-            "--password",
-            TB_PASSWORD,
-        ]
-
-    async def _spawn(self, cmd: list[str]) -> Any:
-        """Start a service process and wait until it is ready. The fork is
-        done on this thread, the event loop's, which lives as long as the
-        sandbox: the kernel sends the child its parent-death signal when the
-        forking *thread* ends, so a pool thread could kill it early. The
-        process is known to stop() from the fork on, even if this is
-        cancelled while it waits."""
-        self._children = [c for c in self._children if c.alive]
-        peer = self.Peer(cmd, wait=False, parent_death_signal=signal.SIGKILL)
-        self._children.append(peer)
-        await asyncio.to_thread(peer.wait_ready)
-        return peer
-
-    def _describe(self) -> dict[str, str]:
-        from jupiterd.sandbox.seed import _client
-
-        ec2 = _client(self.endpoint, "ap-southeast-2", "ec2")
-        ids = [i.instance_id for i in self.instances.values()]
-        resp = ec2.describe_instances(InstanceIds=ids)
-        return {
-            i["InstanceId"]: i["State"]["Name"]
-            for r in resp["Reservations"]
-            for i in r["Instances"]
-        }
-
-    async def follow_once(self) -> None:
-        states = await asyncio.to_thread(self._describe)
-        for inst in self.instances.values():
-            inst.state = states.get(inst.instance_id, "unknown")
-            running = inst.state in ("running", "pending")
-            if not running:
-                inst.broken = False  # a stop heals: the next start boots a fresh service
-            if inst.service == "nat":
-                assert self.nat is not None
-                want = running and not inst.broken
-                if want != bool(inst.process):
-                    await asyncio.to_thread(self.nat.set_running, inst.role, want)
-                    inst.process = want or None
-                continue
-            alive = inst.process is not None and inst.process.alive
-            if running and not inst.broken and not alive:
-                self.say(
-                    f"  {inst.label} instance is running: starting its service on "
-                    f"{inst.address}:{inst.port}"
-                )
-                inst.process = await self._spawn(self._command(inst))
-            elif not running and inst.process is not None:
-                self.say(f"  {inst.label} instance is {inst.state}: stopping its service")
-                await asyncio.to_thread(inst.process.stop)
-                inst.process = None
-
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(0.3)
-            try:
-                await self.follow_once()
-            except Exception as exc:  # keep following; say why once in a while
-                self.say(f"  (could not follow moto: {exc})")
-                await asyncio.sleep(2)
-
-    def break_service(self, service: str) -> str:
-        inst = self.instances.get((service, self.active_role(service)))
-        if inst is None:
-            raise SandboxError(f"no service named {service}")
-        inst.broken = True
-        if inst.service == "nat":
-            assert self.nat is not None
-            self.nat.set_running(inst.role, False)
-            inst.process = None
-            return f"{inst.label}: the namespace stopped answering ping"
-        if inst.process is not None:
-            inst.process.crash()
-            inst.process = None
-        return f"{inst.label}: service process killed (SIGKILL); the instance stays running"
-
-    def heal_service(self, service: str) -> str:
-        healed = []
-        for role in Role:
-            inst = self.instances.get((service, role))
-            if inst is not None and inst.broken:
-                inst.broken = False
-                healed.append(inst.label)
-        return ("healed " + ", ".join(healed)) if healed else f"{service}: nothing was broken"
-
-    def active_role(self, service: str) -> Role:
-        if self.supervisor is not None and service in self.supervisor.state.services:
-            return self.supervisor.state.services[service].active  # type: ignore[no-any-return]
-        return Role.PRIMARY
 
     # ------------------------------------------------------------------ front doors
 

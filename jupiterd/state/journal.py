@@ -31,6 +31,9 @@ removes it.
 The lock file keeps two jupiterd processes on one host from running plans at
 once: ``fcntl.flock``, non-blocking, held while any plan of this process runs.
 
+The lock lives in ``planlock``, the records and their validation in
+``records``; every name is importable from here.
+
 Test-only: with ``JUPITERD_TEST_KILL_AFTER_RECORD=N`` in the environment the
 process SIGKILLs itself right after the N-th record it writes is durable,
 which lets the tests crash a plan at every journal point deterministically.
@@ -38,141 +41,59 @@ which lets the tests crash a plan at every journal point deterministically.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import re
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupiterd.state import statefile
 from jupiterd.state.statefile import Damaged, Invalid
 
+from .planlock import LOCK_NAME, JournalError, LockBusy, PlanLock, _ensure_dir
+from .records import (
+    RESULTS,
+    ROLES,
+    TEXT_MAX,
+    TYPES,
+    ParsedJournal,
+    PlanRecord,
+    StepRecord,
+    _apply_checked,
+    parse_journal,
+)
+
+__all__ = [
+    "JOURNAL_NAME",
+    "KILL_ENV",
+    "LOCK_NAME",
+    "MAX_BYTES",
+    "RESULTS",
+    "ROLES",
+    "ROTATE_BYTES",
+    "TEXT_MAX",
+    "TYPES",
+    "Journal",
+    "JournalError",
+    "JournalView",
+    "LockBusy",
+    "ParsedJournal",
+    "PlanLock",
+    "PlanRecord",
+    "StepRecord",
+    "held_services",
+    "parse_journal",
+]
+
 JOURNAL_NAME = "journal.jsonl"
-LOCK_NAME = "jupiterd.lock"
 KILL_ENV = "JUPITERD_TEST_KILL_AFTER_RECORD"
 ROTATE_BYTES = 1 << 20  # start a new file past this, between plans
 MAX_BYTES = 16 << 20  # a journal past this is damage (plans write a few kB each)
-
-
-class LockBusy(Exception):
-    """Another process holds the plan lock."""
-
-    def __init__(self, path: str, pid: int | None) -> None:
-        self.path = path
-        self.pid = pid
-        who = f"pid {pid}" if pid else "pid unknown"
-        super().__init__(
-            f"another jupiterd process ({who}) is running a plan (lock file {path}); "
-            "wait for it to finish"
-        )
-
-
-class JournalError(Exception):
-    """The state directory cannot hold the journal (permissions, full disk)."""
-
-
-def _ensure_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o750, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise JournalError(f"cannot create the state directory {path}: {exc.strerror}") from None
-
-
-class PlanLock:
-    """Cross-process, re-entrant within the process: the first plan takes the
-    flock, the last one to finish lets it go."""
-
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.dir = Path(state_dir)
-        self.path = self.dir / LOCK_NAME
-        self._fd: int | None = None
-        self._holders = 0
-        self._mutex = threading.Lock()
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> None:
-        with self._mutex:
-            if self._fd is not None:
-                self._holders += 1
-                return
-            _ensure_dir(self.dir)
-            try:
-                fd = statefile.lock_file(self.path, statefile.PLAN_LOCK)
-            except OSError as exc:
-                raise JournalError(
-                    f"cannot open the lock file {self.path}: {exc.strerror or exc}"
-                ) from None
-            if fd is None:
-                raise LockBusy(str(self.path), statefile.holder_pid(self.path, statefile.PLAN_LOCK))
-            self._fd = fd
-            self._holders = 1
-
-    def release(self) -> None:
-        with self._mutex:
-            if self._fd is None:
-                return
-            self._holders -= 1
-            if self._holders > 0:
-                return
-            fd, self._fd = self._fd, None
-            # The pid stays in the file: harmless, and the flock is what counts.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-
-@dataclass(slots=True)
-class StepRecord:
-    name: str
-    begun: bool = False
-    ended: bool = False
-    ok: bool = False
-    seconds: float = 0.0
-    detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class PlanRecord:
-    """One plan as the journal tells it."""
-
-    id: str
-    service: str
-    from_role: str
-    to_role: str
-    reason: str
-    requested_by: str
-    started_at: float  # Unix time
-    standby_state: str | None = None
-    steps: dict[str, StepRecord] = field(default_factory=dict)
-    rollback: str | None = None  # why the plan turned to undoing itself
-    result: tuple[str, str] | None = None  # (result, detail) once known
-    done: bool = False
-
-    def step(self, name: str) -> StepRecord:
-        return self.steps.setdefault(name, StepRecord(name))
-
-    def ended_ok(self, name: str) -> bool:
-        s = self.steps.get(name)
-        return s is not None and s.ended and s.ok
 
 
 _record_count = 0  # records written by this process (the test kill hook counts them)
@@ -425,136 +346,6 @@ def _heal_tail(fd: int, path: Path) -> None:
         statefile.log.warning("journal: dropped a torn last record", path=str(path))
     else:
         os.write(fd, b"\n")
-
-
-# --------------------------------------------------------------------------- validation
-
-ROLES = ("primary", "backup")
-RESULTS = ("success", "aborted", "failed", "dry_run")
-TYPES = ("plan", "begin", "end", "rollback", "result", "done")
-TEXT_MAX = 1 << 16
-_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
-
-
-@dataclass(slots=True)
-class ParsedJournal:
-    plans: dict[str, PlanRecord]
-    lines: dict[str, list[bytes]]  # each plan's raw lines, to carry it over
-    problems: list[str]  # "line N: why", one per damaged line
-    affected: set[str] | None  # the services the damage may concern; None: all
-
-
-def parse_journal(data: bytes) -> ParsedJournal:
-    """Validate every record (``Invalid`` is never raised: a bad line is
-    listed in ``problems`` with the service it may concern)."""
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with its newline
-    out = ParsedJournal({}, {}, [], set())
-    bad: list[bytes] = []
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = statefile.loads(raw)
-            _apply_checked(out.plans, rec)
-        except Invalid as exc:
-            out.problems.append(f"line {n}: {exc}")
-            bad.append(raw)
-            continue
-        out.lines.setdefault(rec["id"], []).append(raw)
-    # A bad line concerns the service of the plan it names, if that plan's
-    # own record is sound; anything else may concern any service.
-    for raw in bad:
-        i = _ID.search(raw)
-        plan = out.plans.get(i.group(1).decode("utf-8", "replace")) if i else None
-        if plan is None or out.affected is None:
-            out.affected = None
-            break
-        out.affected.add(plan.service)
-    if torn.strip():
-        try:
-            rec = statefile.loads(torn)
-            _apply_checked(out.plans, rec)
-        except Invalid:
-            pass  # a torn last line: the crash came mid-write
-        else:
-            out.lines.setdefault(rec["id"], []).append(torn)
-    return out
-
-
-def _apply_checked(plans: dict[str, PlanRecord], rec: Any, *, fresh: bool = False) -> None:
-    """Validate one record against the schema and apply it; ``Invalid`` says
-    what is wrong. ``fresh``: check the record alone (no plan to refer to)."""
-    if not isinstance(rec, dict):
-        raise Invalid("not a JSON object")
-    t = rec.get("t")
-    if t not in TYPES:
-        raise Invalid("not a known record type")
-    pid = statefile.text_field(rec, "id", 64)
-    assert pid is not None
-    if not pid:
-        raise Invalid("'id' is empty")
-    at = statefile.number_field(rec, "at")
-    text = statefile.text_field
-    if t == "plan":
-        service = text(rec, "service", 200)
-        from_role, to_role = text(rec, "from", 16), text(rec, "to", 16)
-        if from_role not in ROLES or to_role not in ROLES or from_role == to_role:
-            raise Invalid("'from' and 'to' are not primary and backup")
-        standby = text(rec, "standby_state", 64, required=False)
-        if "pid" in rec and not (isinstance(rec["pid"], int) and not isinstance(rec["pid"], bool)):
-            raise Invalid("'pid' is not an integer")
-        record = PlanRecord(
-            id=pid,
-            service=service or "",
-            from_role=from_role or "",
-            to_role=to_role or "",
-            reason=text(rec, "reason", TEXT_MAX, required=False) or "",
-            requested_by=text(rec, "by", 1000, required=False) or "daemon",
-            started_at=at,
-            standby_state=standby,
-        )
-        if not record.service:
-            raise Invalid("'service' is empty")
-        if pid in plans:
-            raise Invalid(f"plan {pid} begins twice")
-        plans[pid] = record
-        return
-    plan = plans.get(pid)
-    if plan is None and not fresh:
-        raise Invalid(f"a record of plan {pid}, which the journal does not hold")
-    if t in ("begin", "end"):
-        name = text(rec, "step", 100)
-        assert name is not None
-        if t == "end":
-            ok: bool = rec.get("ok")  # type: ignore[assignment]
-            if not isinstance(ok, bool):
-                raise Invalid("'ok' is not true or false")
-            seconds = statefile.number_field(rec, "seconds")
-            detail = text(rec, "detail", TEXT_MAX, required=False) or ""
-            data = rec.get("data", {})
-            if not isinstance(data, dict):
-                raise Invalid("'data' is not an object")
-        if plan is None:
-            return
-        s = plan.step(name)
-        s.begun = True
-        s.ended = t == "end"
-        if t == "end":
-            s.ok, s.seconds, s.detail, s.data = ok, seconds, detail, data
-    elif t == "rollback":
-        reason = text(rec, "reason", TEXT_MAX, required=False) or ""
-        if plan is not None:
-            plan.rollback = reason
-    elif t == "result":
-        result = text(rec, "result", 16)
-        if result not in RESULTS:
-            raise Invalid("'result' is not a known outcome")
-        detail = text(rec, "detail", TEXT_MAX, required=False) or ""
-        if plan is not None:
-            plan.result = (result, detail)
-    elif plan is not None:  # done
-        plan.done = True
 
 
 # --------------------------------------------------------------------------- holds

@@ -26,7 +26,9 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-from .process import Peer, node_peer, peer, python_peer
+from jupiterd.sandbox.peers.process import Peer, peer
+
+from .commands import node_peer, python_peer
 
 
 class Unavailable(Exception):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.peers.signaling_server import SessionLog, build
+from jupiterd.sandbox.peers.signaling_server import SessionLog, build
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / "node"

@@ -22,7 +22,7 @@ given ``--proc-user``.
 
 As a script (the sandbox runs it as a service process)::
 
-    python tests/peers/coturn.py --host 127.0.0.2 --port 3478 [--user u:p] [--secret s]
+    python -m jupiterd.sandbox.peers.coturn --host 127.0.0.2 --port 3478 [--user u:p] [--secret s]
 
 prints ``ready <host>:<port>`` once coturn answers and runs until SIGTERM/SIGINT.
 """
@@ -46,10 +46,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # run as a script: find the jupiterd package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.peers.process import die_with_parent
+from jupiterd.sandbox.peers.process import die_with_parent
 
 BINARY = "turnserver"
 DEFAULT_REALM = "jupiter.test"

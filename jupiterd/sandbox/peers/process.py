@@ -7,6 +7,7 @@ looks like to its clients.
 
 ``die_with_parent()`` makes a child die with the process that started it,
 even when that one is SIGKILLed (the sandbox's processes use it).
+``free_port()``: a port free now on a loopback address.
 """
 
 from __future__ import annotations
@@ -16,14 +17,23 @@ import ctypes
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+# The directory that holds the jupiterd package (a checkout, or site-packages):
+# where peers run, so that ``python -m`` in a peer finds this copy.
+ROOT = Path(__file__).resolve().parents[3]
 PEERS = Path(__file__).resolve().parent
 PR_SET_PDEATHSIG = 1
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
@@ -119,11 +129,3 @@ def peer(cmd: list[str], timeout: float = 20.0) -> Iterator[Peer]:
         yield p
     finally:
         p.stop()
-
-
-def python_peer(script: str, *args: str) -> list[str]:
-    return [sys.executable, str(PEERS / script), *args]
-
-
-def node_peer(script: str, *args: str) -> list[str]:
-    return ["node", str(PEERS / "node" / script), *args]

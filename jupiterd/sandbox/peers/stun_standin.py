@@ -22,7 +22,7 @@ each message, RFC 5389 section 7.2.2). Messages are built here with
 ``stun_standin()`` is an async context manager yielding a ``Standin``. As a
 script (the sandbox runs it as a service process)::
 
-    python tests/peers/stun_standin.py --host 127.0.0.2 --port 3478 [--realm R]
+    python -m jupiterd.sandbox.peers.stun_standin --host 127.0.0.2 --port 3478 [--realm R]
 
 prints ``ready <host>:<port>`` when listening and exits on SIGTERM/SIGINT.
 """

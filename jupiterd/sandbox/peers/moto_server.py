@@ -8,7 +8,7 @@ process's environment for the duration (boto3 reads them from there).
 ``start_moto()`` only starts it (quick, so on the thread that should own
 the process: see ``die_with_parent``); ``wait_ready()`` and ``stop()`` follow.
 
-As a script: ``python tests/peers/moto_server.py [--port N]`` prints
+As a script: ``python -m jupiterd.sandbox.peers.moto_server [--port N]`` prints
 ``ready 127.0.0.1:PORT`` and runs until SIGTERM/SIGINT.
 """
 
@@ -24,12 +24,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # run as a script: find the jupiterd package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tests.peers.hostile import free_port
-from tests.peers.process import die_with_parent
+from jupiterd.sandbox.peers.process import die_with_parent, free_port
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

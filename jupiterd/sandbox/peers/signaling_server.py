@@ -3,7 +3,7 @@
 Real python-socketio, not a stand-in: the socketio probe is tested against it and the
 sandbox runs it as the signaling service of a fake EC2 instance.
 
-    python tests/peers/signaling_server.py --host 127.0.0.2 --port 3000 \\
+    python -m jupiterd.sandbox.peers.signaling_server --host 127.0.0.2 --port 3000 \\
         [--path /socket.io/] [--namespace /] [--token SECRET] [--no-websocket]
 
 prints ``ready <host>:<port>`` once listening (``--port 0`` picks a free port), then one

@@ -51,7 +51,7 @@ Fault switches (attributes, settable while running, or ``--fault``/``--delay``):
 
 Use: ``async with thingsboard_standin(users={"tenant@x": "pw"}) as tb:``
 then ``tb.url``, ``tb.host``, ``tb.port`` (``host, port = tb`` works too).
-Script: ``python tests/peers/thingsboard_standin.py --host 127.0.0.2 --port
+Script: ``python -m jupiterd.sandbox.peers.thingsboard_standin --host 127.0.0.2 --port
 8080 --user tenant@x --password secret --device-token T`` prints
 ``ready host:port`` and exits cleanly on SIGTERM/SIGINT.
 """
