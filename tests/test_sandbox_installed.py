@@ -3,7 +3,8 @@
 The checkout is copied (so nothing is built inside it), built as a wheel
 and installed into a virtual environment under the test's directory. The
 environment sees the interpreter's own site-packages for the dependencies
-(moto, python-socketio, aiohttp...), so the install needs no package index;
+(moto, python-socketio, aiohttp...) and builds with its setuptools, so
+neither the build nor the install needs a package index;
 jupiterd itself comes from the environment. The sandbox then runs every
 drill from a directory outside the checkout, with nothing on PYTHONPATH.
 """
@@ -52,6 +53,8 @@ def _install(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "wheel",
         "--quiet",
         "--no-deps",
+        "--no-index",
+        "--no-build-isolation",  # this interpreter's setuptools and wheel (test extras)
         "--wheel-dir",
         dist,
         src,
