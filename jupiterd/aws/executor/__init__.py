@@ -1,14 +1,13 @@
-"""The AWS failover executor: ``AwsExecutor`` runs plans step by step on AWS."""
+"""The AWS failover executor: ``AwsExecutor`` runs plans step by step on AWS.
 
-from jupiterd.aws.executor.runner import (
-    AwsExecutor,
-    Prober,
-    StepFailed,
-    StepHook,
-    _refused,
-    check_invariant,
-    default_prober,
-)
+``runner`` holds the executor (orchestration, journal, rollback, resume);
+``steps`` one handler per step kind; ``changes`` the AWS client of the steps
+(and its dry run); ``polling`` the waits."""
+
+from jupiterd.aws.executor.changes import _refused
+from jupiterd.aws.executor.context import Prober, StepFailed, default_prober
+from jupiterd.aws.executor.runner import AwsExecutor
+from jupiterd.aws.executor.stepper import StepHook
 
 __all__ = [
     "AwsExecutor",
@@ -16,6 +15,5 @@ __all__ = [
     "StepFailed",
     "StepHook",
     "_refused",
-    "check_invariant",
     "default_prober",
 ]
