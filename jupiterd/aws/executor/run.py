@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from jupiterd.core.execution import FailoverRequest, Result, StepReport
-from jupiterd.core.plan import Plan, ServiceFacts
+from jupiterd.core.plan import Plan, ServiceFacts, StepKind
 from jupiterd.state.journal import PlanRecord
 
 
@@ -43,3 +43,20 @@ class _Run:
 
     def elapsed(self) -> float:
         return time.time() - self.wall_started if self.resumed else time.monotonic() - self.started
+
+    def add_journaled_reports(self) -> None:
+        """The forward steps an interrupted plan ended, for the outcome and
+        the notification of its resumption."""
+        assert self.record is not None and self.plan is not None
+        for step in self.plan.steps:
+            if step.kind is StepKind.NOTIFY:
+                continue  # _finish runs it, and reports it, ended or not
+            done = self.record.steps.get(step.name)
+            if done is not None and done.ended:
+                self.reports.append(
+                    StepReport(
+                        step.name, done.ok, done.seconds, f"before the restart: {done.detail}"
+                    )
+                )
+                if step.kind is StepKind.STOP_INSTANCE and done.ok and done.data.get("stopped"):
+                    self.stopped_old = True

@@ -54,10 +54,11 @@ from jupiterd.aws.executor.rollback import rollback, rollback_plan
 from jupiterd.aws.executor.run import _Run, _Verdict
 from jupiterd.aws.executor.stepper import StepHook, Stepper
 from jupiterd.aws.executor.steps.sns import publish
+from jupiterd.aws.executor.verdicts import forward_done, traffic_step_failed
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.config import Config
-from jupiterd.core.execution import FailoverOutcome, FailoverRequest, StepReport
-from jupiterd.core.plan import TRAFFIC_KINDS, Stage, StepKind, build_plan, is_done
+from jupiterd.core.execution import FailoverOutcome, FailoverRequest
+from jupiterd.core.plan import Stage, StepKind, build_plan, is_done
 from jupiterd.core.types import Role
 from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock
 from jupiterd.telemetry.metrics import Metrics
@@ -93,7 +94,6 @@ class AwsExecutor:
         self.prober = prober or default_prober
         self.journal = journal if journal is not None else Journal(config.state_dir)
         self.lock = lock if lock is not None else PlanLock(config.state_dir)
-        self.on_step = on_step
         self._ctx = StepContext(
             config,
             (DryRunAws if dry_run else StepAws)(self.aws),
@@ -103,6 +103,15 @@ class AwsExecutor:
         )
         self._steps = Stepper(self._ctx, self.journal, on_step)
         self._in_flight: set[str] = set()
+
+    @property
+    def on_step(self) -> StepHook | None:
+        """Called after each step that ran (tests check the invariant there)."""
+        return self._steps.on_step
+
+    @on_step.setter
+    def on_step(self, hook: StepHook | None) -> None:
+        self._steps.on_step = hook
 
     def close(self) -> None:
         if self._own_aws:
@@ -274,36 +283,17 @@ class AwsExecutor:
             )
         journaled = run.record
         if journaled is not None and journaled.result is not None:
-            self._journaled_reports(run)
+            run.add_journaled_reports()
             result, detail = journaled.result
             return await self._finish(run, _Verdict(result, detail))  # type: ignore[arg-type]
         if journaled is not None and journaled.rollback is not None:
-            self._journaled_reports(run)
+            run.add_journaled_reports()
             return await self._finish(run, await rollback(self._steps, run, journaled.rollback))
         return await self._finish(run, await self._forward(run))
 
-    def _journaled_reports(self, run: _Run) -> None:
-        """The forward steps an interrupted plan ended, for the outcome and
-        the notification of its resumption."""
-        assert run.record is not None and run.plan is not None
-        for step in run.plan.steps:
-            if step.kind is StepKind.NOTIFY:
-                continue  # _finish runs it, and reports it, ended or not
-            done = run.record.steps.get(step.name)
-            if done is not None and done.ended:
-                run.reports.append(
-                    StepReport(
-                        step.name, done.ok, done.seconds, f"before the restart: {done.detail}"
-                    )
-                )
-                if step.kind is StepKind.STOP_INSTANCE and done.ok and done.data.get("stopped"):
-                    run.stopped_old = True
-
     async def _forward(self, run: _Run) -> _Verdict:
-        plan, facts, req = run.plan, run.facts, run.request
-        assert plan is not None and facts is not None
-        standby, old = facts.instance(req.to_role), facts.instance(req.from_role)
-        for stage, steps in plan.stages():
+        assert run.plan is not None
+        for stage, steps in run.plan.stages():
             if stage is Stage.NOTIFY:
                 break
             reports = await self._steps.stage(run, steps)
@@ -315,43 +305,8 @@ class AwsExecutor:
                 return _Verdict("failed", f"dry run: {first.name} would fail: {first.detail}")
             if stage in (Stage.START, Stage.HEALTHY):
                 return await self._abort(run, f"{first.name}: {first.detail}")
-            if stage is Stage.ATTACH:
-                moved = [r.name for r in reports if r.ok]
-                where = f"; moved: {', '.join(moved)}" if moved else ""
-                return _Verdict(
-                    "failed",
-                    f"{first.name}: {first.detail}{where}. The {req.from_role} "
-                    f"({old.instance_id}) was neither detached nor stopped: "
-                    f"check `jupiterd status {req.service}` for the split",
-                )
-            if stage is Stage.DETACH:
-                return _Verdict(
-                    "failed",
-                    f"the traffic is on the {req.to_role} ({standby.instance_id}), but "
-                    f"{first.name}: {first.detail}; the {req.from_role} was left running",
-                )
-            return _Verdict(
-                "failed",
-                f"the traffic is on the {req.to_role} ({standby.instance_id}), but "
-                f"{first.name}: {first.detail}",
-            )
-        if self.dry_run:
-            return _Verdict(
-                "dry_run",
-                f"dry run: {req.direction} of {req.service} to the {req.to_role} "
-                f"({standby.instance_id}) would run {len(plan.steps)} steps; every check passed",
-            )
-        moved = [s.name.split(":", 1)[-1] for s in plan.steps if s.kind in TRAFFIC_KINDS]
-        stop = (
-            f"; the {req.from_role} ({old.instance_id}) was stopped"
-            if run.stopped_old
-            else f"; the {req.from_role} ({old.instance_id}) was left running"
-        )
-        what = f": {', '.join(moved)}" if moved else ""
-        return _Verdict(
-            "success",
-            f"{req.service} moved to the {req.to_role} ({standby.instance_id}){what}{stop}",
-        )
+            return traffic_step_failed(run, stage, reports)
+        return forward_done(run, self.dry_run)
 
     async def _abort(self, run: _Run, reason: str) -> _Verdict:
         req = run.request
