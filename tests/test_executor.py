@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from jupiterd.aws.client import AwsAccessDenied, AwsError, AwsNotFound, AwsThrottled, AwsUnavailable
-from jupiterd.aws.executor import AwsExecutor, _refused, check_invariant
+from jupiterd.aws.executor import AwsExecutor, _refused
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.plan import service_status
@@ -26,6 +26,7 @@ from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_serv
 from jupiterd.sandbox.seed import SERVICES, Topology, read_notifications
 from jupiterd.state.journal import PlanLock
 from jupiterd.telemetry.metrics import Metrics
+from tests.executor_helpers import check_invariant
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
 

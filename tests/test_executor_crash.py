@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jupiterd.aws.executor import AwsExecutor, check_invariant
+from jupiterd.aws.executor import AwsExecutor
 from jupiterd.config import Config, parse_config
 from jupiterd.core.execution import FailoverOutcome
 from jupiterd.core.plan import service_status
@@ -30,6 +30,7 @@ from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
 from jupiterd.sandbox.seed import Topology, read_notifications, seed
 from jupiterd.state.journal import KILL_ENV, Journal
+from tests.executor_helpers import check_invariant
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
 

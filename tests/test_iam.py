@@ -367,7 +367,7 @@ def test_policy_allows_exactly_the_calls_the_code_makes(example: Any) -> None:
         "client.py:invoke",
         "client.py:paginate",
         "client.py:call",
-        "executor.py:_mutate",
+        "changes.py:_mutate",
     }, dynamic
     allowed = _actions(iam.policy(example))
     assert called - allowed == set(), "AWS calls the policy does not allow"
