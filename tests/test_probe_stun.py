@@ -16,6 +16,7 @@ import pytest
 from aioice import stun as aio
 
 import probes
+from jupiterd.sandbox.peers import stun_standin as stun_standin_module
 from jupiterd.sandbox.peers.coturn import coturn
 from jupiterd.sandbox.peers.stun_standin import ask, attribute_layout, stun_standin
 from probes import stun
@@ -391,7 +392,7 @@ async def test_probe_cpu_cost_against_coturn(server):
 
 
 async def test_standin_script_serves_until_sigterm():
-    script = Path(__file__).parent / "peers" / "stun_standin.py"
+    script = Path(stun_standin_module.__file__)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(script), "--host", "127.0.0.2", "--port", "0",
         stdout=asyncio.subprocess.PIPE,

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import probes
+from jupiterd.sandbox.peers import thingsboard_standin as thingsboard_standin_module
 from jupiterd.sandbox.peers.thingsboard_standin import thingsboard_standin
 from probes import thingsboard as tbp
 from probes.httpclient import Response
@@ -19,7 +20,7 @@ from tests.peers import hostile
 
 R = probes.Reason
 USER, PASSWORD, DEVICE = "probe@tenant.example", "s3cret-Passw0rd", "A1b2C3d4E5f6G7h8"
-STANDIN = Path(__file__).parent / "peers" / "thingsboard_standin.py"
+STANDIN = Path(thingsboard_standin_module.__file__)
 
 
 @pytest.fixture

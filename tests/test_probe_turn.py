@@ -21,6 +21,7 @@ from aioice import stun as aio
 from aioice.turn import make_integrity_key
 
 import probes
+from jupiterd.sandbox.peers import coturn as coturn_module
 from jupiterd.sandbox.peers.coturn import binding_answered, coturn
 from jupiterd.sandbox.peers.stun_standin import ask, attribute_layout, stun_standin
 from probes import turn
@@ -658,7 +659,7 @@ def test_coturn_is_killed_when_the_body_fails():
 
 async def test_coturn_script_serves_until_sigterm():
     need("turnserver")
-    script = Path(__file__).parent / "peers" / "coturn.py"
+    script = Path(coturn_module.__file__)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(script), "--host", "127.0.0.1", "--secret", SECRET,
         stdout=asyncio.subprocess.PIPE,

@@ -3,7 +3,7 @@
 - ``node_sio_server(node, major=4|2, ...)``: Socket.IO 4.8 or 2.5 under Node
   (tests/peers/node/sio_server.js; ``npm ci --prefix tests/peers/node`` installs them).
 - ``python_sio_server(...)``: python-socketio (aiohttp) in this process, on this loop.
-- ``python_sio_subprocess(...)``: the same server as a script (tests/peers/signaling_server.py).
+- ``python_sio_subprocess(...)``: the same server as a script (jupiterd/sandbox/peers/signaling_server.py).
 
 Each yields a ``SioPeer``: its ``url`` and the lines the server logged about sessions
 (``connect <nsp> <sid>``, ``disconnect <nsp> <reason>``, ``engine-close <reason>``,
@@ -30,12 +30,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from jupiterd.sandbox.peers import signaling_server
 from jupiterd.sandbox.peers.signaling_server import SessionLog, build
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / "node"
 NODE_SCRIPT = NODE_DIR / "sio_server.js"
-SIGNALING_SCRIPT = HERE / "signaling_server.py"
+SIGNALING_SCRIPT = Path(signaling_server.__file__)  # shipped with the sandbox
 START_TIMEOUT = 15.0
 
 
