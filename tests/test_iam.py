@@ -35,6 +35,9 @@ SECRETS = ("JUPITERD_TURN_SECRET", "JUPITERD_FRP_TOKEN", "JUPITERD_TB_PASSWORD")
 # Modules that talk only to the local emulator (moto) and never run against
 # AWS in production: seeding resources for the sandbox and the tests.
 NOT_PRODUCTION = ("seed.py", "sandbox")
+# `jupiterd discover` runs once, by a person, with a policy of its own
+# (`iam-policy --discover`): its calls are not the daemon's.
+DISCOVER = Path("aws") / "discover.py"
 
 
 @pytest.fixture
@@ -328,11 +331,15 @@ def _production_modules() -> list[Path]:
     ]
 
 
-def _aws_calls() -> tuple[set[str], list[str]]:
+def _daemon_modules() -> list[Path]:
+    return [p for p in _production_modules() if p.relative_to(ROOT / "jupiterd") != DISCOVER]
+
+
+def _aws_calls(modules: list[Path] | None = None) -> tuple[set[str], list[str]]:
     """IAM actions of every literal AWS call, and where non-literal ones are."""
     actions: set[str] = set()
     dynamic: list[str] = []
-    for path in _production_modules():
+    for path in _production_modules() if modules is None else modules:
         tree = ast.parse(path.read_text(), str(path))
         funcs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
         for node in ast.walk(tree):
@@ -360,7 +367,7 @@ def _aws_calls() -> tuple[set[str], list[str]]:
 
 
 def test_policy_allows_exactly_the_calls_the_code_makes(example: Any) -> None:
-    called, dynamic = _aws_calls()
+    called, dynamic = _aws_calls(_daemon_modules())
     # The only non-literal call sites are the wrapper itself and the
     # executor's one door for changes, whose callers are literal.
     assert set(dynamic) <= {
@@ -406,5 +413,41 @@ def test_every_call_is_declared_by_the_plans(example: Any) -> None:
     # No workaround list in iam.py: a call the plans do not declare (with
     # its resources) is a bug in plan.py, found here.
     declared = {p.action for p in plan_permissions(iam.plans_for(example))}
-    called, _ = _aws_calls()
+    called, _ = _aws_calls(_daemon_modules())
     assert called - declared == set()
+
+
+# --------------------------------------------------------------------------- discover
+
+
+def test_discover_policy_allows_exactly_the_calls_discover_makes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    called, dynamic = _aws_calls([ROOT / "jupiterd" / DISCOVER])
+    assert not dynamic and called, dynamic
+    assert main(["iam-policy", "--discover", "--region", "eu-west-1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert _actions(doc) == called == iam.DISCOVER_ACTIONS
+    # read-only, regional reads pinned to the region
+    assert all(re.search(r":(Describe|List)", a) for a in called)
+    for s in _statements(doc):
+        if any(not a.startswith("route53:") for a in _as_list(s["Action"])):
+            assert s["Condition"]["StringEquals"]["aws:RequestedRegion"] == "eu-west-1"
+    # none of it widens the daemon's own policy
+    daemon_only, _ = _aws_calls(_daemon_modules())
+    assert {"route53:ListHostedZones", "sns:ListTopics"}.isdisjoint(daemon_only)
+
+
+@pytest.mark.parametrize("community", [False, True], ids=["core", "community"])
+def test_parliament_finds_nothing_in_the_discover_policy(community: bool) -> None:
+    text = json.dumps(iam.discover_policy("ap-southeast-2"))
+    assert _findings(text, community) == []
+
+
+def test_discover_policy_needs_a_region(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["iam-policy", "--discover"]) == 2
+    assert "no region" in capsys.readouterr().err

@@ -29,6 +29,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "DescribeAddresses",
             "DescribeInstances",
             "DescribeRouteTables",
+            "DescribeSecurityGroups",  # discover only
             "ModifyInstanceAttribute",
             "ReplaceRoute",
             "StartInstances",
@@ -38,8 +39,10 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "elbv2": frozenset(
         {"DeregisterTargets", "DescribeTargetGroups", "DescribeTargetHealth", "RegisterTargets"}
     ),
-    "route53": frozenset({"ChangeResourceRecordSets", "GetChange", "ListResourceRecordSets"}),
-    "sns": frozenset({"GetTopicAttributes", "Publish"}),
+    "route53": frozenset(
+        {"ChangeResourceRecordSets", "GetChange", "ListHostedZones", "ListResourceRecordSets"}
+    ),
+    "sns": frozenset({"GetTopicAttributes", "ListTopics", "Publish"}),
 }
 
 

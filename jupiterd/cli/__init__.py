@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jupiterd.cli import daemon, iam, ops
+from jupiterd.cli import daemon, discover, iam, ops
 from jupiterd.cli.common import (
     DEFAULT_CONFIG,
     EXIT_CONFIG,
@@ -38,6 +38,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     daemon.add_commands,
     ops.add_commands,
     iam.add_commands,
+    discover.add_commands,
     _add_sandbox,
 ]
 

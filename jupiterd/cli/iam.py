@@ -9,10 +9,12 @@ exactly as ``check-config`` does (exit 78 on an invalid file).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any
 
-from jupiterd.cli.common import EXIT_OK, config_path
+from jupiterd.cli.common import EXIT_OK, UsageError, config_path
 
 
 def add_commands(sub: Any) -> None:
@@ -24,10 +26,18 @@ def add_commands(sub: Any) -> None:
         "Project=<project_tag>. Secrets need not be available.",
     )
     p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--discover",
+        action="store_true",
+        help="print instead the read-only policy `jupiterd discover` needs (no config)",
+    )
+    p.add_argument("--region", help="with --discover: the region to allow (default: $AWS_REGION)")
     p.set_defaults(func=_cmd_iam_policy)
 
 
 def _cmd_iam_policy(args: argparse.Namespace) -> int:
+    if args.discover:
+        return _discover_policy(args)
     from jupiterd.config import load_config
     from jupiterd.core.iam import MANAGED_POLICY_LIMIT, compact_size, policy_json
 
@@ -42,4 +52,14 @@ def _cmd_iam_policy(args: argparse.Namespace) -> int:
             "or split it by service",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def _discover_policy(args: argparse.Namespace) -> int:
+    from jupiterd.core.iam import discover_policy
+
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise UsageError("--discover: no region: give --region, or set AWS_REGION")
+    sys.stdout.write(json.dumps(discover_policy(region), indent=2) + "\n")
     return EXIT_OK

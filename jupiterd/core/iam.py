@@ -18,6 +18,12 @@ inventory make, and narrows the result further:
 
 ``jupiterd iam-policy`` prints ``policy_json(config)``;
 ``config/iam-policy.json`` is that output for ``config/jupiter.example.yaml``.
+
+``jupiterd discover`` reads the whole account once, before a configuration
+exists, with calls the daemon never makes (every hosted zone, the topics,
+the security groups): they are a policy of their own for the person who
+runs it, ``discover_policy(region)`` (``jupiterd iam-policy --discover``),
+not part of the daemon's.
 """
 
 from __future__ import annotations
@@ -245,3 +251,43 @@ def policy_json(config: Config) -> str:
 def compact_size(document: str) -> int:
     """The length IAM counts against its quota: whitespace excluded."""
     return len(json.dumps(json.loads(document), separators=(",", ":")))
+
+
+# --------------------------------------------------------------------------- discover
+
+# What ``jupiterd.aws.discover`` calls; tests check it against the code.
+DISCOVER_REGIONAL = (
+    "ec2:DescribeAddresses",
+    "ec2:DescribeInstances",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeSecurityGroups",
+    "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "sns:ListTopics",
+)
+DISCOVER_ACTIONS = frozenset(
+    {*DISCOVER_REGIONAL, "route53:ListHostedZones", "route53:ListResourceRecordSets"}
+)
+
+
+def discover_policy(region: str) -> dict[str, Any]:
+    """The read-only policy ``jupiterd discover`` needs: describes and lists
+    only, pinned to ``region`` where the action is regional."""
+    stmts = [
+        Statement(
+            "DiscoverReadsInstancesAndWhatPointsAtThemOnlyStarSoPinnedToRegion",
+            DISCOVER_REGIONAL,
+            ("*",),
+            {"StringEquals": {"aws:RequestedRegion": (region,)}},
+        ),
+        Statement(
+            "DiscoverListsHostedZonesRoute53IsGlobal", ("route53:ListHostedZones",), ("*",), {}
+        ),
+        Statement(
+            "DiscoverReadsRecordsOfEveryHostedZone",
+            ("route53:ListResourceRecordSets",),
+            ("arn:aws:route53:::hostedzone/*",),
+            {},
+        ),
+    ]
+    return {"Version": "2012-10-17", "Statement": [s.to_json() for s in stmts]}
