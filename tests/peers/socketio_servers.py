@@ -3,7 +3,8 @@
 - ``node_sio_server(node, major=4|2, ...)``: Socket.IO 4.8 or 2.5 under Node
   (tests/peers/node/sio_server.js; ``npm ci --prefix tests/peers/node`` installs them).
 - ``python_sio_server(...)``: python-socketio (aiohttp) in this process, on this loop.
-- ``python_sio_subprocess(...)``: the same server as a script (jupiterd/sandbox/peers/signaling_server.py).
+- ``python_sio_subprocess(...)``: the same server as a script
+  (jupiterd/sandbox/peers/signaling_server.py).
 
 Each yields a ``SioPeer``: its ``url`` and the lines the server logged about sessions
 (``connect <nsp> <sid>``, ``disconnect <nsp> <reason>``, ``engine-close <reason>``,
