@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.lossy import _events
+from bench.lossy import _events, run_window
 from bench.peers import Daemon
 from tests.peers.netns import KINDS, LossyNamespace, kind_peers
 
@@ -85,14 +85,7 @@ def run(args: argparse.Namespace) -> None:
         )
         with Daemon(services) as d:
             d.wait_ready()
-            t0 = time.monotonic()
-            end = t0 + 60 * args.minutes
-            while time.monotonic() < end:
-                time.sleep(min(60.0, max(0.0, end - time.monotonic())))
-                if d.proc is not None and d.proc.poll() is not None:
-                    raise SystemExit(f"jupiterd died:\n{d.log_tail()}")
-                downs = sum(1 for e in _events(d) if e.get("new") == "down")
-                print(f"  t={time.monotonic() - t0:5.0f} s: DOWN so far {downs}", flush=True)
+            run_window(d, args.minutes)
             m = d.metrics()
             events = _events(d)
             dropped = ns.dropped()

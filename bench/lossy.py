@@ -392,14 +392,7 @@ def run(args: argparse.Namespace) -> None:
         )
         with Daemon(services, cpus={MEASURED_CPU} if pinned else None) as d:
             d.wait_ready()
-            t0 = time.monotonic()
-            end = t0 + 60 * args.minutes
-            while time.monotonic() < end:
-                time.sleep(min(60.0, max(0.0, end - time.monotonic())))
-                if d.proc is not None and d.proc.poll() is not None:
-                    raise SystemExit(f"jupiterd died:\n{d.log_tail()}")
-                downs = sum(1 for e in _events(d) if e.get("new") == "down")
-                print(f"  t={time.monotonic() - t0:5.0f} s: DOWN so far {downs}", flush=True)
+            run_window(d, args.minutes)
             m = d.metrics()
             events = _events(d)
             line = report_line(proxy)
@@ -437,6 +430,19 @@ def run(args: argparse.Namespace) -> None:
     for (kind, why), n in details.most_common(args.show):
         print(f"  suspect x{n} {kind}: {why[:200]}")
     print(f"proxy: {json.dumps(pstats)}")
+
+
+def run_window(d: Any, minutes: float) -> None:
+    """Let the daemon run ``minutes``, saying every minute how many DOWN
+    decisions it has taken; stop if it dies."""
+    t0 = time.monotonic()
+    end = t0 + 60 * minutes
+    while time.monotonic() < end:
+        time.sleep(min(60.0, max(0.0, end - time.monotonic())))
+        if d.proc is not None and d.proc.poll() is not None:
+            raise SystemExit(f"jupiterd died:\n{d.log_tail()}")
+        downs = sum(1 for e in _events(d) if e.get("new") == "down")
+        print(f"  t={time.monotonic() - t0:5.0f} s: DOWN so far {downs}", flush=True)
 
 
 def _events(d: Any) -> list[dict[str, Any]]:
