@@ -448,3 +448,28 @@ def test_every_command_that_loads_the_config_exits_78_with_one_line(tmp_path):
         assert r.returncode == 78, (command, r.stderr[-500:])
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (command, r.stderr)
         assert sentence in r.stderr and str(paths[sentence]) in r.stderr, (command, r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("zone_id", "ok"),
+    [
+        ("Z0123456789JUPITER", True),
+        ("/hostedzone/Z0123456789JUPITER", True),
+        ("/hostedzone/A1B2C3D4E5F6G7", True),  # an emulator's id: not starting with Z
+        ("c0ffee42", True),
+        ("example.com", False),
+        ("Z" * 33, False),
+        ("/hostedzone/", False),
+    ],
+)
+def test_a_hosted_zone_id_is_what_route53_returns(tmp_path, zone_id, ok):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "services:\n  a:\n    probe: {kind: tcp, port: 1}\n    attachments:\n"
+        f"      route53: [{{zone_id: '{zone_id}', name: a.example.com}}]\n"
+    )
+    if ok:
+        assert load_config(str(path)).services["a"].attachments.route53[0].zone_id == zone_id
+    else:
+        with pytest.raises(ConfigError, match="expected a Route 53 hosted zone id"):
+            load_config(str(path))

@@ -28,8 +28,10 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "AssociateAddress",
             "DescribeAddresses",
             "DescribeInstances",
+            "DescribeNetworkInterfaceAttribute",
             "DescribeRouteTables",
             "DescribeSecurityGroups",  # discover only
+            "DescribeSubnets",
             "ModifyInstanceAttribute",
             "ReplaceRoute",
             "StartInstances",

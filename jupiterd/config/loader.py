@@ -59,7 +59,9 @@ _PATTERN_HELP = {
     r"^i-[0-9a-f]{8,17}$": "expected an EC2 instance id (i-0123456789abcdef0)",
     r"^eipalloc-[0-9a-f]{8,17}$": "expected an Elastic IP allocation id (eipalloc-...)",
     r"^rtb-[0-9a-f]{8,17}$": "expected a route table id (rtb-...)",
-    r"^(/hostedzone/)?Z[A-Z0-9]{1,32}$": "expected a Route 53 hosted zone id (Z...)",
+    r"^(/hostedzone/)?[A-Za-z0-9]{1,32}$": (
+        "expected a Route 53 hosted zone id (Z0123456789ABC, letters and digits)"
+    ),
 }
 
 

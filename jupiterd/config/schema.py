@@ -212,7 +212,9 @@ class InstanceRef(Model):
 
 
 class Route53Record(Model):
-    zone_id: str = Field(pattern=r"^(/hostedzone/)?Z[A-Z0-9]{1,32}$")
+    # As the Route 53 API returns it (real ids start with Z, an emulator's
+    # may not); the preflight checks that the zone exists.
+    zone_id: str = Field(pattern=r"^(/hostedzone/)?[A-Za-z0-9]{1,32}$")
     name: str = Field(min_length=1)
     type: Literal["A", "AAAA"] = "A"
     # Which of the instance's addresses the record points at.

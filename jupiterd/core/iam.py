@@ -68,6 +68,8 @@ STAR_ONLY = frozenset(
         "ec2:DescribeInstances",
         "ec2:DescribeAddresses",
         "ec2:DescribeRouteTables",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeNetworkInterfaceAttribute",
         "elasticloadbalancing:DescribeTargetGroups",
         "elasticloadbalancing:DescribeTargetHealth",
     }
@@ -78,7 +80,15 @@ STAR_ONLY = frozenset(
 GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "ReadEc2StateDescribeSupportsOnlyStarSoPinnedToRegion",
-        frozenset({"ec2:DescribeInstances", "ec2:DescribeAddresses", "ec2:DescribeRouteTables"}),
+        frozenset(
+            {
+                "ec2:DescribeInstances",
+                "ec2:DescribeAddresses",
+                "ec2:DescribeRouteTables",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeNetworkInterfaceAttribute",
+            }
+        ),
     ),
     (
         "ReadTargetGroupsDescribeSupportsOnlyStarSoPinnedToRegion",

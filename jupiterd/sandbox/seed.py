@@ -2,16 +2,18 @@
 the sandbox, and write a jupiterd configuration for it.
 
 What it creates in ``ap-southeast-2`` (or the region given): a VPC
-10.0.0.0/16 with public and private subnets in two AZs and an internet
-gateway; per service a running primary (AZ a) and a STOPPED backup (AZ b),
-tagged Project/Service/Role; an ALB (signaling 3000/HTTP and thingsboard
-8080/HTTP target groups) and an NLB (coturn 3478 UDP and TCP target groups),
-the primaries registered; the frp Elastic IP on the frp primary; a hosted
-zone with one A record per service pointing at its primary (frp's at the
-Elastic IP); private route tables whose 0.0.0.0/0 route goes through the
-NAT primary's network interface (its source/dest check off); the SNS topic
-``jupiter-failover-notifications`` with an SQS queue subscribed, so tests
-can read what was published.
+10.0.0.0/16 with public subnets (they give instances a public address;
+coturn, frp and NAT live there) and private subnets in two AZs and an
+internet gateway; per service a running primary (AZ a) and a STOPPED
+backup (AZ b), tagged Project/Service/Role; an ALB (signaling 3000/HTTP and
+thingsboard 8080/HTTP target groups) and an NLB (coturn 3478 UDP and TCP
+target groups), the primaries registered; the frp Elastic IP on the frp
+primary; a hosted zone (its id as moto draws it) with one A record per
+service pointing at its primary (coturn's at its public address, frp's at
+the Elastic IP); private route tables whose 0.0.0.0/0 route goes through
+the NAT primary's network interface (its source/dest check off); the SNS
+topic ``jupiter-failover-notifications`` with an SQS queue subscribed, so
+tests can read what was published.
 
 It refuses any endpoint that is not on loopback: it must never create
 resources in a real account.
@@ -166,6 +168,8 @@ def seed(
         ]["SubnetId"]
         for i in range(2)
     ]
+    for s in public:  # as a public subnet is made: instances get a public address
+        ec2.modify_subnet_attribute(SubnetId=s, MapPublicIpOnLaunch={"Value": True})
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     public_rt = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
@@ -175,10 +179,11 @@ def seed(
 
     instances: dict[str, dict[str, str]] = {}
     private_ips: dict[str, dict[str, str]] = {}
+    public_ips: dict[str, dict[str, str]] = {}
     enis: dict[str, dict[str, str]] = {}
     for name in SERVICES:
-        in_public = name in ("frp", "nat")
-        instances[name], private_ips[name], enis[name] = {}, {}, {}
+        in_public = name in ("coturn", "frp", "nat")
+        instances[name], private_ips[name], public_ips[name], enis[name] = {}, {}, {}, {}
         for i, role in enumerate(ROLES):
             inst = ec2.run_instances(
                 ImageId=_AMI,
@@ -200,6 +205,7 @@ def seed(
             )["Instances"][0]
             instances[name][role] = inst["InstanceId"]
             private_ips[name][role] = inst["PrivateIpAddress"]
+            public_ips[name][role] = inst.get("PublicIpAddress", "")
             enis[name][role] = inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
     nat_primary = instances["nat"]["primary"]
     ec2.modify_instance_attribute(InstanceId=nat_primary, SourceDestCheck={"Value": False})
@@ -257,14 +263,22 @@ def seed(
     # Every backup stopped: the pilot-light layout.
     ec2.stop_instances(InstanceIds=[instances[n]["backup"] for n in SERVICES])
 
-    zone_id = _hosted_zone(r53, zone_name)
+    zone_id = r53.create_hosted_zone(Name=zone_name, CallerReference=f"seed-{prefix}-{zone_name}")[
+        "HostedZone"
+    ]["Id"].rsplit("/", 1)[-1]
     records = {
         "signaling": f"signaling.{zone_name}",
         "coturn": f"turn.{zone_name}",
         "frp": f"frp.{zone_name}",
         "thingsboard": f"iot.{zone_name}",
     }
-    record_addresses = {n: ("public" if n == "frp" else "private") for n in records}
+    # TURN relays hand out the instance's own public address.
+    record_addresses = {n: ("public" if n in ("coturn", "frp") else "private") for n in records}
+
+    def _primary_address(n: str) -> str:
+        ips = public_ips if record_addresses[n] == "public" else private_ips
+        return ips[n]["primary"]
+
     changes = [
         {
             "Action": "UPSERT",
@@ -273,7 +287,7 @@ def seed(
                 "Type": "A",
                 "TTL": 60,
                 "ResourceRecords": [
-                    {"Value": eip["PublicIp"] if n == "frp" else private_ips[n]["primary"]}
+                    {"Value": eip["PublicIp"] if n == "frp" else _primary_address(n)}
                 ],
             },
         }
@@ -310,7 +324,7 @@ def seed(
         route_tables=route_tables,
         topic_arn=topic,
         queue_url=queue,
-        extra={"enis": enis, "public_route_table": public_rt},
+        extra={"enis": enis, "public_ips": public_ips, "public_route_table": public_rt},
     )
 
 
@@ -327,19 +341,6 @@ def _client(endpoint_url: str, region: str, service: str) -> Any:
         )
         _clients[key] = session.client(service, endpoint_url=endpoint_url)
     return _clients[key]
-
-
-def _hosted_zone(r53: Any, name: str) -> str:
-    """A hosted zone whose id starts with Z, as real Route 53 ids do (and as
-    jupiterd's config requires); moto draws its ids at random."""
-    for _ in range(500):
-        zid = r53.create_hosted_zone(Name=name, CallerReference=f"seed-{name}-{_}")["HostedZone"][
-            "Id"
-        ].rsplit("/", 1)[-1]
-        if zid.startswith("Z"):
-            return str(zid)
-        r53.delete_hosted_zone(Id=zid)
-    raise SeedError("moto never produced a hosted zone id starting with Z")
 
 
 def read_notifications(topology: Topology, *, wait: float = 0.0) -> list[dict[str, Any]]:

@@ -8,11 +8,18 @@ import time
 
 import structlog
 
-from jupiterd.aws.client import AwsError, AwsThrottled, AwsUnavailable
+from jupiterd.aws.client import (
+    AwsAccessDenied,
+    AwsError,
+    AwsNotFound,
+    AwsThrottled,
+    AwsUnavailable,
+)
 from jupiterd.aws.executor.context import StepContext
 from jupiterd.aws.executor.run import _Run
 from jupiterd.core.execution import StepReport
-from jupiterd.core.plan import preflight_problems
+from jupiterd.core.plan import STOPPED_STATES, ServiceFacts, preflight_problems, zone_key
+from jupiterd.core.types import Role
 from jupiterd.state.journal import Journal, JournalError, held_services
 
 log = structlog.get_logger("jupiterd.executor")
@@ -33,6 +40,86 @@ async def _journal_hold(ctx: StepContext, journal: Journal, run: _Run) -> str | 
     return held_services(ctx.config.state_dir, [run.service]).get(run.service)
 
 
+async def _missing_zones(ctx: StepContext, service: str) -> frozenset[str]:
+    """The service's hosted zones that Route 53 does not know."""
+    zones = dict.fromkeys(
+        zone_key(r.zone_id) for r in ctx.config.services[service].attachments.route53
+    )
+
+    async def missing(zone: str) -> bool:
+        try:
+            await ctx.aws.call(
+                "route53",
+                "ListResourceRecordSets",
+                resource=f"hosted zone {zone}",
+                HostedZoneId=zone,
+                MaxItems="1",
+            )
+        except AwsNotFound:
+            return True
+        return False
+
+    found = await asyncio.gather(*(missing(z) for z in zones))
+    return frozenset(z for z, gone in zip(zones, found, strict=True) if gone)
+
+
+async def _no_public_at_start(
+    ctx: StepContext, service: str, facts: ServiceFacts, to_role: Role
+) -> str | None:
+    """Why the stopped standby will get no public IPv4 address when it
+    starts, when a record wants one and no Elastic IP moves to it; None
+    when it will (or nothing needs one). EC2 gives an instance a new public
+    address at each start when its primary network interface asks for one
+    (set at launch, by default from the subnet's MapPublicIpOnLaunch)."""
+    att = ctx.config.services[service].attachments
+    standby = facts.instance(to_role)
+    if (
+        att.elastic_ip
+        or standby.public_ip
+        or not standby.instance_id
+        or standby.state not in STOPPED_STATES
+        or not any(r.address == "public" for r in att.route53)
+    ):
+        return None
+    inst = (await ctx.describe(standby.instance_id)).get(standby.instance_id)
+    if inst is None:
+        return None  # the preflight says it is missing
+    eni = next(
+        (
+            n.get("NetworkInterfaceId")
+            for n in inst.get("NetworkInterfaces", [])
+            if n.get("Attachment", {}).get("DeviceIndex") == 0
+        ),
+        None,
+    )
+    if eni:
+        try:
+            resp = await ctx.aws.call(
+                "ec2",
+                "DescribeNetworkInterfaceAttribute",
+                resource=eni,
+                NetworkInterfaceId=eni,
+                Attribute="associatePublicIpAddress",
+            )
+        except (AwsAccessDenied, AwsUnavailable, AwsThrottled):
+            raise
+        except AwsError:
+            resp = {}  # an endpoint that does not know the attribute: ask the subnet
+        asks = resp.get("AssociatePublicIpAddress")
+        if asks is True:
+            return None
+        if asks is False:
+            return f"its network interface {eni} does not ask for a public IPv4 address"
+    subnet = inst.get("SubnetId")
+    if not subnet:
+        return None
+    resp = await ctx.aws.call("ec2", "DescribeSubnets", resource=subnet, SubnetIds=[subnet])
+    subnets = resp.get("Subnets", [])
+    if subnets and subnets[0].get("MapPublicIpOnLaunch") is False:
+        return f"its subnet {subnet} does not assign public IPv4 addresses (MapPublicIpOnLaunch)"
+    return None
+
+
 async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None:
     """What stops the plan, or None; sets ``run.facts``, reports the step."""
     req = run.request
@@ -50,7 +137,23 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
         run.aws_unreachable = isinstance(exc, AwsUnavailable | AwsThrottled)
     else:
         run.facts = facts
-        problems = preflight_problems(ctx.config, req.service, facts, req.to_role)
+        try:
+            missing_zones, no_public = await asyncio.gather(
+                _missing_zones(ctx, req.service),
+                _no_public_at_start(ctx, req.service, facts, req.to_role),
+            )
+        except AwsError as exc:
+            missing_zones, no_public = frozenset(), None
+            problems.append(str(exc))
+            run.aws_unreachable = isinstance(exc, AwsUnavailable | AwsThrottled)
+        problems += preflight_problems(
+            ctx.config,
+            req.service,
+            facts,
+            req.to_role,
+            missing_zones=missing_zones,
+            no_public_at_start=no_public,
+        )
         if run.record is None and not ctx.dry_run:
             try:
                 unfinished = await asyncio.to_thread(journal.unfinished)

@@ -15,6 +15,7 @@ from jupiterd.core.plan.facts import (
     zone_key,
 )
 from jupiterd.core.plan.model import (
+    PUBLIC_ADDRESS_READS,
     READ_PERMISSIONS,
     TRAFFIC_KINDS,
     Conditions,
@@ -165,6 +166,7 @@ def build_plan(
                     ),
                     Permission("route53:ListResourceRecordSets", (arns.hosted_zone(rec.zone_id),)),
                     Permission("route53:GetChange", (arns.route53_change(),)),
+                    *(PUBLIC_ADDRESS_READS if rec.address == "public" else ()),
                 ),
             )
         )

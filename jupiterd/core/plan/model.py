@@ -132,3 +132,10 @@ READ_PERMISSIONS = (
     Permission("elasticloadbalancing:DescribeTargetGroups"),
     Permission("elasticloadbalancing:DescribeTargetHealth"),
 )
+
+# What a record that points at a public address reads at preflight: whether
+# a stopped standby gets a public address when it starts.
+PUBLIC_ADDRESS_READS = (
+    Permission("ec2:DescribeSubnets"),
+    Permission("ec2:DescribeNetworkInterfaceAttribute"),
+)

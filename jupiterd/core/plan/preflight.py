@@ -18,10 +18,18 @@ from jupiterd.core.types import STOPPED_STATES, TERMINATED_STATES, Role
 
 
 def preflight_problems(
-    config: Config, service: str, facts: ServiceFacts, to_role: Role
+    config: Config,
+    service: str,
+    facts: ServiceFacts,
+    to_role: Role,
+    *,
+    missing_zones: frozenset[str] = frozenset(),
+    no_public_at_start: str | None = None,
 ) -> list[str]:
     """Why the plan must not start; empty when it may. Each sentence names
-    the resource."""
+    the resource. ``missing_zones``: the hosted zones Route 53 does not
+    know; ``no_public_at_start``: why the stopped standby will get no public
+    address when it starts (the executor reads both)."""
     svc = config.services[service]
     att = svc.attachments
     problems: list[str] = []
@@ -53,9 +61,15 @@ def preflight_problems(
         eip = facts.elastic_ip
         if eip is None or not eip.exists:
             problems.append(f"Elastic IP {att.elastic_ip} does not exist")
+    for zone in dict.fromkeys(zone_key(r.zone_id) for r in att.route53):
+        if zone in missing_zones:
+            names = ", ".join(r.name for r in att.route53 if zone_key(r.zone_id) == zone)
+            problems.append(f"hosted zone {zone} (of {names}) does not exist")
     for rec in att.route53:
         rf = facts.record(rec.zone_id, rec.name, rec.type)
         where = f"record {rec.name} {rec.type} in hosted zone {zone_key(rec.zone_id)}"
+        if zone_key(rec.zone_id) in missing_zones:
+            continue  # said once for the zone
         if rf is None or not rf.exists:
             problems.append(f"{where} does not exist")
         elif rf.alias:
@@ -64,13 +78,18 @@ def preflight_problems(
             problems.append(
                 f"{where} has a routing policy (SetIdentifier): jupiterd moves simple records only"
             )
-        elif (
-            rec.address == "public"
-            and facts.elastic_ip is None
-            and standby.running
-            and not (standby.public_ip)
-        ):
-            problems.append(f"{where} wants a public address, but {standby.describe()} has none")
+        elif rec.address == "public" and facts.elastic_ip is None and not standby.public_ip:
+            # A running instance keeps what it has; a stopped one gets a
+            # public address at its start if its network interface asks.
+            if standby.running:
+                problems.append(
+                    f"{where} wants a public address, but {standby.describe()} has none"
+                )
+            elif no_public_at_start:
+                problems.append(
+                    f"{where} wants a public address, but {standby.describe()} gets none "
+                    f"when it starts ({no_public_at_start}) and no Elastic IP moves to it"
+                )
     for rtb in dict.fromkeys(att.route_tables):
         rt = facts.route_table(rtb)
         if rt is None or not rt.exists:

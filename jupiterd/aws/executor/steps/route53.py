@@ -8,7 +8,7 @@ from typing import Any
 
 from jupiterd.aws.executor.context import StepContext, StepFailed
 from jupiterd.aws.executor.run import _Run
-from jupiterd.core.plan import Step, record_value, zone_key
+from jupiterd.core.plan import STOPPED_STATES, Step, record_value, zone_key
 
 
 async def upsert(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
@@ -20,11 +20,16 @@ async def upsert(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str
     if rr is None:
         raise StepFailed(f"record {name} {type_} does not exist in hosted zone {zone}")
     inst = run.facts.instance(step.role)
+    value: str | None = None
     if address == "public" and run.facts.elastic_ip is None:
         # A public IP without an EIP exists only once the instance runs.
         fresh = await ctx.instance(inst.instance_id, step.role)
         inst = dataclasses.replace(inst, public_ip=fresh.get("PublicIpAddress"))
-    value = record_value(address, inst, run.facts.elastic_ip)
+        if ctx.dry_run and not inst.public_ip and fresh["State"]["Name"] in STOPPED_STATES:
+            # Not started by the dry run; the preflight checked that EC2
+            # gives it a public address when it starts.
+            value = f"the public address {inst.instance_id} gets when it starts"
+    value = value or record_value(address, inst, run.facts.elastic_ip)
     if not value:
         raise StepFailed(
             f"the {step.role} instance {inst.instance_id} has no {address} address for {name}"
