@@ -210,6 +210,9 @@ def pruned_models(cache_dir: Path | None = None) -> dict[str, dict[str, Any]]:
         try:
             out = subprocess.run(
                 [sys.executable, "-m", "jupiterd.aws.models"],
+                # The child imports this very copy of jupiterd, whatever the
+                # working directory or another installed copy.
+                cwd=Path(__file__).resolve().parents[2],
                 capture_output=True,
                 timeout=120,
                 check=True,
