@@ -193,7 +193,17 @@ def build_plan(
                 (Permission("elasticloadbalancing:DeregisterTargets", (arn,)),),
             )
         )
-    if svc.stop_old if stop_old is None else stop_old:
+    notes: list[str] = []
+    users = facts.in_use.get(old.instance_id or "", ())
+    stop = svc.stop_old if stop_old is None else stop_old
+    if stop and users:
+        # Never strand an attachment: another service still sends traffic there.
+        stop = False
+        notes.append(
+            f"the {from_role} ({oid}) is not stopped: {', '.join(users)} still "
+            f"point{'s' if len(users) == 1 else ''} at it"
+        )
+    if stop:
         steps.append(
             Step(
                 "stop_old",
@@ -222,7 +232,7 @@ def build_plan(
                 ),
             )
         )
-    return Plan(service, from_role, to_role, tuple(steps))
+    return Plan(service, from_role, to_role, tuple(steps), tuple(notes))
 
 
 ROLLBACK_PREFIX = "rollback:"
@@ -256,7 +266,8 @@ def build_rollback(
                 after,
             )
         )
-    return Plan(plan.service, plan.to_role, plan.from_role, tuple(keep))
+    notes = reverse.notes if started_standby else ()
+    return Plan(plan.service, plan.to_role, plan.from_role, tuple(keep), notes)
 
 
 def plan_permissions(plans: Iterable[Plan]) -> tuple[Permission, ...]:
