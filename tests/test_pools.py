@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from jupiterd.config import ConfigError, IsolationGuard, parse_config
 from jupiterd.core.health import (
@@ -201,8 +203,6 @@ def test_layouts_a_pool_cannot_serve_are_refused_naming_the_key(
 def test_check_config_refuses_a_shared_backup_outside_a_pool_with_exit_78(tmp_path: Any) -> None:
     import subprocess
     import sys
-
-    import yaml
 
     doc = pool_doc()
     doc["services"]["web"]["backup"]["instance_id"] = S_ID
@@ -399,3 +399,27 @@ def test_outside_a_pool_the_guard_never_holds() -> None:
     policy = replace(policy, pool_peers={})
     _, actions = evaluate(state, "nat-b", 10.0, policy)
     assert [a for a in actions if isinstance(a, StartFailover)]
+
+
+# --------------------------------------------------------------------------- documentation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_s_pool_example_is_valid() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Pools (shared standby)") :]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(yaml.safe_load(block))
+    assert [s.pool for s in cfg.services.values()] == ["nat", "nat"]
+
+
+def test_the_example_config_s_commented_pool_replaces_its_nat_service() -> None:
+    text = (ROOT / "config" / "jupiter.example.yaml").read_text()
+    pool = text[text.index("#pools:") :]
+    doc = yaml.safe_load(text)
+    del doc["services"]["nat"]
+    doc.update(yaml.safe_load("\n".join(line[1:] for line in pool.splitlines())))
+    cfg = parse_config(doc, secrets=False)
+    assert cfg.pool_members("nat") == ("nat-a", "nat-b")
+    assert cfg.services["nat-b"].backup.instance_id == cfg.services["nat-a"].backup.instance_id
