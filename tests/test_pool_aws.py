@@ -273,3 +273,31 @@ async def test_failback_of_one_member_keeps_the_standby_the_other_uses(pool: Nat
         assert c.problems == []
     finally:
         c.close()
+
+
+@pytest.mark.slow
+async def test_cli_failover_all_runs_a_pool_s_members_in_turn(pool: NatPool) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jupiterd", *args, "--config", str(pool.config_path)],
+            cwd=ROOT,
+            env=client_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    inventory = AwsInventory(pool.config)
+    try:
+        p = await asyncio.to_thread(cli, "failover-all")
+        assert p.returncode == 1, p.stdout + p.stderr  # one member could not have it
+        assert "nat-a: failover success" in p.stdout
+        assert "nat-b: failover aborted" in p.stdout and "already serves" in p.stdout
+        assert await stranded(pool, inventory) == []
+        p = await asyncio.to_thread(cli, "failback-all")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert state_of(pool, "standby") == "stopped"
+        assert {state_of(pool, m) for m in MEMBERS} == {"running"}
+        assert await stranded(pool, inventory) == []
+    finally:
+        inventory.aws.close()

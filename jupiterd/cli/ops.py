@@ -131,8 +131,22 @@ async def _failover(
         # it again would repeat what the resumption decided (e.g. a rollback).
         done = {o.service for o in resumed}
         todo = [s for s in services if s not in done]
-        reqs = [FailoverRequest(s, to_role.other, to_role, reason, "cli") for s in todo]
-        out += [(o, False) for o in await asyncio.gather(*(ex.run(r) for r in reqs))]
+        # Concurrently, but the members of a pool one after the other: each
+        # plan then sees where the previous one left the shared standby.
+        groups: dict[tuple[str, str], list[str]] = {}
+        for s in todo:
+            pool = cfg.services[s].pool
+            groups.setdefault(("pool", pool) if pool else ("service", s), []).append(s)
+
+        async def in_turn(names: list[str]) -> list[Any]:
+            return [
+                await ex.run(FailoverRequest(s, to_role.other, to_role, reason, "cli"))
+                for s in names
+            ]
+
+        ran = await asyncio.gather(*(in_turn(g) for g in groups.values()))
+        by_name = {o.service: o for group in ran for o in group}
+        out += [(by_name[s], False) for s in todo]
         return out
     finally:
         ex.close()
