@@ -388,6 +388,17 @@ def test_failover_of_b_is_held_while_the_standby_serves_a(
     assert state.services["nat-b"].hold.guard is Guard.STANDBY_BUSY
 
 
+def test_the_hold_lifts_and_b_fails_over_once_a_is_back() -> None:
+    state, policy = _machine(Role.BACKUP)
+    state, _ = evaluate(state, "nat-b", 10.0, policy)
+    a = replace(state.services["nat-a"], active=Role.PRIMARY)
+    b = replace(state.services["nat-b"], backup=TargetState(Status.STOPPED))
+    state = state.with_service(a).with_service(b)
+    state, actions = evaluate(state, "nat-b", 20.0, policy)
+    assert [type(x).__name__ for x in actions] == ["HoldCleared", "StartFailover"]
+    assert state.services["nat-b"].in_flight is Role.BACKUP
+
+
 def test_failover_of_b_starts_when_the_standby_is_free() -> None:
     state, policy = _machine(Role.PRIMARY)
     _, actions = evaluate(state, "nat-b", 10.0, policy)
