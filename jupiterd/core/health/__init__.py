@@ -16,10 +16,11 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
 Per service: the active instance DOWN for ``failover_after`` seconds
 starts a failover to the standby unless a guard holds it (pause,
 maintenance tag, manual mode, monitor isolation, AWS unreachable, retry
-backoff, cooldown, hourly cap, standby busy serving another member of its
-pool, standby unhealthy, both down, already in flight, monitor degraded).
-Only a plan that changed something on AWS counts toward the cooldown and
-the hourly cap. In monitor-only mode (no AWS access) a due failover is reported once per outage (``FailoverDue``)
+backoff, cooldown, hourly cap, standby busy (a pool's shared standby
+serving another member), standby unhealthy, both down, already in
+flight, monitor degraded). Only a plan that changed something on AWS
+counts toward the cooldown and the hourly cap. In monitor-only mode (no
+AWS access) a due failover is reported once per outage (``FailoverDue``)
 and nothing else happens. Before deciding, every other service's active
 target must have been probed since the failure began, so that "everything
 failed at once" (the monitor's own network) is seen as such and not as one
