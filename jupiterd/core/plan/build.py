@@ -59,7 +59,9 @@ def build_plan(
     """The steps that move ``service`` to ``to_role``. The list depends only
     on the configuration and the instances' identities, never on their
     current state: a resumed plan has the same step names as the first run,
-    and each step checks AWS itself before acting."""
+    and each step checks AWS itself before acting. The one exception: an
+    instance another service's attachment points at (``facts.in_use``, a
+    pool's shared standby) is never stopped, and ``Plan.notes`` says why."""
     svc = config.services[service]
     arns = ArnContext.from_config(config)
     from_role = to_role.other
