@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ from jupiterd.core.plan import (
     RouteTableFacts,
     ServiceFacts,
     TargetGroupFacts,
+    attachment_users,
     normalize_record_name,
     service_status,
+    sharing_services,
     zone_key,
 )
 from jupiterd.core.types import TERMINATED_STATES, Role
@@ -83,7 +86,22 @@ class AwsInventory:
         return ServiceView(infos[Role.PRIMARY], infos[Role.BACKUP], status.active, status.notes)
 
     async def facts(self, services: Iterable[str] | None = None) -> dict[str, ServiceFacts]:
+        """The facts of ``services`` (default: all). A service sharing an
+        instance (a pool's member) also gets ``in_use``: the attachments of
+        the others that point at its instances, read in the same calls."""
         names = list(services) if services is not None else list(self.config.services)
+        wanted = dict.fromkeys(names)
+        for n in names:
+            wanted.update(dict.fromkeys(sharing_services(self.config, n)))
+        out = await self._facts(list(wanted))
+        return {
+            n: replace(out[n], in_use=attachment_users(self.config, out, n))
+            if sharing_services(self.config, n)
+            else out[n]
+            for n in names
+        }
+
+    async def _facts(self, names: list[str]) -> dict[str, ServiceFacts]:
         svcs = {n: self.config.services[n] for n in names}
         tgs: dict[str, int | None] = {}
         eips: list[str] = []
@@ -146,13 +164,15 @@ class AwsInventory:
     # -- instances
 
     async def _instances(self, svcs: Mapping[str, Any]) -> dict[tuple[str, Role], InstanceFacts]:
-        by_id: dict[str, tuple[str, Role]] = {}
+        # A pool's standby is the backup of every member: an id may name
+        # several (service, role) keys, and each gets the instance's facts.
+        by_id: dict[str, list[tuple[str, Role]]] = {}
         by_tag: list[tuple[str, Role]] = []
         for name, svc in svcs.items():
             for role in _ROLES:
                 ref: InstanceRef = svc.primary if role is Role.PRIMARY else svc.backup
                 if ref.instance_id:
-                    by_id[ref.instance_id] = (name, role)
+                    by_id.setdefault(ref.instance_id, []).append((name, role))
                 else:
                     by_tag.append((name, role))
         calls = []
@@ -181,13 +201,14 @@ class AwsInventory:
         for resp in await asyncio.gather(*calls):
             found += _instances(resp)
         out: dict[tuple[str, Role], InstanceFacts] = {}
-        for iid, key in by_id.items():
+        for iid, keys in by_id.items():
             match = [i for i in found if i.get("InstanceId") == iid]
-            out[key] = (
-                self._instance_facts(key, match[0])
-                if match
-                else InstanceFacts(key[1], iid, MISSING, address=self._ref(key).address)
-            )
+            for key in keys:
+                out[key] = (
+                    self._instance_facts(key, match[0])
+                    if match
+                    else InstanceFacts(key[1], iid, MISSING, address=self._ref(key).address)
+                )
         for key in by_tag:
             name, role = key
             match = [

@@ -131,8 +131,22 @@ async def _failover(
         # it again would repeat what the resumption decided (e.g. a rollback).
         done = {o.service for o in resumed}
         todo = [s for s in services if s not in done]
-        reqs = [FailoverRequest(s, to_role.other, to_role, reason, "cli") for s in todo]
-        out += [(o, False) for o in await asyncio.gather(*(ex.run(r) for r in reqs))]
+        # Concurrently, but the members of a pool one after the other: each
+        # plan then sees where the previous one left the shared standby.
+        groups: dict[tuple[str, str], list[str]] = {}
+        for s in todo:
+            pool = cfg.services[s].pool
+            groups.setdefault(("pool", pool) if pool else ("service", s), []).append(s)
+
+        async def in_turn(names: list[str]) -> list[Any]:
+            return [
+                await ex.run(FailoverRequest(s, to_role.other, to_role, reason, "cli"))
+                for s in names
+            ]
+
+        ran = await asyncio.gather(*(in_turn(g) for g in groups.values()))
+        by_name = {o.service: o for group in ran for o in group}
+        out += [(by_name[s], False) for s in todo]
         return out
     finally:
         ex.close()
@@ -176,12 +190,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     from jupiterd.aws.client import Aws
     from jupiterd.aws.inventory import AwsInventory
-    from jupiterd.core.plan import service_status
+    from jupiterd.core.plan import pool_view, service_status
     from jupiterd.state.journal import Journal, JournalError, held_services
 
+    # A pool is shown whole: the other members are read too.
+    pools = list(dict.fromkeys(p for n in services if (p := cfg.services[n].pool)))
+    wanted = list(dict.fromkeys([*services, *(m for p in pools for m in cfg.pool_members(p))]))
     aws = Aws(cfg.aws, cache_dir=Path(cfg.state_dir))
     try:
-        facts = await AwsInventory(cfg, aws).facts(services)
+        facts = await AwsInventory(cfg, aws).facts(wanted)
     finally:
         aws.close()
     try:
@@ -243,7 +260,29 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
             ],
             "notes": notes,
         }
-    return {"ok": all_ok, "services": out}
+        if f.in_use:
+            out[name]["shared"] = {i: list(u) for i, u in f.in_use.items()}
+    report: dict[str, Any] = {"ok": all_ok, "services": out}
+    if pools:
+        report["pools"] = {}
+        for pool in pools:
+            pv = pool_view(cfg, pool, facts)
+            report["pools"][pool] = {
+                "standby": {
+                    "instance_id": pv.standby_id,
+                    "state": pv.standby_state,
+                    "serves": list(pv.standby_serves),
+                    "summary": pv.summary(),
+                },
+                "members": {
+                    m.name: {
+                        "instance_id": m.instance_id,
+                        "served_by": str(m.served_by) if m.served_by else None,
+                    }
+                    for m in pv.members
+                },
+            }
+    return report
 
 
 def _format_status(report: dict[str, Any]) -> str:
@@ -268,4 +307,15 @@ def _format_status(report: dict[str, Any]) -> str:
             lines.append(f"  {a['kind'].replace('_', ' ')} {a['name']} -> {to} ({a['detail']})")
         for n in s["notes"]:
             lines.append(f"  ! {n}")
+    for pool, p in report.get("pools", {}).items():
+        sb = p["standby"]
+        lines.append(
+            f"pool {pool}: standby {sb['instance_id'] or '(not found)'} ({sb['state']}) "
+            f"{sb['summary']}"
+        )
+        for m, v in p["members"].items():
+            by = {"primary": "its own instance", "backup": "the standby"}.get(
+                v["served_by"] or "", "no single instance (split or not found)"
+            )
+            lines.append(f"  {m:<12} served by {by}")
     return "\n".join(lines)

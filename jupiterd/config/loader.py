@@ -11,6 +11,7 @@ from pydantic import ValidationError
 import probes
 from jupiterd.config.defaults import HEARTBEAT_KINDS
 from jupiterd.config.errors import ConfigError
+from jupiterd.config.pools import expand_pools
 from jupiterd.config.reader import MAX_FILE_BYTES, FileTooLarge, _parse_yaml, read_bounded
 from jupiterd.config.schema import _SNS_ARN, _TG_ARN, Config, ServiceConfig
 from jupiterd.config.secrets import _is_secret_field, _resolve_secret
@@ -24,7 +25,7 @@ def _heartbeat_kinds() -> frozenset[str]:
 def _check_probe(name: str, svc: ServiceConfig, secrets: bool = True) -> ServiceConfig:
     """Validate the probe's options with its kind's model, secrets resolved."""
     kind = probes.get_kind(svc.probe.kind)
-    base = f"services.{name}.probe"
+    base = f"pools.{svc.pool}.probe" if svc.pool else f"services.{name}.probe"
     if kind.target_style == "host" and svc.probe.port is not None:
         raise ConfigError(None, f"{base}.port", f"an {kind.name} probe has no port")
     if kind.target_style == "host" and svc.probe.watch:
@@ -117,6 +118,7 @@ def _parse_config(doc: Any, path: str | None, secrets: bool, http_token: bool | 
         key, msg = _format_validation_error(exc)
         raise ConfigError(path, key, msg) from None
     try:
+        cfg = expand_pools(cfg, doc)
         services = {name: _check_probe(name, svc, secrets) for name, svc in cfg.services.items()}
         for i, drill in enumerate(cfg.drills):
             for s in drill.services:
@@ -127,7 +129,9 @@ def _parse_config(doc: Any, path: str | None, secrets: bool, http_token: bool | 
                 cfg.thresholds(name)
             except ValidationError as exc:
                 _, msg = _format_validation_error(exc)
-                raise ConfigError(None, f"services.{name}.thresholds", msg) from None
+                pool = cfg.services[name].pool
+                where = f"pools.{pool}" if pool else f"services.{name}"
+                raise ConfigError(None, f"{where}.thresholds", msg) from None
     except ConfigError as exc:
         raise ConfigError(path, exc.key, exc.message) from None
     return cfg.model_copy(update={"services": services})

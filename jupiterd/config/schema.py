@@ -25,6 +25,8 @@ from probes.options import OptionError, ProbeOptions, parse_hostport, quote
 
 # --------------------------------------------------------------------------- sections
 
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
 
 class AwsConfig(Model):
     # false: monitor only. Instances are taken from this file (primary
@@ -323,6 +325,39 @@ class ServiceConfig(Model):
     # After a failover, stop the old instance (fencing) or leave it running.
     stop_old: bool = True
     sns_topic_arn: str | None = Field(default=None, pattern=_SNS_ARN)
+    # The pool this service is a member of; set only by `pools:` (the
+    # backup is then the pool's shared standby).
+    pool: str | None = None
+
+
+class PoolMember(InstanceRef):
+    """One active instance of a pool, and where its traffic enters."""
+
+    attachments: Attachments = Attachments()
+
+
+def _one_standby(value: Any) -> Any:
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(
+                f"{len(value)} standbys given: one standby per pool is what is supported"
+            )
+        return value[0]
+    return value
+
+
+class PoolConfig(Model):
+    """Several active instances sharing one standby (N+1). Each member
+    becomes an ordinary service named after it: its primary is the member,
+    its backup the standby."""
+
+    probe: ProbeConfig
+    members: dict[str, PoolMember]
+    standby: Annotated[InstanceRef, BeforeValidator(_one_standby)]
+    thresholds: ThresholdOverrides = ThresholdOverrides()
+    auto_failover: bool = True
+    stop_old: bool = True
+    sns_topic_arn: str | None = Field(default=None, pattern=_SNS_ARN)
 
 
 class DrillConfig(Model):
@@ -353,17 +388,41 @@ class Config(Model):
     defaults: Thresholds = Thresholds()
     guards: GuardsConfig = GuardsConfig()
     drills: list[DrillConfig] = []
-    services: dict[str, ServiceConfig] = Field(min_length=1)
+    # Without pools, at least one service (the loader checks).
+    services: dict[str, ServiceConfig] = {}
+    # Shared standbys: each member is expanded into `services` at load.
+    pools: dict[str, PoolConfig] = {}
 
     @field_validator("services")
     @classmethod
     def _names(cls, v: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
         for name in v:
-            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(
                     f"service name {quote(name)} must be lower-case letters, digits, '-' or '_'"
                 )
         return v
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, v: dict[str, PoolConfig]) -> dict[str, PoolConfig]:
+        for name, pool in v.items():
+            for what, n in [("pool", name), *(("member", m) for m in pool.members)]:
+                if not _NAME.fullmatch(n):
+                    raise ValueError(
+                        f"{what} name {quote(n)} must be lower-case letters, digits, '-' or '_'"
+                    )
+        return v
+
+    def pool_peers(self, service: str) -> tuple[str, ...]:
+        """The other members of the service's pool (empty outside a pool)."""
+        pool = self.services[service].pool
+        if pool is None:
+            return ()
+        return tuple(n for n, s in self.services.items() if s.pool == pool and n != service)
+
+    def pool_members(self, pool: str) -> tuple[str, ...]:
+        return tuple(n for n, s in self.services.items() if s.pool == pool)
 
     def thresholds(self, service: str) -> Thresholds:
         """The defaults merged with the service's overrides."""

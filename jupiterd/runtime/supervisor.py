@@ -87,6 +87,7 @@ def policy_of(config: Config) -> Policy:
         isolation=config.guards.isolation,
         auto_failover={n: s.auto_failover for n, s in config.services.items()},
         monitor_only=not config.aws.enabled,
+        pool_peers={n: config.pool_peers(n) for n in config.services},
     )
 
 

@@ -16,7 +16,8 @@ Per target (one instance of one service), keepalived/HAProxy hysteresis:
 Per service: the active instance DOWN for ``failover_after`` seconds
 starts a failover to the standby unless a guard holds it (pause,
 maintenance tag, manual mode, monitor isolation, AWS unreachable, retry
-backoff, cooldown, hourly cap, standby unhealthy, both down, already in
+backoff, cooldown, hourly cap, standby busy (a pool's shared standby
+serving another member), standby unhealthy, both down, already in
 flight, monitor degraded). Only a plan that changed something on AWS
 counts toward the cooldown and the hourly cap. In monitor-only mode (no
 AWS access) a due failover is reported once per outage (``FailoverDue``)

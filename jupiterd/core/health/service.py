@@ -60,6 +60,18 @@ def _stale_peers(state: MachineState, name: str, since: float) -> tuple[tuple[st
     return tuple(stale)
 
 
+def _standby_busy(state: MachineState, name: str, active: Role, policy: Policy) -> str | None:
+    """The other pool member the shared standby serves (or is being moved
+    to serve), if any: a failover of ``name`` to it would take it away."""
+    if active is not Role.PRIMARY:
+        return None
+    for peer in policy.pool_peers.get(name, ()):
+        p = state.services.get(peer)
+        if p is not None and (p.active is Role.BACKUP or p.in_flight is Role.BACKUP):
+            return peer
+    return None
+
+
 def _set_hold(
     s: ServiceState, guard: Guard, reason: str, at: float
 ) -> tuple[ServiceState, list[Action]]:
@@ -199,6 +211,20 @@ def evaluate(
             f"{where}, but {len(attempts)} failover(s) started in the last hour "
             f"(max_failovers_per_hour {th.max_failovers_per_hour})",
         )
+    busy = _standby_busy(state, name, s.active, policy) if guard is None else None
+    if busy is not None:
+        reason = (
+            f"{where}, but the pool's shared standby already serves {busy}: "
+            f"one standby per pool; fail {busy} back (`jupiterd failback {busy}`) to free it"
+        )
+        guard = (Guard.STANDBY_BUSY, reason)
+        alert = (
+            f"the {s.active} instance is down and the pool's shared standby already "
+            f"serves {busy}: no failover possible"
+        )
+        if s.alert != alert:  # once per outage: the reason's wording changes
+            s = replace(s, alert=alert)
+            actions.append(Alert(name, alert, at))
     if guard is None and standby.status is Status.STOPPED and standby.known_down is not None:
         # A stopped instance cannot be probed: judged on what was known when
         # the failover stopped it. Starting it blindly after every cooldown

@@ -28,6 +28,7 @@ class Guard(StrEnum):
     RETRY_BACKOFF = "retry_backoff"  # the last plan aborted before changing anything
     MONITOR_DEGRADED = "monitor_degraded"  # probes fail on this host: no verdict possible
     JOURNAL_DAMAGED = "journal_damaged"
+    STANDBY_BUSY = "standby_busy"  # a pool's shared standby already serves another member
 
 
 # --------------------------------------------------------------------------- state
@@ -142,3 +143,5 @@ class Policy:
     isolation: IsolationGuard = field(default_factory=IsolationGuard)
     auto_failover: Mapping[str, bool] = field(default_factory=dict)
     monitor_only: bool = False  # aws.enabled: false: a due failover is only reported
+    # A pool member -> the other members sharing its standby.
+    pool_peers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -16,7 +16,8 @@ and into preflight problems. Everything here is tested table-driven.
 
 The package: ``facts`` (what AWS said, names and ARNs), ``model`` (plans, steps,
 permissions), ``build`` (the plan and its rollback), ``status`` (what the
-facts say of a service), ``preflight`` (why a plan must not start).
+facts say of a service), ``preflight`` (why a plan must not start), ``pool``
+(shared instances: who else points at one, a pool as a whole).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ from jupiterd.core.plan.model import (
     StepKind,
     merge_permissions,
 )
+from jupiterd.core.plan.pool import (
+    MemberView,
+    PoolView,
+    attachment_users,
+    pool_view,
+    sharing_services,
+)
 from jupiterd.core.plan.preflight import (
     is_done,
     preflight_problems,
@@ -83,8 +91,10 @@ __all__ = [
     "Conditions",
     "EipFacts",
     "InstanceFacts",
+    "MemberView",
     "Permission",
     "Plan",
+    "PoolView",
     "RecordFacts",
     "RouteTableFacts",
     "ServiceFacts",
@@ -94,6 +104,7 @@ __all__ = [
     "StepKind",
     "TargetGroupFacts",
     "attachment_states",
+    "attachment_users",
     "build_plan",
     "build_rollback",
     "eip_role",
@@ -101,9 +112,11 @@ __all__ = [
     "merge_permissions",
     "normalize_record_name",
     "plan_permissions",
+    "pool_view",
     "preflight_problems",
     "record_value",
     "service_status",
+    "sharing_services",
     "target_group_name",
     "target_id",
     "target_registered",

@@ -60,7 +60,9 @@ def build_plan(
     """The steps that move ``service`` to ``to_role``. The list depends only
     on the configuration and the instances' identities, never on their
     current state: a resumed plan has the same step names as the first run,
-    and each step checks AWS itself before acting."""
+    and each step checks AWS itself before acting. The one exception: an
+    instance another service's attachment points at (``facts.in_use``, a
+    pool's shared standby) is never stopped, and ``Plan.notes`` says why."""
     svc = config.services[service]
     arns = ArnContext.from_config(config)
     from_role = to_role.other
@@ -195,7 +197,17 @@ def build_plan(
                 (Permission("elasticloadbalancing:DeregisterTargets", (arn,)),),
             )
         )
-    if svc.stop_old if stop_old is None else stop_old:
+    notes: list[str] = []
+    users = facts.in_use.get(old.instance_id or "", ())
+    stop = svc.stop_old if stop_old is None else stop_old
+    if stop and users:
+        # Never strand an attachment: another service still sends traffic there.
+        stop = False
+        notes.append(
+            f"the {from_role} ({oid}) is not stopped: {', '.join(users)} still "
+            f"point{'s' if len(users) == 1 else ''} at it"
+        )
+    if stop:
         steps.append(
             Step(
                 "stop_old",
@@ -224,7 +236,7 @@ def build_plan(
                 ),
             )
         )
-    return Plan(service, from_role, to_role, tuple(steps))
+    return Plan(service, from_role, to_role, tuple(steps), tuple(notes))
 
 
 ROLLBACK_PREFIX = "rollback:"
@@ -258,7 +270,8 @@ def build_rollback(
                 after,
             )
         )
-    return Plan(plan.service, plan.to_role, plan.from_role, tuple(keep))
+    notes = reverse.notes if started_standby else ()
+    return Plan(plan.service, plan.to_role, plan.from_role, tuple(keep), notes)
 
 
 def plan_permissions(plans: Iterable[Plan]) -> tuple[Permission, ...]:

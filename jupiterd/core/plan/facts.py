@@ -94,6 +94,10 @@ class ServiceFacts:
     elastic_ip: EipFacts | None = None
     records: tuple[RecordFacts, ...] = ()
     route_tables: tuple[RouteTableFacts, ...] = ()
+    # Instance id -> the other services' attachments pointing at it (a
+    # pool's standby serving another member): such an instance is never
+    # stopped by this service's plans.
+    in_use: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def instance(self, role: Role) -> InstanceFacts:
         return self.primary if role is Role.PRIMARY else self.backup

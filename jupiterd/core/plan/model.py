@@ -85,6 +85,9 @@ class Plan:
     from_role: Role
     to_role: Role
     steps: tuple[Step, ...]
+    # Sentences on what the plan leaves out and why (an instance kept
+    # running because another service's attachment points at it).
+    notes: tuple[str, ...] = ()
 
     @property
     def direction(self) -> Direction:

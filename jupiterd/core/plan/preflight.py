@@ -46,6 +46,13 @@ def preflight_problems(
             problems.append(f"the {inst.role} instance ({how}) does not exist")
     if standby.state in TERMINATED_STATES:
         problems.append(f"{standby.describe()} is {standby.state}: nothing to fail over to")
+    busy = facts.in_use.get(standby.instance_id or "", ())
+    if busy and svc.pool is not None:
+        problems.append(
+            f"{standby.describe()} is the shared standby of pool {svc.pool} and already "
+            f"serves another member ({', '.join(busy)}): one standby per pool; "
+            "fail that member back first"
+        )
     for _name, arn, _port in _unique_tgs(att.target_groups):
         tg = facts.target_group(arn)
         if tg is None or not tg.exists:
