@@ -16,9 +16,12 @@ def need(binary: str) -> str:
     return path
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _quiet_logs():
-    """Decisions are logged at info; per-probe debug lines only slow tests."""
+    """Decisions are logged at info; per-probe debug lines only slow tests.
+    Set again for every test, on that test's stderr: a command run in
+    process (discover, status) or a sandbox configures logging on its own
+    stream, which is closed once that test ends."""
     import sys
 
     from jupiterd.telemetry import logs

@@ -395,10 +395,11 @@ def _aws_config(tmp_path: Path, state: Path) -> Path:
         "services": {
             n: {
                 "probe": {"kind": "tcp", "port": 1},
-                "primary": {"address": "127.0.0.2", "instance_id": "i-0123456789abcdef0"},
-                "backup": {"address": "127.0.0.3", "instance_id": "i-0123456789abcdef1"},
+                # One instance is the primary of one service only (pools share backups).
+                "primary": {"address": "127.0.0.2", "instance_id": f"i-0123456789abcde{i}0"},
+                "backup": {"address": "127.0.0.3", "instance_id": f"i-0123456789abcde{i}1"},
             }
-            for n in ("web", "api")
+            for i, n in enumerate(("web", "api"))
         },
     }
     cfg.write_text(yaml.safe_dump(doc))
