@@ -30,6 +30,7 @@ from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
 from jupiterd.sandbox.seed import Topology, read_notifications, seed
 from jupiterd.state.journal import KILL_ENV, Journal
+from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import EDGE, Listeners, edge_service
@@ -121,7 +122,7 @@ async def cli(
 
 
 def executor(edge: Edge) -> AwsExecutor:
-    return AwsExecutor(edge.config, poll_interval=0.05, progress_interval=0.5)
+    return AwsExecutor(edge.config, poll_interval=0.05, progress_interval=0.5, clock=FakeClock())
 
 
 async def resume(edge: Edge) -> list[FailoverOutcome]:

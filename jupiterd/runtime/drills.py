@@ -20,36 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from jupiterd.config import Config, cron_trigger
+from jupiterd.core.clock import Clock
 from jupiterd.core.execution import Executor, FailoverOutcome, FailoverRequest, direction_of
 from jupiterd.core.types import Role
+from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
 
 log = structlog.get_logger("jupiterd.drills")
 
+__all__ = ["Clock", "DrillResult", "DrillRunner", "ExecutorFactory", "SystemClock"]
+
 ExecutorFactory = Callable[[Config], Executor]
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...  # Unix seconds
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)

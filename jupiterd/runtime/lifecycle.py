@@ -120,7 +120,7 @@ class _Drills:
             return
         from jupiterd.runtime.drills import DrillRunner
 
-        runner = DrillRunner(sup.config, lambda c: make(c, sup.metrics), sup.metrics)
+        runner = DrillRunner(sup.config, lambda c: make(c, sup.metrics), sup.metrics, sup.clock)
         sup.drills = runner
         self.task = asyncio.create_task(runner.run(), name="drills")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,7 +60,7 @@ class Plans:
 
     async def _run(self, req: FailoverRequest) -> None:
         sup = self.sup
-        started = time.monotonic()
+        started = sup.clock.monotonic()
         try:
             outcome = await sup.executor.run(req)
         except asyncio.CancelledError:
@@ -78,7 +77,7 @@ class Plans:
                 req.to_role,
                 "failed",
                 f"internal error in the executor: {exc!r}",
-                time.monotonic() - started,
+                sup.clock.monotonic() - started,
             )
         self._record(req, outcome)
         sup.dispatch(self._finished(outcome))
@@ -118,8 +117,9 @@ class Plans:
         direction = req.direction
         m.failovers.labels(req.service, direction, o.result).inc()
         m.failover_duration.labels(req.service, direction).observe(o.seconds)
-        m.last_failover.labels(req.service).set(time.time())
-        self.outcomes.append(plan_json(req, o, time.time()))
+        now = sup.clock.time()
+        m.last_failover.labels(req.service).set(now)
+        self.outcomes.append(plan_json(req, o, now))
         for observe in sup.observers:
             observe(PlanEvent(req, o, sup.now()))
         log = sup.log.info if o.ok or o.result == "dry_run" else sup.log.error

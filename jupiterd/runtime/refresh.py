@@ -74,7 +74,7 @@ class Refresher:
         first, most = sup.aws_retry_seconds
         delay = first
         while sup.state.aws_error is not None:
-            await asyncio.sleep(delay * (0.5 + sup.rng.random() / 2))
+            await sup.clock.sleep(delay * (0.5 + sup.rng.random() / 2))
             if sup.plans.busy():
                 continue  # a plan reads AWS itself; its outcome says
             await self.refresh()
@@ -83,7 +83,7 @@ class Refresher:
     async def run(self) -> None:
         """Refresh every ``refresh_seconds`` while no plan runs."""
         while True:
-            await asyncio.sleep(self.sup.refresh_seconds)
+            await self.sup.clock.sleep(self.sup.refresh_seconds)
             if not self.sup.plans.busy():
                 await self.refresh()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -27,6 +26,7 @@ from typing import Any
 
 from jupiterd import __version__
 from jupiterd.config import Config
+from jupiterd.core.clock import Clock
 from jupiterd.core.execution import Executor, FailoverOutcome
 from jupiterd.core.health import (
     Action,
@@ -51,6 +51,7 @@ from jupiterd.runtime.status import DrillStatus, status_json
 from jupiterd.runtime.targets import ProbeEvent, Target, Targets
 from jupiterd.state import statefile
 from jupiterd.telemetry import logs
+from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
 
 __all__ = [
@@ -108,6 +109,7 @@ class Supervisor:
         refresh_seconds: float = REFRESH_SECONDS,
         tick_seconds: float = TICK_SECONDS,
         aws_retry_seconds: tuple[float, float] = AWS_RETRY_SECONDS,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.policy = policy_of(config)
@@ -120,11 +122,14 @@ class Supervisor:
         self.refresh_seconds = refresh_seconds
         self.tick_seconds = tick_seconds
         self.aws_retry_seconds = aws_retry_seconds
+        # Wall time, the tick and the refresh waits, plan timings; the probe
+        # loops and ``now()`` keep to the event loop's own clock.
+        self.clock = clock or SystemClock()
         self.log = logs.get("jupiterd")
         self.state = MachineState.initial(config.services, paused=config.guards.paused)
         self.views: dict[str, ServiceView] = {}  # what AWS last said, per service
         self.heartbeat = 0.0  # loop time of the last main-loop tick
-        self.started_wall = time.time()
+        self.started_wall = self.clock.time()
         self.last_reload: dict[str, Any] = {"ok": True, "at": self.started_wall, "error": None}
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,7 +172,7 @@ class Supervisor:
         """A loop-clock time as Unix time, for people and /status."""
         if at is None:
             return None
-        return time.time() - (self.now() - at)
+        return self.clock.time() - (self.now() - at)
 
     # ------------------------------------------------------------------ start/stop
 
@@ -255,9 +260,9 @@ class Supervisor:
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_seconds)
+            await self.clock.sleep(self.tick_seconds)
             self.heartbeat = self.now()
-            self.metrics.heartbeat.set(time.time())
+            self.metrics.heartbeat.set(self.clock.time())
             self.dispatch(Tick(self.heartbeat))
             self.sync_state_files()
             if self.healthy():
@@ -327,7 +332,7 @@ class Supervisor:
             self.log.warning(
                 "http.listen or its connection limits changed: they take effect at the next restart"
             )
-        now = time.time()
+        now = self.clock.time()
         self.last_reload = {"ok": True, "at": now, "error": None}
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(now)
@@ -335,7 +340,7 @@ class Supervisor:
         self.log.info("configuration reloaded", services=len(config.services))
 
     def reload_failed(self, error: str) -> None:
-        self.last_reload = {"ok": False, "at": time.time(), "error": error}
+        self.last_reload = {"ok": False, "at": self.clock.time(), "error": error}
         self.metrics.reload_success.set(0)
         self.metrics.reloads.labels("failure").inc()
         self.log.error(

@@ -16,6 +16,7 @@ from jupiterd.aws.executor.polling import Check, Poller
 from jupiterd.aws.executor.run import _Run
 from jupiterd.aws.inventory import AwsInventory, _instances
 from jupiterd.config import Config, Thresholds
+from jupiterd.core.clock import Clock
 from jupiterd.core.plan import Step
 from jupiterd.core.types import Role
 from probes import ProbeOptions, ProbeResult
@@ -40,6 +41,11 @@ class StepContext:
     inventory: AwsInventory
     prober: Prober
     poller: Poller
+
+    @property
+    def clock(self) -> Clock:
+        """The executor's clock, for every wait and every step's timing."""
+        return self.poller.clock
 
     @property
     def dry_run(self) -> bool:

@@ -4,13 +4,12 @@ health wait."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
+from jupiterd.core.clock import Clock
 from probes import ProbeResult
 
 log = structlog.get_logger("jupiterd.executor")
@@ -22,6 +21,7 @@ Check = Callable[[], Awaitable[tuple[bool, str]]]
 class Poller:
     interval: float
     progress_interval: float
+    clock: Clock
 
     async def wait(
         self,
@@ -36,16 +36,17 @@ class Poller:
         """Poll ``check`` (every ``interval``, default the poller's) until it
         says done or ``timeout`` passes. Returns (done, last status, seconds)."""
         every = self.interval if interval is None else interval
-        t = time.monotonic()
+        clock = self.clock
+        t = clock.monotonic()
         last_log = t
         while True:
             done, status = await check()
-            elapsed = time.monotonic() - t
+            elapsed = clock.monotonic() - t
             if done:
                 return True, status, elapsed
             if elapsed >= timeout:
                 return False, status, elapsed
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - last_log >= self.progress_interval:
                 last_log = now
                 log.info(
@@ -57,7 +58,7 @@ class Poller:
                     seconds=round(elapsed, 1),
                     timeout=timeout,
                 )
-            await asyncio.sleep(min(every, max(0.0, timeout - elapsed)))
+            await clock.sleep(min(every, max(0.0, timeout - elapsed)))
 
 
 class Rise:

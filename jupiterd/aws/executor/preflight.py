@@ -123,10 +123,10 @@ async def _no_public_at_start(
 async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None:
     """What stops the plan, or None; sets ``run.facts``, reports the step."""
     req = run.request
-    t = time.monotonic()
+    t = ctx.clock.monotonic()
     held = await _journal_hold(ctx, journal, run)
     if held is not None:
-        run.reports.append(StepReport("preflight", False, time.monotonic() - t, held))
+        run.reports.append(StepReport("preflight", False, ctx.clock.monotonic() - t, held))
         log.info("step_end", service=req.service, step="preflight", ok=False, detail=held)
         return held
     problems: list[str] = []
@@ -174,7 +174,7 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
             except AwsError as exc:
                 problems.append(f"the notification topic: {exc}")
     detail = "; ".join(problems) if problems else "instances and attachments found"
-    report = StepReport("preflight", not problems, time.monotonic() - t, detail)
+    report = StepReport("preflight", not problems, ctx.clock.monotonic() - t, detail)
     run.reports.append(report)
     log.info(
         "step_end",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
+from jupiterd.core.clock import Clock
 from jupiterd.core.execution import FailoverRequest, Result, StepReport
 from jupiterd.core.plan import Plan, ServiceFacts, StepKind
 from jupiterd.state.journal import PlanRecord
@@ -21,10 +21,12 @@ class _Run:
     """One execution of one plan (a fresh run, or the resumption of one)."""
 
     request: FailoverRequest
+    clock: Clock  # the executor's
     record: PlanRecord | None = None  # the journal's view; None in a dry run
     resumed: bool = False
-    started: float = field(default_factory=time.monotonic)
-    wall_started: float = field(default_factory=time.time)
+    began_at: InitVar[float | None] = None  # Unix time it began (resumed: the journal's)
+    started: float = field(init=False)  # on the clock's monotonic time
+    wall_started: float = field(init=False)
     facts: ServiceFacts | None = None
     plan: Plan | None = None
     reports: list[StepReport] = field(default_factory=list)
@@ -32,6 +34,10 @@ class _Run:
     changed: bool = False  # a mutating call of this run took (or may have taken) effect
     aws_unreachable: bool = False  # preflight's reads got no answer from AWS
     verdict: _Verdict | None = None  # how the plan ended, for its notification
+
+    def __post_init__(self, began_at: float | None) -> None:
+        self.started = self.clock.monotonic()
+        self.wall_started = self.clock.time() if began_at is None else began_at
 
     @property
     def service(self) -> str:
@@ -42,7 +48,9 @@ class _Run:
         return self.record.id if self.record else None
 
     def elapsed(self) -> float:
-        return time.time() - self.wall_started if self.resumed else time.monotonic() - self.started
+        if self.resumed:
+            return self.clock.time() - self.wall_started
+        return self.clock.monotonic() - self.started
 
     def add_journaled_reports(self) -> None:
         """The forward steps an interrupted plan ended, for the outcome and

@@ -57,10 +57,12 @@ from jupiterd.aws.executor.steps.sns import publish
 from jupiterd.aws.executor.verdicts import forward_done, traffic_step_failed
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.config import Config
+from jupiterd.core.clock import Clock
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.plan import Stage, StepKind, build_plan, is_done
 from jupiterd.core.types import Role
 from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock
+from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
 
 log = structlog.get_logger("jupiterd.executor")
@@ -82,6 +84,7 @@ class AwsExecutor:
         journal: Journal | None = None,
         lock: PlanLock | None = None,
         on_step: StepHook | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.dry_run = dry_run
@@ -94,12 +97,13 @@ class AwsExecutor:
         self.prober = prober or default_prober
         self.journal = journal if journal is not None else Journal(config.state_dir)
         self.lock = lock if lock is not None else PlanLock(config.state_dir)
+        self.clock = clock or SystemClock()  # every wait, poll and timing of a plan
         self._ctx = StepContext(
             config,
             (DryRunAws if dry_run else StepAws)(self.aws),
             self.inventory,
             self.prober,
-            Poller(poll_interval, progress_interval),
+            Poller(poll_interval, progress_interval, self.clock),
         )
         self._steps = Stepper(self._ctx, self.journal, on_step)
         self._in_flight: set[str] = set()
@@ -121,7 +125,7 @@ class AwsExecutor:
     # ------------------------------------------------------------------ entry points
 
     async def run(self, request: FailoverRequest) -> FailoverOutcome:
-        return await self._guarded(_Run(request))
+        return await self._guarded(_Run(request, self.clock))
 
     async def resume_pending(self) -> list[FailoverOutcome]:
         """Finish (or undo) the plans an earlier process left unfinished.
@@ -169,7 +173,9 @@ class AwsExecutor:
                     started_at=rec.started_at,
                     by=rec.requested_by,
                 )
-                runs.append(_Run(req, record=rec, resumed=True, wall_started=rec.started_at))
+                runs.append(
+                    _Run(req, self.clock, record=rec, resumed=True, began_at=rec.started_at)
+                )
             return list(await asyncio.gather(*(self._guarded(r) for r in runs)))
         finally:
             self.lock.release()

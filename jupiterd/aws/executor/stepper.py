@@ -5,7 +5,6 @@ its journal entries, its log lines and the ``on_step`` hook."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,7 +63,7 @@ class Stepper:
                 step.name, True, done.seconds, f"done before the restart: {done.detail}"
             )
         log.info("step_begin", service=run.service, step=step.name, resource=step.resource)
-        t = time.monotonic()
+        t = self.ctx.clock.monotonic()
         if rec is not None:
             await asyncio.to_thread(self.journal.begin, rec.id, step.name)
         data: dict[str, Any] = {}
@@ -80,7 +79,7 @@ class Stepper:
         except Exception as exc:
             log.exception("step_crashed", service=run.service, step=step.name)
             ok, detail = False, f"internal error: {type(exc).__name__}: {exc}"
-        seconds = time.monotonic() - t
+        seconds = self.ctx.clock.monotonic() - t
         if rec is not None:
             await asyncio.to_thread(self.journal.end, rec.id, step.name, ok, seconds, detail, data)
         if ok and step.kind is StepKind.STOP_INSTANCE and data.get("stopped"):

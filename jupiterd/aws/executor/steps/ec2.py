@@ -3,7 +3,6 @@ turn off its source/dest check (NAT), stop the old instance."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import structlog
@@ -144,7 +143,7 @@ async def _dns_drain(ctx: StepContext, run: _Run, step: Step, iid: str) -> str:
         seconds=0.0,
         timeout=wait,
     )
-    await asyncio.sleep(wait)
+    await ctx.clock.sleep(wait)
     return f" after {wait:g}s for cached DNS answers (record TTL) to expire"
 
 
