@@ -32,6 +32,9 @@ class _Run:
     changed: bool = False  # a mutating call of this run took (or may have taken) effect
     aws_unreachable: bool = False  # preflight's reads got no answer from AWS
     verdict: _Verdict | None = None  # how the plan ended, for its notification
+    # Sentences on what the plan left out and why: ``Plan.notes`` (of the
+    # rollback plan once one runs).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def service(self) -> str:

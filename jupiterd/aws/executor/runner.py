@@ -21,7 +21,10 @@ Abort and rollback rules:
   passes its probes), the standby detached and stopped if the plan started
   it; otherwise the traffic is left as it is and the outcome says so.
 - jupiterd never stops an instance while the other one of the service is
-  not running.
+  not running, nor one another service's attachment points at (a pool's
+  standby): the plan leaves it out, and ``Plan.notes`` says why. The notes
+  end the outcome's sentence, are in the notification and are logged
+  (``plan_notes``).
 
 Every outcome is published to the SNS topic (except in a dry run). With
 ``dry_run=True`` the steps get a client that runs the describes, logs each
@@ -271,6 +274,9 @@ class AwsExecutor:
                 f"({inst.instance_id}): nothing to do",
             )
         run.plan = build_plan(self.config, req.service, req.to_role, run.facts)
+        run.notes = list(run.plan.notes)
+        if run.notes:
+            log.info("plan_notes", service=req.service, notes=run.notes, dry_run=self.dry_run)
         if not self.dry_run and run.record is None:
             run.record = await asyncio.to_thread(
                 self.journal.start_plan,
