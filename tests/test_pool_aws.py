@@ -360,3 +360,80 @@ async def test_the_outcome_says_why_the_standby_was_left_running(pool: NatPool) 
     finally:
         c.close()
         dry.close()
+
+
+@pytest.mark.slow
+async def test_a_stop_is_skipped_when_another_member_took_the_standby_meanwhile(
+    pool: NatPool,
+) -> None:
+    # nat-a fails back; its plan stops the standby (nobody else used it at
+    # preflight), but nat-b moves onto the standby while the plan runs.
+    c = Checked(pool)
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "success", o.detail
+        c.actions["nat-a deregister_target"] = lambda: serve(pool, "nat-b", "standby")
+        o = await c.run("nat-a", Role.PRIMARY)
+        assert not c.actions, c.steps
+        assert o.result == "success", o.detail
+        assert c.problems == []
+        assert f"The backup ({pool.ids['standby']}) is not stopped: " in o.detail
+        assert f"nat-b's route table {pool.route_tables['nat-b'][0]}" in o.detail
+        assert "now point at it" in o.detail
+        assert state_of(pool, "standby") == "running"
+        assert c.problems == []
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+async def test_a_rollback_keeps_a_standby_another_member_took_meanwhile(pool: NatPool) -> None:
+    # nat-a's failover starts the standby, nat-b moves onto it, and nat-a's
+    # plan then rolls back (the standby fails nat-a's probes): the rollback
+    # must not stop the standby it started.
+    c = Checked(pool)
+
+    def take_standby() -> None:
+        serve(pool, "nat-b", "standby")
+        pool.listeners["standby"].stop()
+
+    c.actions["nat-a start_standby"] = take_standby
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert not c.actions, c.steps
+        assert o.result == "aborted", o.detail
+        assert c.problems == []
+        assert "the traffic stays on the primary" in o.detail
+        assert "stopped again" not in o.detail
+        assert f"The backup ({pool.ids['standby']}) is not stopped: " in o.detail
+        assert state_of(pool, "standby") == "running"
+        assert c.problems == []
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+async def test_failbacks_of_both_members_run_in_turn(pool: NatPool) -> None:
+    # Both members on the standby; both fail back at once. The first one
+    # must leave the standby running (the other still uses it), the second
+    # then stops it: the plans of a pool's members run one at a time.
+    c = Checked(pool)
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "success", o.detail
+        serve(pool, "nat-b", "standby")
+        c.steps.clear()
+        outcomes = await asyncio.gather(c.run("nat-a", Role.PRIMARY), c.run("nat-b", Role.PRIMARY))
+        assert [x.result for x in outcomes] == ["success", "success"], outcomes
+        assert c.problems == []
+        assert state_of(pool, "standby") == "stopped"
+        assert {state_of(pool, m) for m in MEMBERS} == {"running"}
+        order = [s.split(" ", 1)[0] for s in c.steps]
+        first = order[0]
+        turns = [m for i, m in enumerate(order) if i == 0 or order[i - 1] != m]
+        assert turns == [first, "nat-b" if first == "nat-a" else "nat-a"], c.steps
+        by = {x.service: x for x in outcomes}
+        assert "is not stopped" in by[first].detail and not by[first].stopped_old
+        assert [s for s in c.steps if "stop_old" in s][-1].split(" ")[0] != first
+    finally:
+        c.close()

@@ -69,6 +69,9 @@ async def rollback(
         words.append(f"the traffic was moved back to the {req.from_role}")
     else:
         words.append(f"the traffic stays on the {req.from_role}")
-    if any(s.kind is StepKind.STOP_INSTANCE for s in rb.steps):
+    if any(
+        s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+        for s in rb.steps
+    ):
         words.append(f"the {req.to_role} was stopped again")
     return _Verdict("aborted", with_notes(f"{reason}; {' and '.join(words)}", run.notes))

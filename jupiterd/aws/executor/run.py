@@ -33,8 +33,9 @@ class _Run:
     aws_unreachable: bool = False  # preflight's reads got no answer from AWS
     verdict: _Verdict | None = None  # how the plan ended, for its notification
     # Sentences on what the plan left out and why: ``Plan.notes`` (of the
-    # rollback plan once one runs).
+    # rollback plan once one runs), and a stop skipped at stop time.
     notes: list[str] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)  # instances a stop step left running
 
     @property
     def service(self) -> str:
