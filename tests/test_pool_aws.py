@@ -10,10 +10,12 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from jupiterd.aws.executor import AwsExecutor
 from jupiterd.aws.inventory import AwsInventory
@@ -22,6 +24,7 @@ from jupiterd.core.execution import FailoverOutcome, FailoverRequest, StepReport
 from jupiterd.core.plan import attachment_states
 from jupiterd.core.types import STOPPED_STATES, TERMINATED_STATES, Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
+from jupiterd.sandbox.seed import read_notifications
 from tests.peers.nat_pool import MEMBERS, NatPool, nat_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,17 +193,26 @@ async def test_cli_status_of_a_standby_serving_both(pool: NatPool) -> None:
 class Checked:
     """An executor whose every step is followed by the invariant check."""
 
-    def __init__(self, pool: NatPool) -> None:
+    def __init__(self, pool: NatPool, *, dry_run: bool = False) -> None:
         self.pool = pool
         self.problems: list[str] = []
         self.steps: list[str] = []
+        # "service step" prefix -> a change made (once) after that step,
+        # as another plan or an operator would make it meanwhile.
+        self.actions: dict[str, Callable[[], None]] = {}
         self.inventory = AwsInventory(pool.config)
         self.ex = AwsExecutor(
-            pool.config, poll_interval=0.05, progress_interval=0.2, on_step=self._hook
+            pool.config,
+            dry_run=dry_run,
+            poll_interval=0.05,
+            progress_interval=0.2,
+            on_step=self._hook,
         )
 
     async def _hook(self, service: str, report: StepReport) -> None:
         self.steps.append(f"{service} {report.name}")
+        for prefix in [p for p in self.actions if self.steps[-1].startswith(p)]:
+            await asyncio.to_thread(self.actions.pop(prefix))
         for p in await stranded(self.pool, self.inventory):
             self.problems.append(f"after {service} {report.name}: {p}")
 
@@ -301,3 +313,127 @@ async def test_cli_failover_all_runs_a_pool_s_members_in_turn(pool: NatPool) -> 
         assert await stranded(pool, inventory) == []
     finally:
         inventory.aws.close()
+
+
+# --------------------------------------------------------------------------- why a stop is skipped
+
+
+def pool_notifications(pool: NatPool, service: str) -> list[dict[str, Any]]:
+    return [
+        n["message"]
+        for n in read_notifications(pool.topology, wait=1.0)
+        if isinstance(n["message"], dict) and n["message"].get("service") == service
+    ]
+
+
+@pytest.mark.slow
+async def test_the_outcome_says_why_the_standby_was_left_running(pool: NatPool) -> None:
+    c = Checked(pool)
+    dry = Checked(pool, dry_run=True)
+    sid, rtb_b = pool.ids["standby"], pool.route_tables["nat-b"][0]
+    why = f"The backup ({sid}) is not stopped: "
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "success", o.detail
+        serve(pool, "nat-b", "standby")
+        read_notifications(pool.topology)  # drained
+
+        o = await dry.run("nat-a", Role.PRIMARY)
+        assert o.result == "dry_run", o.detail
+        assert why in o.detail and f"nat-b's route table {rtb_b}" in o.detail
+
+        with capture_logs() as logs:
+            o = await c.run("nat-a", Role.PRIMARY)
+        assert o.result == "success", o.detail
+        assert f"was left running. {why}" in o.detail
+        assert f"nat-b's route table {rtb_b}" in o.detail and "still point at it" in o.detail
+        logged = [e for e in logs if e["event"] == "plan_notes"]
+        assert len(logged) == 1 and logged[0]["service"] == "nat-a"
+        assert f"nat-b's route table {rtb_b}" in logged[0]["notes"][0]
+
+        sent = await asyncio.to_thread(pool_notifications, pool, "nat-a")
+        assert [m["detail"] for m in sent] == [o.detail]
+        assert len(sent[0]["notes"]) == 1
+        assert sent[0]["notes"][0].startswith(f"the backup ({sid}) is not stopped: ")
+        assert state_of(pool, "standby") == "running"
+        assert c.problems == []
+    finally:
+        c.close()
+        dry.close()
+
+
+@pytest.mark.slow
+async def test_a_stop_is_skipped_when_another_member_took_the_standby_meanwhile(
+    pool: NatPool,
+) -> None:
+    # nat-a fails back; its plan stops the standby (nobody else used it at
+    # preflight), but nat-b moves onto the standby while the plan runs.
+    c = Checked(pool)
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "success", o.detail
+        c.actions["nat-a deregister_target"] = lambda: serve(pool, "nat-b", "standby")
+        o = await c.run("nat-a", Role.PRIMARY)
+        assert not c.actions, c.steps
+        assert o.result == "success", o.detail
+        assert c.problems == []
+        assert f"The backup ({pool.ids['standby']}) is not stopped: " in o.detail
+        assert f"nat-b's route table {pool.route_tables['nat-b'][0]}" in o.detail
+        assert "now point at it" in o.detail
+        assert state_of(pool, "standby") == "running"
+        assert c.problems == []
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+async def test_a_rollback_keeps_a_standby_another_member_took_meanwhile(pool: NatPool) -> None:
+    # nat-a's failover starts the standby, nat-b moves onto it, and nat-a's
+    # plan then rolls back (the standby fails nat-a's probes): the rollback
+    # must not stop the standby it started.
+    c = Checked(pool)
+
+    def take_standby() -> None:
+        serve(pool, "nat-b", "standby")
+        pool.listeners["standby"].stop()
+
+    c.actions["nat-a start_standby"] = take_standby
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert not c.actions, c.steps
+        assert o.result == "aborted", o.detail
+        assert c.problems == []
+        assert "the traffic stays on the primary" in o.detail
+        assert "stopped again" not in o.detail
+        assert f"The backup ({pool.ids['standby']}) is not stopped: " in o.detail
+        assert state_of(pool, "standby") == "running"
+        assert c.problems == []
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+async def test_failbacks_of_both_members_run_in_turn(pool: NatPool) -> None:
+    # Both members on the standby; both fail back at once. The first one
+    # must leave the standby running (the other still uses it), the second
+    # then stops it: the plans of a pool's members run one at a time.
+    c = Checked(pool)
+    try:
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "success", o.detail
+        serve(pool, "nat-b", "standby")
+        c.steps.clear()
+        outcomes = await asyncio.gather(c.run("nat-a", Role.PRIMARY), c.run("nat-b", Role.PRIMARY))
+        assert [x.result for x in outcomes] == ["success", "success"], outcomes
+        assert c.problems == []
+        assert state_of(pool, "standby") == "stopped"
+        assert {state_of(pool, m) for m in MEMBERS} == {"running"}
+        order = [s.split(" ", 1)[0] for s in c.steps]
+        first = order[0]
+        turns = [m for i, m in enumerate(order) if i == 0 or order[i - 1] != m]
+        assert turns == [first, "nat-b" if first == "nat-a" else "nat-a"], c.steps
+        by = {x.service: x for x in outcomes}
+        assert "is not stopped" in by[first].detail and not by[first].stopped_old
+        assert [s for s in c.steps if "stop_old" in s][-1].split(" ")[0] != first
+    finally:
+        c.close()

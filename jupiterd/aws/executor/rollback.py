@@ -6,6 +6,7 @@ import structlog
 
 from jupiterd.aws.executor.run import _Run, _Verdict
 from jupiterd.aws.executor.stepper import Stepper
+from jupiterd.aws.executor.verdicts import with_notes
 from jupiterd.config import Config
 from jupiterd.core.plan import STOPPED_STATES, TRAFFIC_KINDS, Plan, Stage, StepKind, build_rollback
 
@@ -47,7 +48,9 @@ async def rollback(
     """``prepared``: what ``rollback_plan`` returned, if already built."""
     req = run.request
     rb, traffic_moved = prepared if prepared is not None else rollback_plan(stepper.ctx.config, run)
-    log.warning("rollback_begin", service=req.service, reason=reason)
+    log.warning("rollback_begin", service=req.service, reason=reason, notes=list(rb.notes))
+    # The forward plan's notes are about a stop it no longer reaches.
+    run.notes = list(rb.notes)
     for stage, steps in rb.stages():
         reports = await stepper.stage(run, steps)
         failed = [r for r in reports if not r.ok]
@@ -66,6 +69,9 @@ async def rollback(
         words.append(f"the traffic was moved back to the {req.from_role}")
     else:
         words.append(f"the traffic stays on the {req.from_role}")
-    if any(s.kind is StepKind.STOP_INSTANCE for s in rb.steps):
+    if any(
+        s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+        for s in rb.steps
+    ):
         words.append(f"the {req.to_role} was stopped again")
-    return _Verdict("aborted", f"{reason}; {' and '.join(words)}")
+    return _Verdict("aborted", with_notes(f"{reason}; {' and '.join(words)}", run.notes))

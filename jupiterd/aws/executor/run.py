@@ -34,6 +34,10 @@ class _Run:
     changed: bool = False  # a mutating call of this run took (or may have taken) effect
     aws_unreachable: bool = False  # preflight's reads got no answer from AWS
     verdict: _Verdict | None = None  # how the plan ended, for its notification
+    # Sentences on what the plan left out and why: ``Plan.notes`` (of the
+    # rollback plan once one runs), and a stop skipped at stop time.
+    notes: list[str] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)  # instances a stop step left running
 
     def __post_init__(self, began_at: float | None) -> None:
         self.started = self.clock.monotonic()

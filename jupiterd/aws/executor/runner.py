@@ -21,7 +21,11 @@ Abort and rollback rules:
   passes its probes), the standby detached and stopped if the plan started
   it; otherwise the traffic is left as it is and the outcome says so.
 - jupiterd never stops an instance while the other one of the service is
-  not running.
+  not running, nor one another service's attachment points at (a pool's
+  standby): the plan leaves it out (``Plan.notes`` says why), and the stop
+  step reads the facts again just before stopping. The plans of a pool's
+  members run one at a time. The notes end the outcome's sentence, are in
+  the notification and are logged (``plan_notes``).
 
 Every outcome is published to the SNS topic (except in a dry run). With
 ``dry_run=True`` the steps get a client that runs the describes, logs each
@@ -41,6 +45,7 @@ names the step, the resource and, for AccessDenied, the IAM permission.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import structlog
@@ -107,6 +112,7 @@ class AwsExecutor:
         )
         self._steps = Stepper(self._ctx, self.journal, on_step)
         self._in_flight: set[str] = set()
+        self._pool_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def on_step(self) -> StepHook | None:
@@ -198,7 +204,8 @@ class AwsExecutor:
                 return self._outcome(run, _Verdict("aborted", str(exc)))
         self._in_flight.add(req.service)
         try:
-            verdict = await self._execute(run)
+            async with self._pool_lock(req.service):
+                verdict = await self._execute(run)
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a bug must not take the daemon down
@@ -219,6 +226,14 @@ class AwsExecutor:
             dry_run=self.dry_run,
         )
         return outcome
+
+    def _pool_lock(self, service: str) -> contextlib.AbstractAsyncContextManager[object]:
+        """The members of a pool share the standby: their plans run one at
+        a time (each then sees where the other left the standby)."""
+        pool = self.config.services[service].pool
+        if pool is None:
+            return contextlib.nullcontext()
+        return self._pool_locks.setdefault(pool, asyncio.Lock())
 
     def _outcome(self, run: _Run, verdict: _Verdict) -> FailoverOutcome:
         req = run.request
@@ -277,6 +292,9 @@ class AwsExecutor:
                 f"({inst.instance_id}): nothing to do",
             )
         run.plan = build_plan(self.config, req.service, req.to_role, run.facts)
+        run.notes = list(run.plan.notes)
+        if run.notes:
+            log.info("plan_notes", service=req.service, notes=run.notes, dry_run=self.dry_run)
         if not self.dry_run and run.record is None:
             run.record = await asyncio.to_thread(
                 self.journal.start_plan,

@@ -7,6 +7,12 @@ from jupiterd.core.execution import StepReport
 from jupiterd.core.plan import TRAFFIC_KINDS, Stage
 
 
+def with_notes(detail: str, notes: list[str] | tuple[str, ...]) -> str:
+    """``detail`` followed by the plan's notes, one sentence each (why an
+    instance was left running)."""
+    return "".join([detail, *(f". {n[:1].upper()}{n[1:]}" for n in dict.fromkeys(notes))])
+
+
 def traffic_step_failed(run: _Run, stage: Stage, reports: list[StepReport]) -> _Verdict:
     """A step failed once the standby was healthy: nothing is undone; the
     verdict says where the traffic was left."""
@@ -44,8 +50,11 @@ def forward_done(run: _Run, dry_run: bool) -> _Verdict:
     if dry_run:
         return _Verdict(
             "dry_run",
-            f"dry run: {req.direction} of {req.service} to the {req.to_role} "
-            f"({standby.instance_id}) would run {len(plan.steps)} steps; every check passed",
+            with_notes(
+                f"dry run: {req.direction} of {req.service} to the {req.to_role} "
+                f"({standby.instance_id}) would run {len(plan.steps)} steps; every check passed",
+                run.notes,
+            ),
         )
     moved = [s.name.split(":", 1)[-1] for s in plan.steps if s.kind in TRAFFIC_KINDS]
     stop = (
@@ -56,5 +65,8 @@ def forward_done(run: _Run, dry_run: bool) -> _Verdict:
     what = f": {', '.join(moved)}" if moved else ""
     return _Verdict(
         "success",
-        f"{req.service} moved to the {req.to_role} ({standby.instance_id}){what}{stop}",
+        with_notes(
+            f"{req.service} moved to the {req.to_role} ({standby.instance_id}){what}{stop}",
+            run.notes,
+        ),
     )

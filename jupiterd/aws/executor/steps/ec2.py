@@ -11,7 +11,7 @@ import probes
 from jupiterd.aws.executor.context import StepContext, StepFailed
 from jupiterd.aws.executor.polling import Check, Rise
 from jupiterd.aws.executor.run import _Run
-from jupiterd.core.plan import GONE_STATES, STOPPED_STATES, Step, StepKind
+from jupiterd.core.plan import GONE_STATES, STOPPED_STATES, Step, StepKind, sharing_services
 
 log = structlog.get_logger("jupiterd.executor")
 
@@ -98,6 +98,16 @@ async def stop(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, 
             f"({other.instance_id}) is {o_state}, and jupiterd never leaves both stopped"
         )
     drained = await _dns_drain(ctx, run, step, iid)
+    users = await _users_now(ctx, run, iid)
+    if users:
+        note = (
+            f"the {step.role} ({iid}) is not stopped: {', '.join(users)} now "
+            f"point{'s' if len(users) == 1 else ''} at it"
+        )
+        log.warning("stop_skipped", service=run.service, step=step.name, reason=note)
+        run.notes.append(note)
+        run.kept.add(iid)
+        return note, {"stopped": False}
     await ctx.aws._mutate(
         run,
         "ec2",
@@ -107,6 +117,17 @@ async def stop(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, 
         InstanceIds=[iid],
     )
     return f"stop requested for {iid} (was {state}){drained}", {"stopped": True}
+
+
+async def _users_now(ctx: StepContext, run: _Run, iid: str) -> tuple[str, ...]:
+    """The other services' attachments that point at ``iid`` now: the plan
+    decided to stop it from the preflight's facts, and a plan of another
+    service (another member of the pool) may have moved traffic onto it
+    since. Read again only for an instance that is shared."""
+    if not sharing_services(ctx.config, run.service):
+        return ()
+    facts = (await ctx.inventory.facts([run.service]))[run.service]
+    return facts.in_use.get(iid, ())
 
 
 async def _dns_drain(ctx: StepContext, run: _Run, step: Step, iid: str) -> str:

@@ -24,6 +24,7 @@ def summary(run: _Run, verdict: _Verdict) -> tuple[str, str]:
         "to": str(req.to_role),
         "result": verdict.result,
         "detail": verdict.detail,
+        "notes": list(dict.fromkeys(run.notes)),
         "reason": req.reason,
         "requested_by": run.record.requested_by if run.record else req.requested_by,
         "resumed": run.resumed,
