@@ -257,10 +257,11 @@ def _config(tmp_path: Path, state: Path, aws: bool) -> tuple[Path, int]:
         "services": {
             n: {
                 "probe": {"kind": "tcp", "port": free_port()},
-                "primary": {"address": "127.0.0.2", "instance_id": "i-0123456789abcdef0"},
-                "backup": {"address": "127.0.0.3", "instance_id": "i-0123456789abcdef1"},
+                # One instance is the primary of one service only (pools share backups).
+                "primary": {"address": "127.0.0.2", "instance_id": f"i-0123456789abcde{i}0"},
+                "backup": {"address": "127.0.0.3", "instance_id": f"i-0123456789abcde{i}1"},
             }
-            for n in SERVICES
+            for i, n in enumerate(SERVICES)
         },
     }
     # AWS: a closed loopback port, so nothing leaves the host.
