@@ -173,6 +173,7 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
         log.info("step_end", service=req.service, step="preflight", ok=False, detail=held)
         return held
     problems: list[str] = []
+    skipped = ""
     try:
         facts = (await ctx.inventory.facts([req.service]))[req.service]
     except AwsError as exc:
@@ -180,7 +181,11 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
         run.aws_unreachable = isinstance(exc, AwsUnavailable | AwsThrottled)
     else:
         if req.to_role is Role.BACKUP and ctx.config.pool_plan(req.service) == PEER_THEN_STANDBY:
-            facts = replace(facts, fallback=await _fallback(ctx, req.service))
+            fb = await _fallback(ctx, req.service)
+            facts = replace(facts, fallback=fb)
+            if fb.instance_id is None:
+                skipped = f"no reroute through another NAT first: {fb.reason}; standby only"
+                log.warning("fallback_skipped", service=req.service, reason=fb.reason)
         run.facts = facts
         try:
             missing_zones, no_public = await asyncio.gather(
@@ -218,7 +223,8 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
                 await ctx.aws.call("sns", "GetTopicAttributes", resource=topic, TopicArn=topic)
             except AwsError as exc:
                 problems.append(f"the notification topic: {exc}")
-    detail = "; ".join(problems) if problems else "instances and attachments found"
+    found = "instances and attachments found" + (f"; {skipped}" if skipped else "")
+    detail = "; ".join(problems) if problems else found
     report = StepReport("preflight", not problems, time.monotonic() - t, detail)
     run.reports.append(report)
     log.info(
