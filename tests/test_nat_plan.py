@@ -5,12 +5,16 @@ NAT member while the standby serves another."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from jupiterd.aws.executor.run import _Run, _Verdict
+from jupiterd.aws.executor.steps.sns import summary
 from jupiterd.config import ConfigError, parse_config
+from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.health import Guard, Hold, StartFailover, evaluate
 from jupiterd.core.plan import (
     Fallback,
@@ -132,3 +136,19 @@ def test_the_machine_does_not_hold_a_nat_member_while_the_standby_serves_another
     _, actions = evaluate(state, "nat-b", 10.0, policy)
     assert [a for a in actions if isinstance(a, StartFailover)]
     assert not [a for a in actions if isinstance(a, Hold)]
+
+
+def test_the_sns_summary_has_the_step_timeline() -> None:
+    run = _Run(FailoverRequest("nat-a", Role.PRIMARY, Role.BACKUP, "down", "daemon"))
+    run.reports = [
+        StepReport("preflight", True, 0.05, "instances and attachments found"),
+        StepReport(f"reroute_peer:{RTB_A}", True, 0.1, "pointed ..."),
+        StepReport("start_standby", False, 2.0, "it stayed stopped"),
+    ]
+    run.began = {f"reroute_peer:{RTB_A}": 0.2, "start_standby": 0.3}
+    _, body = summary(run, _Verdict("aborted", "start_standby: it stayed stopped"))
+    assert json.loads(body)["timeline"] == [
+        "- preflight ok at 0.1s: instances and attachments found",
+        f"+0.2s reroute_peer:{RTB_A} ok at +0.3s: pointed ...",
+        "+0.3s start_standby FAILED at +2.3s: it stayed stopped",
+    ]

@@ -198,3 +198,38 @@ async def test_both_members_fail_one_after_the_other(pool: NatPool) -> None:
         assert await stranded(pool, c.inventory) == []
     finally:
         c.close()
+
+
+async def test_a_standby_that_never_forwards_leaves_the_routes_on_the_peer(pool: NatPool) -> None:
+    # nat-a dead, the standby too: the rollback cannot move the routes back
+    # to nat-a, so they stay on nat-b, which runs; nothing is stranded.
+    c = Nat(pool)
+    try:
+        c.dead.add("standby")
+        o = await c.fail("nat-a")
+        assert o.result in ("aborted", "failed"), o.detail
+        assert "standby_healthy" in o.detail and "cannot roll back" in o.detail, o.detail
+        end = c.route_targets()
+        assert {end[t] for t in pool.route_tables["nat-a"]} == {"nat-b"}
+        assert state_of(pool, "nat-a") == "running"  # never stopped: the plan did not finish
+        assert c.problems == [], c.problems
+    finally:
+        c.close()
+
+
+async def test_the_rollback_of_a_healthy_member_s_plan_moves_its_routes_home(pool: NatPool) -> None:
+    # An operator's failover of a healthy nat-a, the standby never forwards:
+    # the routes rerouted to nat-b go back to nat-a, the standby is stopped.
+    c = Nat(pool)
+    try:
+        c.dead.add("standby")
+        o = await c.run("nat-a", Role.BACKUP)
+        assert o.result == "aborted", o.detail
+        assert "moved back to the primary" in o.detail, o.detail
+        assert [r.name for r in o.steps if r.name.startswith("reroute_peer")]
+        end = c.route_targets()
+        assert {end[t] for t in pool.route_tables["nat-a"]} == {"nat-a"}
+        assert state_of(pool, "standby") in ("stopped", "stopping")
+        assert c.problems == [], c.problems
+    finally:
+        c.close()
