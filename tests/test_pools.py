@@ -267,9 +267,13 @@ def test_failover_a_takes_the_free_standby_and_stops_a() -> None:
 
 
 def test_failover_b_while_the_standby_serves_a_is_refused_at_preflight() -> None:
+    # The standby-only plan; a NAT pool's default plan shares the standby
+    # (test_nat_plan.py).
+    doc = pool_doc()
+    doc["pools"]["nat"]["plan"] = "standby_only"
     f = pool_facts(Role.BACKUP, Role.PRIMARY)
     assert f["nat-b"].in_use == {S_ID: (f"nat-a's route table {RTB_A}",)}
-    problems = preflight_problems(CFG, "nat-b", f["nat-b"], Role.BACKUP)
+    problems = preflight_problems(parse_config(doc), "nat-b", f["nat-b"], Role.BACKUP)
     assert len(problems) == 1
     assert "shared standby of pool nat and already serves another member" in problems[0]
     assert f"nat-a's route table {RTB_A}" in problems[0]

@@ -230,12 +230,16 @@ def test_drill_every_service_fails_over_and_back():
     names = [rep["service"] for rep in reports]
     expected = {"signaling", "coturn", "frp", "thingsboard"}
     if os.geteuid() == 0:
-        expected.add("nat")
+        expected |= {"nat-a", "nat-b", "nat-both"}
     assert set(names) == expected
     for rep in reports:
         assert rep["ok"], json.dumps(rep, indent=1)
         assert {"service", "ok", "detect_seconds", "failover_seconds", "steps"} <= rep.keys()
-        assert [p["direction"] for p in rep["phases"]] == ["failover", "failback"]
+        members = ["nat-a", "nat-b"] if rep["service"] == "nat-both" else [rep["service"]]
+        assert [(p["service"], p["direction"]) for p in rep["phases"]] == [
+            *((m, "failover") for m in members),
+            *((m, "failback") for m in members),
+        ]
         events = [e["event"] for e in rep["timeline"]]
         assert events[0].startswith("break:")
         assert any(e.startswith("first failed probe") for e in events)
@@ -253,7 +257,26 @@ def test_drill_every_service_fails_over_and_back():
             "answers at its public attachment",
         } <= checks
         assert 0 < rep["detect_seconds"] < 30 and 0 < rep["failover_seconds"] < 120
+    if "nat-both" in names:
+        _assert_nat_both(reports[names.index("nat-both")])
     assert "sandbox stopped" in r.stderr
+
+
+def _assert_nat_both(rep: dict) -> None:
+    """Both NAT instances broken one after the other: each one's route
+    tables through a surviving NAT first (the second's through the backup,
+    which already serves the first), then through the backup; the backup
+    outlives the first failback and stops at the second."""
+    a_fail, b_fail, a_back, b_back = rep["phases"]
+    for ph, via in ((a_fail, "nat-b's instance"), (b_fail, "nat-a's standby")):
+        names = [s["name"] for s in ph["steps"]]
+        first = [s for s in ph["steps"] if s["name"].startswith("reroute_peer:")]
+        assert first and all(s["ok"] and via in s["detail"] for s in first), ph["steps"]
+        assert names.index(first[-1]["name"]) < names.index("start_standby")
+    checks = {c["name"]: c for c in a_back["checks"]}
+    assert checks["backup instance kept running"]["ok"]
+    assert "nat-b's route table" in checks["backup instance kept running"]["detail"]
+    assert {c["name"] for c in b_back["checks"]} >= {"backup instance stopped"}
 
 
 def test_interactive_sandbox_starts_and_stops_cleanly(tmp_path):
@@ -321,7 +344,7 @@ def test_sigkill_takes_its_processes_along_and_the_next_start_its_namespaces(tmp
     _assert_cleaned_up(first, namespaces=False)
     if root:
         left = _its_netns(first.proc.pid)
-        assert len(left) == 2, left  # nothing could remove them...
+        assert len(left) == 3, left  # nothing could remove them...
     with sandbox(tmp_path, name="second") as second:
         if root:  # ...until the next start
             assert not _its_netns(first.proc.pid)
@@ -413,7 +436,7 @@ def test_a_start_removes_the_namespaces_a_dead_sandbox_left(tmp_path):
                 assert f"removed {stale}, left by a sandbox" in sb.banner
                 assert sleeper.wait(10) == -signal.SIGKILL
                 assert other in _netns()
-                assert len(_its_netns(sb.proc.pid)) == 2  # its own, at the same time
+                assert len(_its_netns(sb.proc.pid)) == 3  # its own (two NAT, a backup)
                 sb.proc.send_signal(signal.SIGINT)
                 sb.rest()
                 assert sb.wait() == 0, sb.stderr

@@ -7,7 +7,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from jupiterd.config.errors import ConfigError
-from jupiterd.config.schema import Attachments, Config, InstanceRef, PoolMember, ServiceConfig
+from jupiterd.config.schema import (
+    Attachments,
+    Config,
+    InstanceRef,
+    PoolConfig,
+    PoolMember,
+    ServiceConfig,
+)
 from probes.options import quote
 
 
@@ -29,8 +36,10 @@ def expand_pools(cfg: Config, doc: Mapping[str, Any]) -> Config:
     if not cfg.services and not cfg.pools:
         raise ConfigError(None, "services", "at least one service is required")
     services = dict(cfg.services)
+    pools = dict(cfg.pools)
     for pname, pool in cfg.pools.items():
         base = f"pools.{pname}"
+        pool = pools[pname] = pool.model_copy(update={"plan": _plan(base, pool)})
         if len(pool.members) < 2:
             raise ConfigError(
                 None,
@@ -63,9 +72,36 @@ def expand_pools(cfg: Config, doc: Mapping[str, Any]) -> Config:
                 pool=pname,
             )
         _check_overlap(base, pool.members)
-    out = cfg.model_copy(update={"services": services})
+    out = cfg.model_copy(update={"services": services, "pools": pools})
     _check_instances(out)
     return out
+
+
+PEER_THEN_STANDBY = "peer_then_standby"
+
+
+def _plan(base: str, pool: PoolConfig) -> str:
+    """The pool's failover plan: peer_then_standby by default for NAT
+    instances (icmp probes, route tables only), standby_only otherwise."""
+    why = None
+    if pool.probe.kind != "icmp":
+        why = f"its probe is {pool.probe.kind}, not icmp"
+    for mname, member in pool.members.items():
+        att = member.attachments
+        if why is None and not att.route_tables:
+            why = f"member {mname} has no route_tables"
+        elif why is None and (att.target_groups or att.elastic_ip or att.route53):
+            why = f"member {mname} has attachments other than route_tables"
+    if pool.plan is None:
+        return "standby_only" if why else PEER_THEN_STANDBY
+    if pool.plan == PEER_THEN_STANDBY and why:
+        raise ConfigError(
+            None,
+            f"{base}.plan",
+            f"peer_then_standby routes a member's route tables through another NAT "
+            f"instance, for pools of icmp-probed members with route_tables only; {why}",
+        )
+    return pool.plan
 
 
 def _key(cfg: Config, service: str, role: str) -> str:

@@ -358,6 +358,10 @@ class PoolConfig(Model):
     auto_failover: bool = True
     stop_old: bool = True
     sns_topic_arn: str | None = Field(default=None, pattern=_SNS_ARN)
+    # How a member fails over: peer_then_standby (its route tables through
+    # a surviving member at once, then the standby) or standby_only. The
+    # default (None) is resolved when the pools expand (``pools.py``).
+    plan: Literal["peer_then_standby", "standby_only"] | None = None
 
 
 class DrillConfig(Model):
@@ -420,6 +424,11 @@ class Config(Model):
         if pool is None:
             return ()
         return tuple(n for n, s in self.services.items() if s.pool == pool and n != service)
+
+    def pool_plan(self, service: str) -> str | None:
+        """The failover plan of a pool member (None outside a pool)."""
+        pool = self.services[service].pool
+        return None if pool is None else self.pools[pool].plan or "standby_only"
 
     def pool_members(self, pool: str) -> tuple[str, ...]:
         return tuple(n for n, s in self.services.items() if s.pool == pool)

@@ -89,6 +89,9 @@ def policy_of(config: Config) -> Policy:
         auto_failover={n: s.auto_failover for n, s in config.services.items()},
         monitor_only=not config.aws.enabled,
         pool_peers={n: config.pool_peers(n) for n in config.services},
+        peer_fallback=frozenset(
+            n for n in config.services if config.pool_plan(n) == "peer_then_standby"
+        ),
     )
 
 

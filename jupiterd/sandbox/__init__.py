@@ -3,6 +3,7 @@
     jupiterd sandbox                          run until Ctrl-C; break and heal services
     jupiterd sandbox --drill SERVICE|all      break, fail over, verify; exit 0 if all passed
     jupiterd sandbox --drill SERVICE --failback   ... then heal and fail back
+    jupiterd sandbox --drill nat-both         break both NAT instances, one after the other
     jupiterd sandbox --drill all --json       one JSON report (a list for `all`)
 
 Everything listens on loopback (and, for the NAT instances, in network
@@ -45,7 +46,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--drill",
         metavar="SERVICE",
-        help="run a failover drill of SERVICE (or 'all', one after another) and exit",
+        help="run a failover drill of SERVICE (or 'nat-both': both NAT instances one "
+        "after the other; or 'all', one after another, nat-both last) and exit",
     )
     p.add_argument(
         "--failback",
@@ -198,13 +200,13 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
 async def _drills(
     stack: Stack, args: argparse.Namespace, stop: asyncio.Event, console: Console
 ) -> int:
-    from .drill import drill, render
+    from .drill import drill, drill_names, render
 
     say = console.say
-    names = list(stack.config.services) if args.drill == "all" else [args.drill]
-    unknown = [n for n in names if n not in stack.config.services]
+    names = drill_names(stack) if args.drill == "all" else [args.drill]
+    unknown = [n for n in names if n not in drill_names(stack)]
     if unknown:
-        say(f"no service named {unknown[0]} (have: {', '.join(stack.config.services)})")
+        say(f"no service named {unknown[0]} (have: {', '.join(drill_names(stack))})")
         return 2
     reports = []
     for name in names:
@@ -280,7 +282,7 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
     ]
     for name in stack.config.services:
         p, b = stack.instances[(name, Role.PRIMARY)], stack.instances[(name, Role.BACKUP)]
-        door = stack.public_target(name) if name != "nat" else "route tables"
+        door = stack.public_target(name) if name not in stack.nat_services else "route tables"
         where = (
             f"{p.address}:{p.port}" if p.port else p.address,
             f"{b.address}:{b.port}" if b.port else b.address,

@@ -7,6 +7,12 @@ out the failover on moto, then checks the result where it matters: in AWS
 SNS got the summary) and through the service's own probe at its public
 attachment (the front door). With ``failback``, the primary is healed and
 traffic is moved back, then checked the same way.
+
+The drill ``nat-both`` breaks both NAT instances of the pool one after the
+other: the second fails over while the shared backup already serves the
+first (its route tables go through the backup at once), then, with
+``failback``, both fail back in turn (the backup keeps running until the
+last member leaves it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from jupiterd.runtime.targets import ProbeEvent
 
 from .stack import Stack
 
+BOTH_NAT = "nat-both"
 READY_TIMEOUT = 90.0
 PLAN_TIMEOUT = 180.0
 RESTORE_TIMEOUT = 30.0
@@ -49,6 +56,7 @@ class Phase:
     direction: str
     from_role: Role
     to_role: Role
+    service: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
     outcome: FailoverOutcome | None = None
@@ -64,6 +72,7 @@ class Phase:
     def to_dict(self) -> dict[str, Any]:
         o = self.outcome
         return {
+            "service": self.service,
             "direction": self.direction,
             "from": self.from_role.value,
             "to": self.to_role.value,
@@ -105,25 +114,31 @@ async def wait_ready(stack: Stack, services: list[str], timeout: float = READY_T
     return await _wait(lambda: all(_service_ready(stack, n) for n in services), timeout, 0.2)
 
 
-async def public_probe(stack: Stack, service: str) -> probes.ProbeResult:
+async def public_probe(stack: Stack, service: str, timeout: float = 2.0) -> probes.ProbeResult:
     svc = stack.config.services[service]
     kind = probes.get_kind(svc.probe.kind)
-    return await kind.probe(stack.public_target(service), svc.probe.parsed_options, 2.0)
+    return await kind.probe(stack.public_target(service), svc.probe.parsed_options, timeout)
 
 
 async def _watch_restore(stack: Stack, service: str, phase: Phase, t0: float) -> None:
     """Probe the public attachment until it answers again: traffic restored."""
+    nat = service in stack.nat_services
     while True:
-        r = await public_probe(stack, service)
+        if nat:  # where the route tables go now, not half a second ago
+            await stack.refresh_routes()
+        r = await public_probe(stack, service, 0.5 if nat else 2.0)
         t = time.monotonic() - t0
-        moved = stack.routes.get(service) is phase.to_role
+        # A NAT's outbound traffic is back once its routes go through one
+        # that answers: first the other member, before the standby runs.
+        moved = stack.routes.get(service) is phase.to_role or nat
         if r.ok and moved and "decision" in phase.marks:
             phase.marks["restored"] = round(t, 3)
-            phase.event(
-                t,
-                f"traffic restored: {service} answers at its public attachment "
-                f"{stack.public_target(service)}",
+            where = (
+                f"its route tables go through {stack.public_target(service)}, which answers"
+                if nat
+                else f"{service} answers at its public attachment {stack.public_target(service)}"
             )
+            phase.event(t, f"traffic restored: {where}")
             return
         await asyncio.sleep(0.2)
 
@@ -152,7 +167,16 @@ async def verify(stack: Stack, service: str, phase: Phase) -> None:
             f"{new_inst.instance_id} is {new_inst.state}",
         )
     )
-    if stack.config.services[service].stop_old:
+    users = facts.in_use.get(old_inst.instance_id or "", ())
+    if stack.config.services[service].stop_old and users:
+        add(
+            Check(
+                f"{old} instance kept running",
+                old_inst.state == "running",
+                f"{old_inst.instance_id} is {old_inst.state}; used by {', '.join(users)}",
+            )
+        )
+    elif stack.config.services[service].stop_old:
         add(
             Check(
                 f"{old} instance stopped",
@@ -254,7 +278,9 @@ def _observing(stack: Stack, service: str, phase: Phase, t0: float) -> Iterator[
 async def failover_phase(stack: Stack, service: str) -> Phase:
     sup = stack.supervisor
     active = sup.state.services[service].active
-    phase = Phase("failover" if active is Role.PRIMARY else "failback", active, active.other)
+    phase = Phase(
+        "failover" if active is Role.PRIMARY else "failback", active, active.other, service
+    )
     t0 = time.monotonic()
     with _observing(stack, service, phase, t0):
         phase.event(0.0, f"break: {stack.break_service(service)}")
@@ -278,7 +304,9 @@ async def failback_phase(stack: Stack, service: str) -> Phase:
     with `jupiterd failback`)."""
     sup = stack.supervisor
     active = sup.state.services[service].active
-    phase = Phase("failback" if active is Role.BACKUP else "failover", active, active.other)
+    phase = Phase(
+        "failback" if active is Role.BACKUP else "failover", active, active.other, service
+    )
     t0 = time.monotonic()
     phase.event(0.0, stack.heal_service(service))
     with _observing(stack, service, phase, t0):
@@ -305,12 +333,17 @@ async def failback_phase(stack: Stack, service: str) -> Phase:
     return phase
 
 
+def drill_names(stack: Stack) -> list[str]:
+    """What ``--drill all`` runs: every service, then both NAT instances."""
+    return [*stack.config.services, *([BOTH_NAT] if stack.nat_services else [])]
+
+
 async def drill(stack: Stack, service: str, *, failback: bool = False) -> dict[str, Any]:
-    if service not in stack.config.services:
+    if service not in drill_names(stack):
         raise ValueError(
-            f"no service named '{service}' in the sandbox "
-            f"(have: {', '.join(stack.config.services)})"
+            f"no service named '{service}' in the sandbox (have: {', '.join(drill_names(stack))})"
         )
+    members = list(stack.nat_services) if service == BOTH_NAT else [service]
     ready = await wait_ready(stack, list(stack.config.services))
     report: dict[str, Any] = {"service": service, "ready": ready}
     if not ready:
@@ -319,12 +352,17 @@ async def drill(stack: Stack, service: str, *, failback: bool = False) -> dict[s
         }
         report.update(ok=False, error=f"the sandbox never became healthy: {states}")
         return report
-    phases = [await failover_phase(stack, service)]
-    if failback and phases[0].ok:
-        phases.append(await failback_phase(stack, service))
+    phases: list[Phase] = []
+    for m in members:
+        if phases and not (phases[-1].ok and await wait_ready(stack, [m])):
+            break
+        phases.append(await failover_phase(stack, m))
+    if failback and len(phases) == len(members) and all(p.ok for p in phases):
+        for m in members:
+            phases.append(await failback_phase(stack, m))
     first = phases[0].to_dict()
     report.update(
-        ok=all(p.ok for p in phases) and (not failback or len(phases) == 2),
+        ok=all(p.ok for p in phases) and len(phases) == len(members) * (2 if failback else 1),
         detect_seconds=first["detect_seconds"],
         failover_seconds=first["failover_seconds"],
         restored_seconds=first["restored_seconds"],
@@ -342,7 +380,7 @@ def render(report: dict[str, Any]) -> str:
     if "error" in report:
         return "\n".join([*lines, f"FAILED: {report['error']}"])
     for ph in report["phases"]:
-        lines.append(f"-- {ph['direction']}: {ph['from']} -> {ph['to']}")
+        lines.append(f"-- {ph['service']} {ph['direction']}: {ph['from']} -> {ph['to']}")
         for ev in ph["timeline"]:
             lines.append(f"  +{ev['at']:7.3f}s  {ev['event']}")
         for c in ph["checks"]:

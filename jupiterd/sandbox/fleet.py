@@ -46,7 +46,7 @@ class Fleet:
         from jupiterd.sandbox.seed import _client
 
         ec2 = _client(self.endpoint, "ap-southeast-2", "ec2")
-        ids = [i.instance_id for i in self.instances.values()]
+        ids = list(dict.fromkeys(i.instance_id for i in self.instances.values()))
         resp = ec2.describe_instances(InstanceIds=ids)
         return {
             i["InstanceId"]: i["State"]["Name"]
@@ -56,16 +56,17 @@ class Fleet:
 
     async def follow_once(self) -> None:
         states = await asyncio.to_thread(self._describe)
-        for inst in self.instances.values():
+        # A pool's shared standby is one Instance under each member's key.
+        for inst in {id(i): i for i in self.instances.values()}.values():
             inst.state = states.get(inst.instance_id, "unknown")
             running = inst.state in ("running", "pending")
             if not running:
                 inst.broken = False  # a stop heals: the next start boots a fresh service
-            if inst.service == "nat":
+            if inst.slot is not None:
                 assert self.nat is not None
                 want = running and not inst.broken
                 if want != bool(inst.process):
-                    await asyncio.to_thread(self.nat.set_running, inst.role, want)
+                    await asyncio.to_thread(self.nat.set_running, inst.slot, want)
                     inst.process = want or None
                 continue
             alive = inst.process is not None and inst.process.alive
@@ -94,9 +95,9 @@ class Fleet:
         if inst is None:
             raise SandboxError(f"no service named {service}")
         inst.broken = True
-        if inst.service == "nat":
+        if inst.slot is not None:
             assert self.nat is not None
-            self.nat.set_running(inst.role, False)
+            self.nat.set_running(inst.slot, False)
             inst.process = None
             return f"{inst.label}: the namespace stopped answering ping"
         if inst.process is not None:

@@ -92,6 +92,7 @@ class Instance:
     process: Any = None  # a Peer while running
     broken: bool = False  # killed on purpose: stays down until the instance stops
     state: str = "unknown"
+    slot: str | None = None  # a NAT instance: its network namespace (nat.SLOTS)
 
     @property
     def label(self) -> str:

@@ -1,5 +1,7 @@
-"""The NAT instances as network namespaces (root only), and the removal of
-those that sandboxes no longer running left behind."""
+"""The NAT instances as network namespaces (root only): the two NAT
+instances of the pool (``primary`` in AZ a, ``secondary`` in AZ b) and
+their shared ``backup``; and the removal of those that sandboxes no longer
+running left behind."""
 
 from __future__ import annotations
 
@@ -11,13 +13,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-from jupiterd.core.types import Role
-
 from .layout import SandboxError
 
 NETNS_PREFIX = "jupiterd-sandbox-"
-_NETNS = re.compile(rf"^{NETNS_PREFIX}(\d+)-(\d+)-(?:primary|backup)$")
-_VETH = re.compile(r"^jsbx(\d+)[pb]$")  # host side; interface names are 15 bytes at most
+SLOTS = ("primary", "secondary", "backup")
+_NETNS = re.compile(rf"^{NETNS_PREFIX}(\d+)-(\d+)-(?:primary|secondary|backup)$")
+_VETH = re.compile(r"^jsbx(\d+)[psb]$")  # host side; interface names are 15 bytes at most
 
 
 def process_start(pid: int) -> int | None:
@@ -79,8 +80,9 @@ class NatNamespaces:
         self.start = process_start(self.pid)
         self.created: list[tuple[str, str]] = []  # (netns, host-side veth)
         octet = os.getpid() % 250
-        self.addresses = {Role.PRIMARY: f"198.19.{octet}.2", Role.BACKUP: f"198.19.{octet}.6"}
-        self._nets = {Role.PRIMARY: (f"198.19.{octet}.1", 0), Role.BACKUP: (f"198.19.{octet}.5", 4)}
+        # One /30 each: the host's side .1/.5/.9, the namespace's .2/.6/.10.
+        self.addresses = {slot: f"198.19.{octet}.{4 * i + 2}" for i, slot in enumerate(SLOTS)}
+        self._gateways = {slot: f"198.19.{octet}.{4 * i + 1}" for i, slot in enumerate(SLOTS)}
 
     @staticmethod
     def available() -> bool:
@@ -89,8 +91,8 @@ class NatNamespaces:
         r = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10)
         return r.returncode == 0
 
-    def _ns(self, role: Role) -> str:
-        return f"{NETNS_PREFIX}{self.pid}-{self.start}-{role.value}"
+    def _ns(self, slot: str) -> str:
+        return f"{NETNS_PREFIX}{self.pid}-{self.start}-{slot}"
 
     def _ip(self, *args: str) -> None:
         r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
@@ -98,22 +100,21 @@ class NatNamespaces:
             raise SandboxError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
     def create(self) -> None:
-        for role in Role:
-            ns, host_if, ns_if = self._ns(role), f"jsbx{self.pid}{role.value[0]}", "eth0"
+        for slot in SLOTS:
+            ns, host_if, ns_if = self._ns(slot), f"jsbx{self.pid}{slot[0]}", "eth0"
             self._ip("netns", "add", ns)
             self.created.append((ns, host_if))
             self._ip("link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}n")
             self._ip("link", "set", f"{host_if}n", "netns", ns)
             self._ip("-n", ns, "link", "set", f"{host_if}n", "name", ns_if)
-            gw, _ = self._nets[role]
-            self._ip("addr", "add", f"{gw}/30", "dev", host_if)
+            self._ip("addr", "add", f"{self._gateways[slot]}/30", "dev", host_if)
             self._ip("link", "set", host_if, "up")
-            self._ip("-n", ns, "addr", "add", f"{self.addresses[role]}/30", "dev", ns_if)
+            self._ip("-n", ns, "addr", "add", f"{self.addresses[slot]}/30", "dev", ns_if)
             self._ip("-n", ns, "link", "set", "lo", "up")
-            self.set_running(role, False)
+            self.set_running(slot, False)
 
-    def set_running(self, role: Role, up: bool) -> None:
-        self._ip("-n", self._ns(role), "link", "set", "eth0", "up" if up else "down")
+    def set_running(self, slot: str, up: bool) -> None:
+        self._ip("-n", self._ns(slot), "link", "set", "eth0", "up" if up else "down")
 
     def destroy(self) -> None:
         for ns, host_if in reversed(self.created):

@@ -15,6 +15,12 @@ the NAT primary's network interface (its source/dest check off); the SNS
 topic ``jupiter-failover-notifications`` with an SQS queue subscribed, so
 tests can read what was published.
 
+With ``nat_pool=True`` (the sandbox), the real layout of the NAT instances:
+a second NAT instance (``nat-secondary``, AZ b, its source/dest check off)
+is the default route of AZ b's private route table, the NAT primary keeps
+AZ a's, and the stopped NAT backup is the standby of both
+(``Topology.extra["nat_pool"]``).
+
 It refuses any endpoint that is not on loopback: it must never create
 resources in a real account.
 """
@@ -145,9 +151,11 @@ def seed(
     project_tag: str = "Jupiter",
     zone_name: str = "jupiter.example.com",
     prefix: str = "jupiter",
+    nat_pool: bool = False,
 ) -> Topology:
     """Create the topology; ``prefix`` keeps names apart when one endpoint
-    holds several copies."""
+    holds several copies; ``nat_pool``: two NAT instances sharing the
+    backup (see the module's docstring)."""
     check_loopback(endpoint_url)
     ec2, elb, r53, sns, sqs = (
         _client(endpoint_url, region, n) for n in ("ec2", "elbv2", "route53", "sns", "sqs")
@@ -248,17 +256,25 @@ def seed(
     eip = ec2.allocate_address(Domain="vpc")
     ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=instances["frp"]["primary"])
 
-    # Private route tables through the NAT primary.
+    extra: dict[str, Any] = {}
+    nat_enis = [enis["nat"]["primary"]] * 2
+    if nat_pool:
+        second = _second_nat(ec2, public[1], project_tag, prefix)
+        nat_enis[1] = second["eni"]
+    # Private route tables through the NAT primary (AZ b's through the
+    # second NAT instance with ``nat_pool``).
     route_tables = []
-    for s in private:
+    for s, eni in zip(private, nat_enis, strict=True):
         rt = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-        ec2.create_route(
-            RouteTableId=rt,
-            DestinationCidrBlock="0.0.0.0/0",
-            NetworkInterfaceId=enis["nat"]["primary"],
-        )
+        ec2.create_route(RouteTableId=rt, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni)
         ec2.associate_route_table(RouteTableId=rt, SubnetId=s)
         route_tables.append(rt)
+    if nat_pool:
+        extra["nat_pool"] = {
+            "nat-a": {"instance_id": nat_primary, "route_tables": [route_tables[0]]},
+            "nat-b": {"instance_id": second["instance_id"], "route_tables": [route_tables[1]]},
+            "standby": instances["nat"]["backup"],
+        }
 
     # Every backup stopped: the pilot-light layout.
     ec2.stop_instances(InstanceIds=[instances[n]["backup"] for n in SERVICES])
@@ -324,8 +340,36 @@ def seed(
         route_tables=route_tables,
         topic_arn=topic,
         queue_url=queue,
-        extra={"enis": enis, "public_ips": public_ips, "public_route_table": public_rt},
+        extra={"enis": enis, "public_ips": public_ips, "public_route_table": public_rt, **extra},
     )
+
+
+def _second_nat(ec2: Any, subnet: str, project_tag: str, prefix: str) -> dict[str, str]:
+    """The NAT instance of AZ b, tagged as the seed's NAT primary is."""
+    inst = ec2.run_instances(
+        ImageId=_AMI,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.small",
+        SubnetId=subnet,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": _tags(
+                    Name=f"{prefix}-nat-secondary",
+                    Project=project_tag,
+                    Service="nat",
+                    Role="primary",
+                ),
+            }
+        ],
+    )["Instances"][0]
+    ec2.modify_instance_attribute(InstanceId=inst["InstanceId"], SourceDestCheck={"Value": False})
+    return {
+        "instance_id": inst["InstanceId"],
+        "private_ip": inst["PrivateIpAddress"],
+        "eni": inst["NetworkInterfaces"][0]["NetworkInterfaceId"],
+    }
 
 
 _clients: dict[tuple[str, str, str], Any] = {}

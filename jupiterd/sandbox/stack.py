@@ -7,8 +7,11 @@
   (3000, 3478, 7000, 8080), else those plus 10000. Signaling is a
   python-socketio server, coturn the real ``turnserver`` when installed (a
   small STUN/TURN responder otherwise), frp and ThingsBoard stand-ins
-  (``jupiterd.sandbox.peers``). The NAT instances are network namespaces answering ping
-  (root only; without it the NAT service is left out).
+  (``jupiterd.sandbox.peers``). The NAT instances are network namespaces
+  answering ping (root only; without it the NAT services are left out):
+  two, ``nat-a`` and ``nat-b`` (one per AZ, each the default route of its
+  private route table), members of the pool ``nat`` sharing one stopped
+  backup.
 - Each service follows its instance in moto: starting the instance starts
   the process, stopping it stops the process. A process killed by a drill
   stays dead until its instance is stopped (an instance restart heals it).
@@ -89,6 +92,8 @@ class Stack(Fleet):
         self.ports: dict[str, int] = {}
         self.doors: list[Any] = []
         self.routes: dict[str, Role | None] = {}
+        self.nat_services: list[str] = []  # the NAT pool's members
+        self.nat_via: dict[str, str] = {}  # NAT member -> the address its routes go through
         self.config_path = self.workdir / "jupiterd.yaml"
         self.config: Any = None
         self.runner: Any = None
@@ -115,7 +120,9 @@ class Stack(Fleet):
         self.say(f"  AWS endpoint (moto) at {self.endpoint}")
         from jupiterd.sandbox.seed import seed
 
-        self.topology = await asyncio.to_thread(seed, self.endpoint)
+        self.topology = await asyncio.to_thread(
+            partial(seed, nat_pool=self.with_nat), self.endpoint
+        )
         self.say(
             f"  seeded the Jupiter topology: VPC {self.topology.vpc_id}, "
             f"{sum(len(v) for v in self.topology.instances.values())} instances"
@@ -128,15 +135,14 @@ class Stack(Fleet):
                 self.say(f"  removed {name}, left by a sandbox that is no longer running")
             self.nat = NatNamespaces()
             await asyncio.to_thread(self.nat.create)
-            services.append("nat")
+            self._nat_instances(self.nat)
         for name in services:
             for role in Role:
-                address = self.nat.addresses[role] if name == "nat" and self.nat else HOSTS[role]
                 self.instances[(name, role)] = Instance(
                     name,
                     role,
                     self.topology.instances[name][role.value],
-                    address,
+                    HOSTS[role],
                     self.ports.get(name),
                 )
         self._write_config(services)
@@ -176,6 +182,47 @@ class Stack(Fleet):
             ) from exc
         self.endpoint = self.moto.url
 
+    def _nat_instances(self, nat: NatNamespaces) -> None:
+        """The pool's members, each a namespace; the standby is one Instance
+        under both members' keys."""
+        pool = self.topology.extra["nat_pool"]
+        standby = Instance(
+            "nat", Role.BACKUP, pool["standby"], nat.addresses["backup"], None, slot="backup"
+        )
+        for member, slot in (("nat-a", "primary"), ("nat-b", "secondary")):
+            self.instances[(member, Role.PRIMARY)] = Instance(
+                member,
+                Role.PRIMARY,
+                pool[member]["instance_id"],
+                nat.addresses[slot],
+                None,
+                slot=slot,
+            )
+            self.instances[(member, Role.BACKUP)] = standby
+            self.nat_services.append(member)
+
+    def _nat_pool(self) -> dict[str, Any]:
+        pool = self.topology.extra["nat_pool"]
+        members = {
+            m: {
+                "instance_id": pool[m]["instance_id"],
+                "address": self.instances[(m, Role.PRIMARY)].address,
+                "attachments": {"route_tables": pool[m]["route_tables"]},
+            }
+            for m in self.nat_services
+        }
+        standby = self.instances[(self.nat_services[0], Role.BACKUP)]
+        return {
+            "nat": {
+                "probe": probe_spec("nat", None, False),
+                # The drill nat-both fails nat-a over again soon after the
+                # drill of nat-a: a cooldown of 1 minute would hold it.
+                "thresholds": {"cooldown": "5s"},
+                "members": members,
+                "standby": {"instance_id": standby.instance_id, "address": standby.address},
+            }
+        }
+
     def _write_config(self, services: list[str]) -> None:
         listen = {
             n: {
@@ -193,6 +240,7 @@ class Stack(Fleet):
             extra={
                 "http": {"listen": f"{FRONT_HOST}:{self.http_port}"},
                 "log": {"format": "json", "level": "info"},
+                **({"pools": self._nat_pool()} if self.nat_services else {}),
             },
         )
         self.config_path.write_text(
@@ -206,6 +254,15 @@ class Stack(Fleet):
         from jupiterd.core.plan import attachment_states
 
         facts = await self.inventory.facts()
+        via = {
+            f.instance(role).eni_id: self.instances[(name, role)].address
+            for name, f in facts.items()
+            if name in self.nat_services
+            for role in Role
+        }
+        for name in self.nat_services:
+            tables = facts[name].route_tables if name in facts else ()
+            self.nat_via[name] = via.get(tables[0].eni_id, "") if tables else ""
         for name, f in facts.items():
             states = attachment_states(self.config, name, f)
             serving = [s for s in states if s.healthy and s.points_to]
@@ -225,11 +282,11 @@ class Stack(Fleet):
         return (inst.address, inst.port or 0)
 
     def public_target(self, service: str) -> str:
-        """Where a client reaches the service: its front door, or for NAT the
-        instance the private route tables send traffic through."""
-        if service == "nat":
-            role = self.routes.get("nat") or Role.PRIMARY
-            return self.instances[("nat", role)].address
+        """Where a client reaches the service: its front door, or for a NAT
+        instance the one its private route tables send traffic through
+        (during a NAT plan, first the other member's)."""
+        if service in self.nat_services:
+            return self.nat_via.get(service) or self.instances[(service, Role.PRIMARY)].address
         return f"{FRONT_HOST}:{self.ports[service]}"
 
     async def _start_front_doors(self, services: list[str]) -> None:
@@ -240,8 +297,6 @@ class Stack(Fleet):
         self.inventory = AwsInventory(self.config)
         await self.refresh_routes()
         for name in services:
-            if name == "nat":
-                continue
             port = self.ports[name]
             route = self._router(name)
             door: Any = TcpFrontDoor(FRONT_HOST, port, route)
@@ -323,7 +378,7 @@ class Stack(Fleet):
         if self.executor is not None:
             await step("the executor", self.executor.close)
         for inst in self.instances.values():
-            if inst.service != "nat":
+            if inst.slot is None:
                 inst.process = None
         # Every process ever started, including one whose start was cancelled.
         await asyncio.gather(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 
 import structlog
 
@@ -18,7 +19,15 @@ from jupiterd.aws.client import (
 from jupiterd.aws.executor.context import StepContext
 from jupiterd.aws.executor.run import _Run
 from jupiterd.core.execution import StepReport
-from jupiterd.core.plan import STOPPED_STATES, ServiceFacts, preflight_problems, zone_key
+from jupiterd.core.plan import (
+    PEER_THEN_STANDBY,
+    STOPPED_STATES,
+    Fallback,
+    ServiceFacts,
+    preflight_problems,
+    service_status,
+    zone_key,
+)
 from jupiterd.core.types import Role
 from jupiterd.state.journal import Journal, JournalError, held_services
 
@@ -120,6 +129,40 @@ async def _no_public_at_start(
     return None
 
 
+async def _fallback(ctx: StepContext, service: str) -> Fallback:
+    """The NAT a peer_then_standby member's routes go through at once: the
+    instance that carries another member's routes (its own, or the standby
+    serving it), if it runs and answers the pool's probe now. Never one
+    that fails its probes or is not running: then none, and why."""
+    cfg = ctx.config
+    svc = cfg.services[service]
+    th = cfg.thresholds(service)
+    peers = cfg.pool_peers(service)
+    try:
+        facts = await ctx.inventory.facts(list(peers))
+    except AwsError as exc:
+        return Fallback(None, reason=f"the other members could not be read ({exc})")
+    why: list[str] = []
+    for peer in peers:
+        f = facts.get(peer)
+        active = service_status(cfg, peer, f).active if f is not None else None
+        if f is None or active is None:
+            why.append(f"{peer}'s routes are split or unknown")
+            continue
+        inst = f.instance(active)
+        who = f"{peer}'s {'instance' if active is Role.PRIMARY else 'standby'} {inst.instance_id}"
+        if inst.state != "running" or not inst.eni_id or not inst.address:
+            why.append(f"{who} is {inst.state}")
+            continue
+        target = svc.probe.target_for(inst.address)
+        result = await ctx.prober(svc.probe.kind, target, svc.probe.parsed_options, th.timeout)
+        if not result.ok:
+            why.append(f"{who} fails its {svc.probe.kind} probe ({result.reason}: {result.detail})")
+            continue
+        return Fallback(inst.instance_id, inst.eni_id, who)
+    return Fallback(None, reason="; ".join(why) or "no other member")
+
+
 async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None:
     """What stops the plan, or None; sets ``run.facts``, reports the step."""
     req = run.request
@@ -130,12 +173,19 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
         log.info("step_end", service=req.service, step="preflight", ok=False, detail=held)
         return held
     problems: list[str] = []
+    skipped = ""
     try:
         facts = (await ctx.inventory.facts([req.service]))[req.service]
     except AwsError as exc:
         problems.append(str(exc))
         run.aws_unreachable = isinstance(exc, AwsUnavailable | AwsThrottled)
     else:
+        if req.to_role is Role.BACKUP and ctx.config.pool_plan(req.service) == PEER_THEN_STANDBY:
+            fb = await _fallback(ctx, req.service)
+            facts = replace(facts, fallback=fb)
+            if fb.instance_id is None:
+                skipped = f"no reroute through another NAT first: {fb.reason}; standby only"
+                log.warning("fallback_skipped", service=req.service, reason=fb.reason)
         run.facts = facts
         try:
             missing_zones, no_public = await asyncio.gather(
@@ -173,7 +223,8 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
                 await ctx.aws.call("sns", "GetTopicAttributes", resource=topic, TopicArn=topic)
             except AwsError as exc:
                 problems.append(f"the notification topic: {exc}")
-    detail = "; ".join(problems) if problems else "instances and attachments found"
+    found = "instances and attachments found" + (f"; {skipped}" if skipped else "")
+    detail = "; ".join(problems) if problems else found
     report = StepReport("preflight", not problems, ctx.clock.monotonic() - t, detail)
     run.reports.append(report)
     log.info(

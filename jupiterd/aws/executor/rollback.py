@@ -14,13 +14,13 @@ log = structlog.get_logger("jupiterd.executor")
 
 
 def _traffic_moved(run: _Run) -> bool:
+    """A traffic step was begun, by this run (a NAT plan's reroute comes
+    before the standby starts) or before a restart (the journal's record)."""
     rec = run.record
     if rec is None or run.plan is None:
         return False
-    return any(
-        s.kind in TRAFFIC_KINDS and rec.steps.get(s.name) is not None and rec.steps[s.name].begun
-        for s in run.plan.steps
-    )
+    begun = set(run.began) | {n for n, st in rec.steps.items() if st.begun}
+    return any(s.kind in TRAFFIC_KINDS and s.name in begun for s in run.plan.steps)
 
 
 def _started_standby(run: _Run) -> bool:

@@ -30,6 +30,7 @@ class _Run:
     facts: ServiceFacts | None = None
     plan: Plan | None = None
     reports: list[StepReport] = field(default_factory=list)
+    began: dict[str, float] = field(default_factory=dict)  # step -> seconds into the run
     stopped_old: bool = False
     changed: bool = False  # a mutating call of this run took (or may have taken) effect
     aws_unreachable: bool = False  # preflight's reads got no answer from AWS

@@ -322,7 +322,7 @@ class AwsExecutor:
                 break
             reports = await self._steps.stage(run, steps)
             failed = [r for r in reports if not r.ok]
-            if not failed:
+            if not failed or stage is Stage.FALLBACK:  # a reroute is a head start only
                 continue
             first = failed[0]
             if self.dry_run:

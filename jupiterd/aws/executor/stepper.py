@@ -64,6 +64,7 @@ class Stepper:
             )
         log.info("step_begin", service=run.service, step=step.name, resource=step.resource)
         t = self.ctx.clock.monotonic()
+        run.began.setdefault(step.name, t - run.started)
         if rec is not None:
             await asyncio.to_thread(self.journal.begin, rec.id, step.name)
         data: dict[str, Any] = {}

@@ -56,7 +56,9 @@ def forward_done(run: _Run, dry_run: bool) -> _Verdict:
                 run.notes,
             ),
         )
-    moved = [s.name.split(":", 1)[-1] for s in plan.steps if s.kind in TRAFFIC_KINDS]
+    moved = list(
+        dict.fromkeys(s.name.split(":", 1)[-1] for s in plan.steps if s.kind in TRAFFIC_KINDS)
+    )
     stop = (
         f"; the {req.from_role} ({old.instance_id}) was stopped"
         if run.stopped_old

@@ -63,8 +63,8 @@ def _stale_peers(state: MachineState, name: str, since: float) -> tuple[tuple[st
 def _standby_busy(state: MachineState, name: str, active: Role, policy: Policy) -> str | None:
     """The other pool member the shared standby serves (or is being moved
     to serve), if any: a failover of ``name`` to it would take it away."""
-    if active is not Role.PRIMARY:
-        return None
+    if active is not Role.PRIMARY or name in policy.peer_fallback:
+        return None  # a NAT pool's plan shares the standby: nothing to hold
     for peer in policy.pool_peers.get(name, ()):
         p = state.services.get(peer)
         if p is not None and (p.active is Role.BACKUP or p.in_flight is Role.BACKUP):

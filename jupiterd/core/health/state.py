@@ -145,3 +145,6 @@ class Policy:
     monitor_only: bool = False  # aws.enabled: false: a due failover is only reported
     # A pool member -> the other members sharing its standby.
     pool_peers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Members of a peer_then_standby pool: their plan reroutes through the
+    # standby (or a surviving member) even while it serves another member.
+    peer_fallback: frozenset[str] = frozenset()

@@ -17,7 +17,8 @@ and into preflight problems. Everything here is tested table-driven.
 The package: ``facts`` (what AWS said, names and ARNs), ``model`` (plans, steps,
 permissions), ``build`` (the plan and its rollback), ``status`` (what the
 facts say of a service), ``preflight`` (why a plan must not start), ``pool``
-(shared instances: who else points at one, a pool as a whole).
+(shared instances: who else points at one, a pool as a whole, a NAT
+member's reroute through a surviving member).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jupiterd.core.plan.facts import (
     MISSING,
     ArnContext,
     EipFacts,
+    Fallback,
     InstanceFacts,
     RecordFacts,
     RouteTableFacts,
@@ -54,6 +56,7 @@ from jupiterd.core.plan.model import (
     merge_permissions,
 )
 from jupiterd.core.plan.pool import (
+    PEER_THEN_STANDBY,
     MemberView,
     PoolView,
     attachment_users,
@@ -81,6 +84,7 @@ from jupiterd.core.types import STOPPED_STATES
 __all__ = [
     "GONE_STATES",
     "MISSING",
+    "PEER_THEN_STANDBY",
     "READ_PERMISSIONS",
     "ROLLBACK_PREFIX",
     "STOPPED_STATES",
@@ -90,6 +94,7 @@ __all__ = [
     "AttachmentState",
     "Conditions",
     "EipFacts",
+    "Fallback",
     "InstanceFacts",
     "MemberView",
     "Permission",

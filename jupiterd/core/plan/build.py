@@ -26,6 +26,7 @@ from jupiterd.core.plan.model import (
     StepKind,
     merge_permissions,
 )
+from jupiterd.core.plan.pool import fallback_steps
 from jupiterd.core.types import Role
 
 
@@ -73,7 +74,9 @@ def build_plan(
     sid = standby.instance_id or f"({to_role})"
     oid = old.instance_id or f"({from_role})"
     att = svc.attachments
+    first, fb_notes = fallback_steps(config, service, to_role, facts, arns)
     steps: list[Step] = [
+        *first,
         Step(
             "start_standby",
             StepKind.START_STANDBY,
@@ -197,7 +200,7 @@ def build_plan(
                 (Permission("elasticloadbalancing:DeregisterTargets", (arn,)),),
             )
         )
-    notes: list[str] = []
+    notes = list(fb_notes)
     users = facts.in_use.get(old.instance_id or "", ())
     stop = svc.stop_old if stop_old is None else stop_old
     if stop and users:

@@ -86,6 +86,20 @@ class RouteTableFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a NAT pool member's route tables go at once while the standby
+    starts: an instance that already forwards for another member (that
+    member's own, or the standby serving it), found running and passing
+    the pool's probe at preflight. ``instance_id`` None: there is none,
+    and ``reason`` says why."""
+
+    instance_id: str | None
+    eni_id: str | None = None
+    via: str = ""  # "nat-b's instance i-..."
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceFacts:
     service: str
     primary: InstanceFacts
@@ -98,6 +112,9 @@ class ServiceFacts:
     # pool's standby serving another member): such an instance is never
     # stopped by this service's plans.
     in_use: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # A peer_then_standby pool member's failover: where its routes go first
+    # (None: not looked for, the standby-only plan).
+    fallback: Fallback | None = None
 
     def instance(self, role: Role) -> InstanceFacts:
         return self.primary if role is Role.PRIMARY else self.backup

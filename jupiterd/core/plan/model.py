@@ -27,12 +27,13 @@ class Permission:
 
 class Stage(IntEnum):
     PREFLIGHT = 1
-    START = 2
-    HEALTHY = 3
-    ATTACH = 4
-    DETACH = 5
-    STOP = 6
-    NOTIFY = 7
+    FALLBACK = 2  # a NAT pool member's routes through a surviving member at once
+    START = 3
+    HEALTHY = 4
+    ATTACH = 5
+    DETACH = 6
+    STOP = 7
+    NOTIFY = 8
 
 
 class StepKind(StrEnum):
@@ -43,6 +44,7 @@ class StepKind(StrEnum):
     ASSOCIATE_EIP = "associate_eip"
     UPSERT_RECORD = "upsert_record"
     REPLACE_ROUTE = "replace_route"
+    REROUTE_PEER = "reroute_peer"
     DEREGISTER_TARGET = "deregister_target"
     STOP_INSTANCE = "stop_instance"
     NOTIFY = "notify"
@@ -54,6 +56,7 @@ TRAFFIC_KINDS = frozenset(
         StepKind.ASSOCIATE_EIP,
         StepKind.UPSERT_RECORD,
         StepKind.REPLACE_ROUTE,
+        StepKind.REROUTE_PEER,
     }
 )
 

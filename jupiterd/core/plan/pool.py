@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from jupiterd.config import Config
-from jupiterd.core.plan.facts import ServiceFacts
+from jupiterd.core.plan.facts import ArnContext, ServiceFacts
+from jupiterd.core.plan.model import Permission, Stage, Step, StepKind
 from jupiterd.core.plan.status import service_status
 from jupiterd.core.types import Role
+
+PEER_THEN_STANDBY = "peer_then_standby"
 
 
 def sharing_services(config: Config, service: str) -> tuple[str, ...]:
@@ -98,3 +101,40 @@ def pool_view(config: Config, pool: str, facts: Mapping[str, ServiceFacts]) -> P
         st = service_status(config, name, f)
         members.append(MemberView(name, f.primary.instance_id, st.active))
     return PoolView(pool, standby_id, standby_state, tuple(members))
+
+
+def fallback_steps(
+    config: Config, service: str, to_role: Role, facts: ServiceFacts, arns: ArnContext
+) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """A peer_then_standby member's failover begins by pointing each of its
+    route tables' default route at ``facts.fallback`` (one ReplaceRoute per
+    table, before the standby starts): outbound traffic is back in about a
+    second, across AZs until the standby takes over. The steps, and the
+    note saying why there are none when the fallback was refused."""
+    att = config.services[service].attachments
+    fb = facts.fallback
+    if to_role is not Role.BACKUP or config.pool_plan(service) != PEER_THEN_STANDBY:
+        return (), ()
+    if fb is None or not att.route_tables:
+        return (), ()
+    if fb.instance_id is None or not fb.eni_id:
+        return (), (f"no reroute through another NAT first: {fb.reason}; standby only",)
+    steps = tuple(
+        Step(
+            f"reroute_peer:{rtb}",
+            StepKind.REROUTE_PEER,
+            Stage.FALLBACK,
+            to_role,
+            rtb,
+            {
+                "route_table_id": rtb,
+                "destination": "0.0.0.0/0",
+                "instance_id": fb.instance_id,
+                "eni_id": fb.eni_id,
+                "via": fb.via,
+            },
+            (Permission("ec2:ReplaceRoute", (arns.ec2("route-table", rtb),)),),
+        )
+        for rtb in dict.fromkeys(att.route_tables)
+    )
+    return steps, ()

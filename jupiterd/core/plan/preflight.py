@@ -47,7 +47,8 @@ def preflight_problems(
     if standby.state in TERMINATED_STATES:
         problems.append(f"{standby.describe()} is {standby.state}: nothing to fail over to")
     busy = facts.in_use.get(standby.instance_id or "", ())
-    if busy and svc.pool is not None:
+    # A NAT pool's plan reroutes through the standby as it already forwards.
+    if busy and svc.pool is not None and config.pool_plan(service) != "peer_then_standby":
         problems.append(
             f"{standby.describe()} is the shared standby of pool {svc.pool} and already "
             f"serves another member ({', '.join(busy)}): one standby per pool; "

@@ -18,6 +18,7 @@ HANDLERS: Mapping[StepKind, Handler] = {
     StepKind.ASSOCIATE_EIP: eip.associate,
     StepKind.UPSERT_RECORD: route53.upsert,
     StepKind.REPLACE_ROUTE: routes.replace,
+    StepKind.REROUTE_PEER: routes.reroute,
     StepKind.DEREGISTER_TARGET: elb.deregister,
     StepKind.STOP_INSTANCE: ec2.stop,
     StepKind.NOTIFY: sns.notify,

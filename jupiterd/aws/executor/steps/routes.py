@@ -1,5 +1,6 @@
-"""The route table step: point a route at the standby's network interface
-(a NAT instance)."""
+"""The route table steps: point a route at the standby's network interface
+(a NAT instance), or first, for a NAT pool member, at a surviving member's
+(``reroute``)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,28 @@ from jupiterd.core.plan import Step
 
 async def replace(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
     assert run.facts is not None
+    inst = run.facts.instance(step.role)
+    if not inst.eni_id:
+        raise StepFailed(f"the {step.role} instance {inst.instance_id} has no network interface")
+    what = await _point(ctx, run, step, inst.eni_id, f"{inst.instance_id}")
+    return what, {}
+
+
+async def reroute(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
+    """The dead member's default route through another NAT that already
+    forwards, at once. Refused if that instance is no longer running: a
+    route is never pointed at a stopped instance."""
+    iid, eni, via = step.params["instance_id"], step.params["eni_id"], step.params["via"]
+    inst = await ctx.instance(iid, step.role)
+    state = inst["State"]["Name"]
+    if state != "running":
+        raise StepFailed(f"not rerouting through {via}: it is {state}")
+    return await _point(ctx, run, step, eni, via), {"via": iid}
+
+
+async def _point(ctx: StepContext, run: _Run, step: Step, eni: str, who: str) -> str:
     rtb = step.params["route_table_id"]
     dest = step.params["destination"]
-    inst = run.facts.instance(step.role)
-    eni = inst.eni_id
-    if not eni:
-        raise StepFailed(f"the {step.role} instance {inst.instance_id} has no network interface")
     resp = await ctx.aws.call(
         "ec2",
         "DescribeRouteTables",
@@ -33,7 +50,7 @@ async def replace(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[st
     if route is None:
         raise StepFailed(f"route table {rtb} has no {dest} route")
     if route.get("NetworkInterfaceId") == eni and route.get("State") != "blackhole":
-        return f"{rtb} {dest} already goes via {eni}", {}
+        return f"{rtb} {dest} already goes via {eni}"
     was = route.get("NetworkInterfaceId") or route.get("InstanceId") or route.get("GatewayId")
     # The dry run's permission proof re-points the route at its current
     # target: the same permission (ec2:ReplaceRoute on the table), and no
@@ -43,7 +60,7 @@ async def replace(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[st
         None,
     )
     proof = {"RouteTableId": rtb, "DestinationCidrBlock": dest, now[0]: now[1]} if now else None
-    what = f"{rtb} {dest} at {eni} of {inst.instance_id} (was {was})"
+    what = f"{rtb} {dest} at {eni} of {who} (was {was})"
     await ctx.aws._mutate(
         run,
         "ec2",
@@ -55,4 +72,4 @@ async def replace(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[st
         DestinationCidrBlock=dest,
         NetworkInterfaceId=eni,
     )
-    return f"pointed {what}", {}
+    return f"pointed {what}"

@@ -35,8 +35,22 @@ def summary(run: _Run, verdict: _Verdict) -> tuple[str, str]:
             {"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 3), "detail": r.detail}
             for r in run.reports
         ],
+        "timeline": timeline(run),
     }
     return subject[:100], json.dumps(body, indent=2)
+
+
+def timeline(run: _Run) -> list[str]:
+    """One line per step, when it began and ended in the plan: ``+0.4s
+    reroute_peer:rtb-1 ok at +0.5s (pointed ...)``. A NAT pool's plan
+    shows there when outbound traffic came back, before the standby ran."""
+    out = []
+    for r in run.reports:
+        at = run.began.get(r.name)
+        start = f"+{at:.1f}s" if at is not None else "-"
+        end = f"+{at + r.seconds:.1f}s" if at is not None else f"{r.seconds:.1f}s"
+        out.append(f"{start} {r.name} {'ok' if r.ok else 'FAILED'} at {end}: {r.detail}")
+    return out
 
 
 async def publish(
