@@ -26,6 +26,7 @@ from jupiterd.core.plan import (
 )
 from jupiterd.core.types import Role
 from jupiterd.runtime.supervisor import policy_of
+from tests.clock import FakeClock
 from tests.test_pools import (
     B_ID,
     CFG,
@@ -139,7 +140,7 @@ def test_the_machine_does_not_hold_a_nat_member_while_the_standby_serves_another
 
 
 def test_the_sns_summary_has_the_step_timeline() -> None:
-    run = _Run(FailoverRequest("nat-a", Role.PRIMARY, Role.BACKUP, "down", "daemon"))
+    run = _Run(FailoverRequest("nat-a", Role.PRIMARY, Role.BACKUP, "down", "daemon"), FakeClock())
     run.reports = [
         StepReport("preflight", True, 0.05, "instances and attachments found"),
         StepReport(f"reroute_peer:{RTB_A}", True, 0.1, "pointed ..."),
