@@ -479,6 +479,11 @@ def _fds(pid: int) -> int:
 
 
 @pytest.mark.slow
+def _fds_after(pid: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return _fds(pid)
+
+
 def test_a_daemon_keeps_its_descriptors_and_health_check_under_a_flood(tmp_path):
     """`jupiterd run` on 127.0.0.40 (loopback: no exposure warning); three
     clients open ten slowloris connections each: at most the per-client cap
@@ -520,7 +525,11 @@ def test_a_daemon_keeps_its_descriptors_and_health_check_under_a_flood(tmp_path)
                 s = socket.create_connection(("127.0.0.40", http_port), 5, (source, 0))
                 s.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.40\r\n")  # never finished
                 conns.append(s)
-        assert _fds(proc.pid) <= before + 12 + 4  # the held ones + the probes' own sockets
+        # The held ones + a few of the probes' own sockets. Probe sockets come
+        # and go (more at once on a loaded machine): the least of a few
+        # looks counts what stays, which would be 30 more without the caps.
+        least = min(_fds_after(proc.pid, 0.05) for _ in range(10))
+        assert least <= before + 12 + 4
         assert _run_check(url).returncode == 0
         answers = []
         for s in conns:
