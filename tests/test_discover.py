@@ -206,9 +206,14 @@ def test_every_discovered_service_fails_over_and_back(
     full_topology(env.url)
     rc, err, doc = discover(tmp_path, capsys=capsys)
     assert rc == 0, err
-    del doc["pools"]
     # The instances are moto's: their services are stood in for by loopback
-    # listeners, probed with tcp. Instances and attachments stay as discovered.
+    # listeners, probed with tcp, and the NAT pool's members by loopback
+    # addresses answering its icmp probe (so the surviving member is a fit
+    # fallback). Instances and attachments stay as discovered.
+    pool = doc["pools"]["nat"]
+    for i, member in enumerate(sorted(pool["members"])):
+        pool["members"][member]["address"] = f"127.0.0.{20 + i}"
+    pool["standby"]["address"] = "127.0.0.29"
     with listeners(ORDINARY) as ls:
         for name, svc in doc["services"].items():
             svc["probe"] = {"kind": "tcp", "port": ls.ports[name]}
@@ -228,7 +233,7 @@ def test_every_discovered_service_fails_over_and_back(
                 timeout=120,
             )
             assert p.returncode == 0, p.stdout + p.stderr
-            for name in ORDINARY:
+            for name in (*ORDINARY, *pool["members"]):
                 assert f"{name}: {direction} success" in p.stdout, p.stdout
 
 
