@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from jupiterd.aws.client import Aws
-from jupiterd.aws.lease import Lease, create_table
+from jupiterd.aws.ha_table import create_table
+from jupiterd.aws.lease import Lease
 from jupiterd.cli import main
 from jupiterd.config import AwsConfig
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server

@@ -49,7 +49,6 @@ from jupiterd.core.clock import Clock
 log = structlog.get_logger("jupiterd.lease")
 
 LEASE_KEY = "lease"
-TTL_ATTRIBUTE = "ttl"  # epoch seconds; DynamoDB deletes stale items after it
 CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
@@ -284,44 +283,3 @@ class Lease:
                 await self.renew()
             await self.clock.sleep(self.duration / 3)
         await self.release()
-
-
-# --------------------------------------------------------------------------- the table
-
-
-async def create_table(aws: Aws, table: str) -> bool:
-    """Create the table (on-demand, ``pk`` string key) with TTL on
-    ``TTL_ATTRIBUTE``. False when it existed already; TTL is made sure of
-    either way."""
-    created = True
-    try:
-        await aws.call(
-            "dynamodb",
-            "CreateTable",
-            resource=table,
-            TableName=table,
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-            Tags=[{"Key": "Application", "Value": "jupiterd"}],
-        )
-    except AwsError as exc:
-        if exc.code != "ResourceInUseException":
-            raise
-        created = False
-    for _ in range(120):
-        d = await aws.call("dynamodb", "DescribeTable", resource=table, TableName=table)
-        if d["Table"]["TableStatus"] == "ACTIVE":
-            break
-        await asyncio.sleep(1.0)
-    ttl = await aws.call("dynamodb", "DescribeTimeToLive", resource=table, TableName=table)
-    status = ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
-    if status not in ("ENABLED", "ENABLING"):
-        await aws.call(
-            "dynamodb",
-            "UpdateTimeToLive",
-            resource=table,
-            TableName=table,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
-        )
-    return created

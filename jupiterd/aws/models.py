@@ -38,7 +38,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "StopInstances",
         }
     ),
-    "dynamodb": frozenset(  # the leader lease (aws/lease.py)
+    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py)
         {
             "CreateTable",
             "DescribeTable",

@@ -47,7 +47,7 @@ def add_commands(sub: Any) -> None:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from jupiterd.aws.client import Aws, AwsError
-    from jupiterd.aws.lease import create_table
+    from jupiterd.aws.ha_table import create_table
     from jupiterd.cli.discover import _aws_config
 
     cfg = _aws_config(args)

@@ -310,7 +310,7 @@ def discover_policy(region: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ha
 
-# What ``jupiterd.aws.lease`` calls; tests check it against the code.
+# What ``jupiterd.aws.lease`` and ``ha_table`` call; tests check it against the code.
 HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
 HA_INIT = (
     "dynamodb:CreateTable",
