@@ -38,6 +38,9 @@ NOT_PRODUCTION = ("seed.py", "sandbox")
 # `jupiterd discover` runs once, by a person, with a policy of its own
 # (`iam-policy --discover`): its calls are not the daemon's.
 DISCOVER = Path("aws") / "discover.py"
+# The leader lease is not wired into the daemon yet: its calls are a policy
+# of their own (`iam-policy --ha TABLE`).
+HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py")
 
 
 @pytest.fixture
@@ -332,7 +335,9 @@ def _production_modules() -> list[Path]:
 
 
 def _daemon_modules() -> list[Path]:
-    return [p for p in _production_modules() if p.relative_to(ROOT / "jupiterd") != DISCOVER]
+    return [
+        p for p in _production_modules() if p.relative_to(ROOT / "jupiterd") not in (DISCOVER, *HA)
+    ]
 
 
 def _aws_calls(modules: list[Path] | None = None) -> tuple[set[str], list[str]]:
@@ -451,3 +456,26 @@ def test_discover_policy_needs_a_region(
         monkeypatch.delenv(name, raising=False)
     assert main(["iam-policy", "--discover"]) == 2
     assert "no region" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- ha
+
+
+def test_ha_policy_allows_exactly_the_calls_the_lease_makes_on_its_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    called, dynamic = _aws_calls([ROOT / "jupiterd" / p for p in HA])
+    assert not dynamic and called, dynamic
+    assert main(["iam-policy", "--ha", "jupiterd-ha", "--region", "eu-west-1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert _actions(doc) == called == iam.HA_ACTIONS
+    for s in _statements(doc):
+        assert _as_list(s["Resource"]) == ["arn:aws:dynamodb:eu-west-1:*:table/jupiterd-ha"]
+    daemon_only, _ = _aws_calls(_daemon_modules())
+    assert not any(a.startswith("dynamodb:") for a in daemon_only)
+
+
+@pytest.mark.parametrize("community", [False, True], ids=["core", "community"])
+def test_parliament_finds_nothing_in_the_ha_policy(community: bool) -> None:
+    text = json.dumps(iam.ha_policy("ap-southeast-2", "jupiterd-ha"))
+    assert _findings(text, community) == []

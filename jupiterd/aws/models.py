@@ -38,6 +38,16 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "StopInstances",
         }
     ),
+    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py)
+        {
+            "CreateTable",
+            "DescribeTable",
+            "DescribeTimeToLive",
+            "GetItem",
+            "UpdateItem",
+            "UpdateTimeToLive",
+        }
+    ),
     "elbv2": frozenset(
         {"DeregisterTargets", "DescribeTargetGroups", "DescribeTargetHealth", "RegisterTargets"}
     ),

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jupiterd.cli import daemon, discover, iam, ops
+from jupiterd.cli import daemon, discover, ha, iam, ops
 from jupiterd.cli.common import (
     DEFAULT_CONFIG,
     EXIT_CONFIG,
@@ -39,6 +39,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     ops.add_commands,
     iam.add_commands,
     discover.add_commands,
+    ha.add_commands,
     _add_sandbox,
 ]
 

@@ -31,13 +31,22 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="print instead the read-only policy `jupiterd discover` needs (no config)",
     )
-    p.add_argument("--region", help="with --discover: the region to allow (default: $AWS_REGION)")
+    p.add_argument(
+        "--ha",
+        metavar="TABLE",
+        help="print instead the DynamoDB statements the leader lease needs on TABLE (no config)",
+    )
+    p.add_argument(
+        "--region", help="with --discover or --ha: the region to allow (default: $AWS_REGION)"
+    )
     p.set_defaults(func=_cmd_iam_policy)
 
 
 def _cmd_iam_policy(args: argparse.Namespace) -> int:
     if args.discover:
         return _discover_policy(args)
+    if args.ha:
+        return _ha_policy(args)
     from jupiterd.config import load_config
     from jupiterd.core.iam import MANAGED_POLICY_LIMIT, compact_size, policy_json
 
@@ -55,11 +64,24 @@ def _cmd_iam_policy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _region(args: argparse.Namespace, flag: str) -> str:
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise UsageError(f"{flag}: no region: give --region, or set AWS_REGION")
+    return str(region)
+
+
 def _discover_policy(args: argparse.Namespace) -> int:
     from jupiterd.core.iam import discover_policy
 
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise UsageError("--discover: no region: give --region, or set AWS_REGION")
+    region = _region(args, "--discover")
     sys.stdout.write(json.dumps(discover_policy(region), indent=2) + "\n")
+    return EXIT_OK
+
+
+def _ha_policy(args: argparse.Namespace) -> int:
+    from jupiterd.core.iam import ha_policy
+
+    region = _region(args, "--ha")
+    sys.stdout.write(json.dumps(ha_policy(region, args.ha), indent=2) + "\n")
     return EXIT_OK

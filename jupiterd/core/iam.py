@@ -19,6 +19,11 @@ inventory make, and narrows the result further:
 ``jupiterd iam-policy`` prints ``policy_json(config)``;
 ``config/iam-policy.json`` is that output for ``config/jupiter.example.yaml``.
 
+The leader lease of replicated deciders (``jupiterd.aws.lease``) is not
+wired into the daemon yet: its DynamoDB calls on the one table are a
+statement set of their own, ``ha_policy(region, table)`` (``jupiterd
+iam-policy --ha TABLE``).
+
 ``jupiterd discover`` reads the whole account once, before a configuration
 exists, with calls the daemon never makes (every hosted zone, the topics,
 the security groups): they are a policy of their own for the person who
@@ -299,5 +304,30 @@ def discover_policy(region: str) -> dict[str, Any]:
             ("arn:aws:route53:::hostedzone/*",),
             {},
         ),
+    ]
+    return {"Version": "2012-10-17", "Statement": [s.to_json() for s in stmts]}
+
+
+# --------------------------------------------------------------------------- ha
+
+# What ``jupiterd.aws.lease`` and ``ha_table`` call; tests check it against the code.
+HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+HA_INIT = (
+    "dynamodb:CreateTable",
+    "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive",
+    "dynamodb:UpdateTimeToLive",
+)
+HA_ACTIONS = frozenset({*HA_RUN, *HA_INIT})
+
+
+def ha_policy(region: str, table: str) -> dict[str, Any]:
+    """The DynamoDB statements the leader lease needs on ``table`` only:
+    reading and conditionally updating its items, and (``ha init``)
+    creating the table and its TTL."""
+    arn = f"arn:aws:dynamodb:{region}:*:table/{table}"
+    stmts = [
+        Statement("LeaderLeaseConditionalWritesOnTheHaTableOnly", HA_RUN, (arn,), {}),
+        Statement("HaInitCreatesTheHaTableAndItsTtlOnly", HA_INIT, (arn,), {}),
     ]
     return {"Version": "2012-10-17", "Statement": [s.to_json() for s in stmts]}
