@@ -68,6 +68,7 @@ def _install(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return venv, env
 
 
+@pytest.mark.timeout(420)  # a wheel build, then every drill (nat-both included)
 def test_an_installed_package_runs_every_drill_outside_the_checkout(tmp_path):
     venv, env = _install(tmp_path)
     elsewhere = tmp_path / "elsewhere"
