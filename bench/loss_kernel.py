@@ -31,14 +31,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.lossy import _events, run_window
+from bench.lossy import _events, run_window, tallies
 from bench.peers import Daemon
 from tests.peers.netns import KINDS, LossyNamespace, kind_peers
 
@@ -97,15 +97,7 @@ def run(args: argparse.Namespace) -> None:
 def report(
     kinds: list[str], m: dict[str, float], events: list[dict[str, Any]], dropped: dict[str, int]
 ) -> None:
-    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
-    for key, value in m.items():
-        if key.startswith("jupiterd_probe_results_total{"):
-            labels = dict(x.split("=", 1) for x in key[key.index("{") + 1 : -1].split(","))
-            by_kind[labels["kind"]][labels["reason"]] += int(value)
-    trans: dict[str, Counter[str]] = defaultdict(Counter)
-    for e in events:
-        if e.get("event") == "target state":
-            trans[e["service"].rsplit("-", 1)[0]][e["new"]] += 1
+    by_kind, trans = tallies(m, events)
     print(
         f"{'kind':12} {'probes':>7} {'failed':>7} {'share':>7}  {'SUSPECT':>7} {'DOWN':>5}  "
         "failures by reason"

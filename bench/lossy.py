@@ -397,15 +397,7 @@ def run(args: argparse.Namespace) -> None:
             events = _events(d)
             line = report_line(proxy)
             pstats = json.loads(line.split(" ", 1)[1]) if line.startswith("stats ") else {}
-    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
-    for key, value in m.items():
-        if key.startswith("jupiterd_probe_results_total{"):
-            labels = dict(x.split("=", 1) for x in key[key.index("{") + 1 : -1].split(","))
-            by_kind[labels["kind"]][labels["reason"]] += int(value)
-    trans: dict[str, Counter[str]] = defaultdict(Counter)
-    for e in events:
-        if e.get("event") == "target state":
-            trans[e["service"].rsplit("-", 1)[0]][e["new"]] += 1
+    by_kind, trans = tallies(m, events)
     print(
         f"{'kind':12} {'probes':>7} {'failed':>7}  {'SUSPECT':>7} {'DOWN':>5}  failures by reason"
     )
@@ -430,6 +422,22 @@ def run(args: argparse.Namespace) -> None:
     for (kind, why), n in details.most_common(args.show):
         print(f"  suspect x{n} {kind}: {why[:200]}")
     print(f"proxy: {json.dumps(pstats)}")
+
+
+def tallies(
+    m: dict[str, float], events: list[dict[str, Any]]
+) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+    """Probe results by kind and reason, and state transitions by kind."""
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    for key, value in m.items():
+        if key.startswith("jupiterd_probe_results_total{"):
+            labels = dict(x.split("=", 1) for x in key[key.index("{") + 1 : -1].split(","))
+            by_kind[labels["kind"]][labels["reason"]] += int(value)
+    trans: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if e.get("event") == "target state":
+            trans[e["service"].rsplit("-", 1)[0]][e["new"]] += 1
+    return by_kind, trans
 
 
 def run_window(d: Any, minutes: float) -> None:
