@@ -131,23 +131,32 @@ class Lease:
         item = r.get("Item")
         return _record(item) if item else None
 
+    async def _update(
+        self, update: str, condition: str, names: dict[str, str], values: dict[str, Any]
+    ) -> None:
+        """One conditional write of the lease item (AwsError when refused)."""
+        await self.aws.call(
+            "dynamodb",
+            "UpdateItem",
+            resource=self.table,
+            TableName=self.table,
+            Key={"pk": {"S": self.key}},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
     async def _write(self, token: int, condition: str, values: dict[str, Any]) -> bool:
         """Make us the holder with ``token`` if ``condition`` holds."""
         rvn = uuid.uuid4().hex
         sent = self.clock.monotonic()
         try:
-            await self.aws.call(
-                "dynamodb",
-                "UpdateItem",
-                resource=self.table,
-                TableName=self.table,
-                Key={"pk": {"S": self.key}},
-                UpdateExpression=(
-                    "SET #o = :me, #t = :token, rvn = :new, #d = :d, expires_at = :exp"
-                ),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#o": "owner", "#t": "token", "#d": "duration"},
-                ExpressionAttributeValues={
+            await self._update(
+                "SET #o = :me, #t = :token, rvn = :new, #d = :d, expires_at = :exp",
+                condition,
+                {"#o": "owner", "#t": "token", "#d": "duration"},
+                {
                     ":me": {"S": self.owner},
                     ":token": {"N": str(token)},
                     ":new": {"S": rvn},
@@ -225,16 +234,11 @@ class Lease:
         token, rvn = self.token, self._rvn
         self._lost("released")
         try:
-            await self.aws.call(
-                "dynamodb",
-                "UpdateItem",
-                resource=self.table,
-                TableName=self.table,
-                Key={"pk": {"S": self.key}},
-                UpdateExpression="REMOVE #o SET rvn = :new",
-                ConditionExpression="#o = :me AND #t = :token AND rvn = :old",
-                ExpressionAttributeNames={"#o": "owner", "#t": "token"},
-                ExpressionAttributeValues={
+            await self._update(
+                "REMOVE #o SET rvn = :new",
+                "#o = :me AND #t = :token AND rvn = :old",
+                {"#o": "owner", "#t": "token"},
+                {
                     ":me": {"S": self.owner},
                     ":token": {"N": str(token)},
                     ":old": {"S": rvn},
@@ -252,16 +256,11 @@ class Lease:
         the check each mutating step makes before it runs. It leaves the
         record version alone (a fence is not a renewal)."""
         try:
-            await self.aws.call(
-                "dynamodb",
-                "UpdateItem",
-                resource=self.table,
-                TableName=self.table,
-                Key={"pk": {"S": self.key}},
-                UpdateExpression="SET fenced_at = :now",
-                ConditionExpression="#t = :token",
-                ExpressionAttributeNames={"#t": "token"},
-                ExpressionAttributeValues={
+            await self._update(
+                "SET fenced_at = :now",
+                "#t = :token",
+                {"#t": "token"},
+                {
                     ":token": {"N": str(token)},
                     ":now": {"N": repr(self.clock.time())},
                 },
