@@ -78,3 +78,24 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "
 
 
 P, B = Role.PRIMARY, Role.BACKUP
+
+
+def supervisor_for(cfg: Config, executor: Any, *, seed: int = 1) -> Any:
+    """A Supervisor on ``cfg``'s own static inventory, a fresh registry, a
+    seeded jitter and a 0.1 s tick: what the daemon tests run."""
+    import random
+
+    from prometheus_client import CollectorRegistry
+
+    from jupiterd.core.inventory import StaticInventory
+    from jupiterd.runtime.supervisor import Supervisor
+    from jupiterd.telemetry.metrics import Metrics
+
+    return Supervisor(
+        cfg,
+        executor=executor,
+        inventory=StaticInventory(cfg),
+        metrics=Metrics(CollectorRegistry()),
+        rng=random.Random(seed),
+        tick_seconds=0.1,
+    )

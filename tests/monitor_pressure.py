@@ -12,19 +12,14 @@ import asyncio
 import errno
 import json
 import os
-import random
 import resource
 import sys
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from jupiterd.core.health import Transition
-from jupiterd.core.inventory import StaticInventory
-from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
-from jupiterd.telemetry.metrics import Metrics
-from tests.daemon_helpers import FakeExecutor, P, config_for, wait_for
+from jupiterd.runtime.supervisor import ProbeEvent
+from tests.daemon_helpers import FakeExecutor, P, config_for, supervisor_for, wait_for
 
 PROBES_UNDER_PRESSURE = 12
 
@@ -52,14 +47,7 @@ async def main(host: str, port: int, state_dir: str) -> dict[str, Any]:
         state_dir,
     )
     executor = FakeExecutor()
-    sup = Supervisor(
-        cfg,
-        executor=executor,
-        inventory=StaticInventory(cfg),
-        metrics=Metrics(CollectorRegistry()),
-        rng=random.Random(1),
-        tick_seconds=0.1,
-    )
+    sup = supervisor_for(cfg, executor)
     results: list[str] = []
     statuses: list[str] = []
 

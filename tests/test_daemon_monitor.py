@@ -8,21 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from jupiterd.core.health import Transition
-from jupiterd.core.inventory import StaticInventory
 from jupiterd.runtime.probe_loop import LagMonitor
-from jupiterd.runtime.supervisor import ProbeEvent, Supervisor
-from jupiterd.telemetry.metrics import Metrics
+from jupiterd.runtime.supervisor import ProbeEvent
 from probes import ProbeResult, Reason
-from tests.daemon_helpers import FAST, FakeExecutor, P, config_for, wait_for
+from tests.daemon_helpers import FAST, FakeExecutor, P, config_for, supervisor_for, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,14 +120,7 @@ async def test_a_stalled_event_loop_holds_instead_of_failing_over(tmp_path):
         str(tmp_path),
     )
     executor = FakeExecutor()
-    sup = Supervisor(
-        cfg,
-        executor=executor,
-        inventory=StaticInventory(cfg),
-        metrics=Metrics(CollectorRegistry()),
-        rng=random.Random(1),
-        tick_seconds=0.1,
-    )
+    sup = supervisor_for(cfg, executor)
     reasons: list[str] = []
     statuses: list[str] = []
 
