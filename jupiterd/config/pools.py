@@ -15,6 +15,7 @@ from jupiterd.config.schema import (
     PoolMember,
     ServiceConfig,
 )
+from jupiterd.config.standby import StandbyFields
 from probes.options import quote
 
 
@@ -69,7 +70,9 @@ def expand_pools(cfg: Config, doc: Mapping[str, Any]) -> Config:
                 auto_failover=pool.auto_failover,
                 stop_old=pool.stop_old,
                 sns_topic_arn=pool.sns_topic_arn,
+                witness=pool.witness,
                 pool=pname,
+                **{f: getattr(pool, f) for f in StandbyFields.model_fields},
             )
         _check_overlap(base, pool.members)
     out = cfg.model_copy(update={"services": services, "pools": pools})

@@ -19,7 +19,9 @@ import probes
 from jupiterd.config.cron import cron_trigger
 from jupiterd.config.defaults import HEARTBEAT_KINDS, WATCH_BY_DEFAULT
 from jupiterd.config.errors import ConfigError
+from jupiterd.config.ha import HaConfig, WitnessConfig
 from jupiterd.config.secrets import UNRESOLVED_SECRET, _resolve_secret
+from jupiterd.config.standby import StandbyFields
 from jupiterd.config.values import _HOST_NAME, Model, PositiveSeconds, Seconds, is_loopback
 from probes.options import OptionError, ProbeOptions, parse_hostport, quote
 
@@ -314,7 +316,7 @@ class ProbeConfig(Model):
         return f"{host}:{port}"
 
 
-class ServiceConfig(Model):
+class ServiceConfig(StandbyFields):
     probe: ProbeConfig
     primary: InstanceRef = InstanceRef()
     backup: InstanceRef = InstanceRef()
@@ -325,6 +327,7 @@ class ServiceConfig(Model):
     # After a failover, stop the old instance (fencing) or leave it running.
     stop_old: bool = True
     sns_topic_arn: str | None = Field(default=None, pattern=_SNS_ARN)
+    witness: WitnessConfig | None = None  # what AWS says of the active: one more vote
     # The pool this service is a member of; set only by `pools:` (the
     # backup is then the pool's shared standby).
     pool: str | None = None
@@ -346,7 +349,7 @@ def _one_standby(value: Any) -> Any:
     return value
 
 
-class PoolConfig(Model):
+class PoolConfig(StandbyFields):
     """Several active instances sharing one standby (N+1). Each member
     becomes an ordinary service named after it: its primary is the member,
     its backup the standby."""
@@ -362,6 +365,7 @@ class PoolConfig(Model):
     # a surviving member at once, then the standby) or standby_only. The
     # default (None) is resolved when the pools expand (``pools.py``).
     plan: Literal["peer_then_standby", "standby_only"] | None = None
+    witness: WitnessConfig | None = None
 
 
 class DrillConfig(Model):
@@ -396,6 +400,8 @@ class Config(Model):
     services: dict[str, ServiceConfig] = {}
     # Shared standbys: each member is expanded into `services` at load.
     pools: dict[str, PoolConfig] = {}
+    # Replicated deciders sharing a DynamoDB table; None: one process decides.
+    ha: HaConfig | None = None
 
     @field_validator("services")
     @classmethod
