@@ -38,9 +38,9 @@ NOT_PRODUCTION = ("seed.py", "sandbox")
 # `jupiterd discover` runs once, by a person, with a policy of its own
 # (`iam-policy --discover`): its calls are not the daemon's.
 DISCOVER = Path("aws") / "discover.py"
-# The leader lease is not wired into the daemon yet: its calls are a policy
-# of their own (`iam-policy --ha TABLE`).
-HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py")
+# The leader lease and the replicas' views are not wired into the daemon
+# yet: their calls are a policy of their own (`iam-policy --ha TABLE`).
+HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py", Path("aws") / "views.py")
 
 
 @pytest.fixture

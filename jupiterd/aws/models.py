@@ -38,12 +38,13 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "StopInstances",
         }
     ),
-    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py)
+    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py), views.py
         {
             "CreateTable",
             "DescribeTable",
             "DescribeTimeToLive",
             "GetItem",
+            "Scan",
             "UpdateItem",
             "UpdateTimeToLive",
         }

@@ -310,24 +310,28 @@ def discover_policy(region: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ha
 
-# What ``jupiterd.aws.lease`` and ``ha_table`` call; tests check it against the code.
+# What ``jupiterd.aws.lease``, ``views`` and ``ha_table`` call; tests check
+# it against the code.
 HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+HA_VIEWS = ("dynamodb:Scan",)  # every replica's view, one Scan (UpdateItem: its own)
 HA_INIT = (
     "dynamodb:CreateTable",
     "dynamodb:DescribeTable",
     "dynamodb:DescribeTimeToLive",
     "dynamodb:UpdateTimeToLive",
 )
-HA_ACTIONS = frozenset({*HA_RUN, *HA_INIT})
+HA_ACTIONS = frozenset({*HA_RUN, *HA_VIEWS, *HA_INIT})
 
 
 def ha_policy(region: str, table: str) -> dict[str, Any]:
-    """The DynamoDB statements the leader lease needs on ``table`` only:
-    reading and conditionally updating its items, and (``ha init``)
-    creating the table and its TTL."""
+    """The DynamoDB statements replicated deciders need on ``table`` only:
+    reading and conditionally updating its items (the lease, each
+    replica's view), reading every view, and (``ha init``) creating the
+    table and its TTL."""
     arn = f"arn:aws:dynamodb:{region}:*:table/{table}"
     stmts = [
         Statement("LeaderLeaseConditionalWritesOnTheHaTableOnly", HA_RUN, (arn,), {}),
+        Statement("ReplicaViewsReadWithOneScanOfTheHaTableOnly", HA_VIEWS, (arn,), {}),
         Statement("HaInitCreatesTheHaTableAndItsTtlOnly", HA_INIT, (arn,), {}),
     ]
     return {"Version": "2012-10-17", "Statement": [s.to_json() for s in stmts]}
