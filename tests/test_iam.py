@@ -38,9 +38,12 @@ NOT_PRODUCTION = ("seed.py", "sandbox")
 # `jupiterd discover` runs once, by a person, with a policy of its own
 # (`iam-policy --discover`): its calls are not the daemon's.
 DISCOVER = Path("aws") / "discover.py"
-# The leader lease is not wired into the daemon yet: its calls are a policy
-# of their own (`iam-policy --ha TABLE`).
-HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py")
+# The leader lease and the replicas' views are not wired into the daemon
+# yet: their calls are a policy of their own (`iam-policy --ha TABLE`).
+HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py", Path("aws") / "views.py")
+# The AWS-side witness calls only what a configured `witness:` asks for: its
+# calls are checked against a configuration with every kind (below).
+WITNESS = Path("aws") / "witness.py"
 
 
 @pytest.fixture
@@ -336,7 +339,9 @@ def _production_modules() -> list[Path]:
 
 def _daemon_modules() -> list[Path]:
     return [
-        p for p in _production_modules() if p.relative_to(ROOT / "jupiterd") not in (DISCOVER, *HA)
+        p
+        for p in _production_modules()
+        if p.relative_to(ROOT / "jupiterd") not in (DISCOVER, *HA, WITNESS)
     ]
 
 
@@ -478,4 +483,68 @@ def test_ha_policy_allows_exactly_the_calls_the_lease_makes_on_its_table(
 @pytest.mark.parametrize("community", [False, True], ids=["core", "community"])
 def test_parliament_finds_nothing_in_the_ha_policy(community: bool) -> None:
     text = json.dumps(iam.ha_policy("ap-southeast-2", "jupiterd-ha"))
+    assert _findings(text, community) == []
+
+
+# --------------------------------------------------------------------------- witness
+
+EDGE_TG = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/edge/0123456789abcdef"
+WITNESSES = """
+aws: {region: eu-west-1}
+services:
+  web:
+    probe: {kind: tcp, port: 443}
+    primary: {instance_id: i-0123456789abcdef0}
+    backup: {instance_id: i-0123456789abcdef1}
+    witness: {kind: cloudwatch, alarm: web-5xx}
+  nat:
+    probe: {kind: tcp, port: 22}
+    primary: {instance_id: i-0123456789abcdef2}
+    backup: {instance_id: i-0123456789abcdef3}
+    witness: {kind: ec2_status}
+  edge:
+    probe: {kind: tcp, port: 80}
+    primary: {instance_id: i-0123456789abcdef4}
+    backup: {instance_id: i-0123456789abcdef5}
+    witness:
+      kind: elb
+      target_group: EDGE_TG
+""".replace("EDGE_TG", EDGE_TG)
+WITNESS_READS = {"ec2:DescribeInstanceStatus", "cloudwatch:DescribeAlarms"}
+
+
+def _witness_config(tmp_path: Path, body: str = WITNESSES) -> Any:
+    path = tmp_path / "c.yaml"
+    path.write_text(body)
+    return load_config(str(path), secrets=False)
+
+
+def test_witness_reads_are_allowed_exactly_when_configured(tmp_path: Path) -> None:
+    called, dynamic = _aws_calls([ROOT / "jupiterd" / WITNESS])
+    assert not dynamic and called, dynamic
+    assert called == WITNESS_READS | {"elasticloadbalancing:DescribeTargetHealth"}
+    doc = iam.policy(_witness_config(tmp_path))
+    assert called <= _actions(doc)
+    alarms = [s for s in _statements(doc) if "cloudwatch:DescribeAlarms" in _as_list(s["Action"])]
+    # no attachment names the account: any account, that alarm's name
+    assert [s["Resource"] for s in alarms] == ["arn:aws:cloudwatch:eu-west-1:*:alarm:web-5xx"]
+    status = next(
+        s for s in _statements(doc) if "ec2:DescribeInstanceStatus" in _as_list(s["Action"])
+    )
+    assert status["Resource"] == "*"
+    assert status["Condition"]["StringEquals"]["aws:RequestedRegion"] == "eu-west-1"
+    # without a witness of that kind, not its read
+    only_elb = WITNESSES.replace("witness: {kind: cloudwatch, alarm: web-5xx}", "").replace(
+        "witness: {kind: ec2_status}", ""
+    )
+    assert WITNESS_READS.isdisjoint(_actions(iam.policy(_witness_config(tmp_path, only_elb))))
+
+
+def test_the_example_policy_has_no_witness_reads(example: Any) -> None:
+    assert WITNESS_READS.isdisjoint(_actions(iam.policy(example)))
+
+
+@pytest.mark.parametrize("community", [False, True], ids=["core", "community"])
+def test_parliament_finds_nothing_with_every_witness(tmp_path: Path, community: bool) -> None:
+    text = iam.policy_json(_witness_config(tmp_path))
     assert _findings(text, community) == []

@@ -11,6 +11,7 @@ import botocore.session
 
 # boto3 service name -> IAM service prefix
 IAM_PREFIX = {
+    "cloudwatch": "cloudwatch",
     "dynamodb": "dynamodb",
     "ec2": "ec2",
     "elbv2": "elasticloadbalancing",

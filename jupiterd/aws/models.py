@@ -27,6 +27,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
         {
             "AssociateAddress",
             "DescribeAddresses",
+            "DescribeInstanceStatus",  # the ec2_status witness (aws/witness.py)
             "DescribeInstances",
             "DescribeNetworkInterfaceAttribute",
             "DescribeRouteTables",
@@ -38,12 +39,14 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "StopInstances",
         }
     ),
-    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py)
+    "cloudwatch": frozenset({"DescribeAlarms"}),  # the cloudwatch witness
+    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py), views.py
         {
             "CreateTable",
             "DescribeTable",
             "DescribeTimeToLive",
             "GetItem",
+            "Scan",
             "UpdateItem",
             "UpdateTimeToLive",
         }

@@ -16,6 +16,11 @@ inventory make, and narrows the result further:
   those are pinned to the configured region with ``aws:RequestedRegion``;
 - every statement's ``Sid`` says why it exists.
 
+A service's AWS-side witness (``witness:``) adds the one read its kind
+makes: DescribeTargetHealth (elb), DescribeInstanceStatus (ec2_status,
+``*`` only, pinned to the region) or DescribeAlarms on that alarm's ARN
+(cloudwatch).
+
 ``jupiterd iam-policy`` prints ``policy_json(config)``;
 ``config/iam-policy.json`` is that output for ``config/jupiter.example.yaml``.
 
@@ -40,6 +45,7 @@ from typing import Any
 
 from jupiterd.config import Config
 from jupiterd.core.plan import (
+    ArnContext,
     InstanceFacts,
     Permission,
     Plan,
@@ -77,6 +83,7 @@ STAR_ONLY = frozenset(
         "ec2:DescribeNetworkInterfaceAttribute",
         "elasticloadbalancing:DescribeTargetGroups",
         "elasticloadbalancing:DescribeTargetHealth",
+        "ec2:DescribeInstanceStatus",
     }
 )
 
@@ -131,6 +138,11 @@ GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("WaitForRoute53ChangesToBeInSync", frozenset({"route53:GetChange"})),
     ("PublishFailoverSummariesOnlyTaggedProjectTopics", frozenset({"sns:Publish"})),
     ("CheckNotificationTopicExistsInDryRun", frozenset({"sns:GetTopicAttributes"})),
+    (
+        "WitnessReadsEc2StatusChecksDescribeSupportsOnlyStarSoPinnedToRegion",
+        frozenset({"ec2:DescribeInstanceStatus"}),
+    ),
+    ("WitnessReadsTheStateOfConfiguredAlarmsOnly", frozenset({"cloudwatch:DescribeAlarms"})),
 )
 
 # Managed policies hold at most 6,144 characters, whitespace not counted.
@@ -204,10 +216,30 @@ def _with_region(perm: Permission, region: str) -> Permission:
     return Permission(perm.action, ("*",), conds)
 
 
+def witness_permissions(config: Config) -> list[Permission]:
+    """The reads of the AWS-side witnesses configured (``witness:`` of a
+    service, ``jupiterd.aws.witness``): none without one."""
+    arns = ArnContext.from_config(config)
+    out: list[Permission] = []
+    for svc in config.services.values():
+        w = svc.witness
+        if w is None:
+            continue
+        if w.kind == "elb":
+            out.append(Permission("elasticloadbalancing:DescribeTargetHealth"))
+        elif w.kind == "ec2_status":
+            out.append(Permission("ec2:DescribeInstanceStatus"))
+        else:
+            alarm = f"arn:{arns.partition}:cloudwatch:{arns.region}:{arns.account}:alarm:{w.alarm}"
+            out.append(Permission("cloudwatch:DescribeAlarms", (alarm,)))
+    return out
+
+
 def permissions(config: Config) -> tuple[Permission, ...]:
     """Everything jupiterd may call for ``config``, narrowed."""
     plans = plans_for(config)
-    perms = plan_permissions(plans)  # the read-only calls included
+    # the plans' read-only calls included
+    perms = (*plan_permissions(plans), *witness_permissions(config))
     narrowed = [_with_region(_with_tag(p, config.project_tag), config.aws.region) for p in perms]
     # Sorted resources, so that actions on the same set share a statement.
     return merge_permissions(
@@ -310,24 +342,28 @@ def discover_policy(region: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ha
 
-# What ``jupiterd.aws.lease`` and ``ha_table`` call; tests check it against the code.
+# What ``jupiterd.aws.lease``, ``views`` and ``ha_table`` call; tests check
+# it against the code.
 HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+HA_VIEWS = ("dynamodb:Scan",)  # every replica's view, one Scan (UpdateItem: its own)
 HA_INIT = (
     "dynamodb:CreateTable",
     "dynamodb:DescribeTable",
     "dynamodb:DescribeTimeToLive",
     "dynamodb:UpdateTimeToLive",
 )
-HA_ACTIONS = frozenset({*HA_RUN, *HA_INIT})
+HA_ACTIONS = frozenset({*HA_RUN, *HA_VIEWS, *HA_INIT})
 
 
 def ha_policy(region: str, table: str) -> dict[str, Any]:
-    """The DynamoDB statements the leader lease needs on ``table`` only:
-    reading and conditionally updating its items, and (``ha init``)
-    creating the table and its TTL."""
+    """The DynamoDB statements replicated deciders need on ``table`` only:
+    reading and conditionally updating its items (the lease, each
+    replica's view), reading every view, and (``ha init``) creating the
+    table and its TTL."""
     arn = f"arn:aws:dynamodb:{region}:*:table/{table}"
     stmts = [
         Statement("LeaderLeaseConditionalWritesOnTheHaTableOnly", HA_RUN, (arn,), {}),
+        Statement("ReplicaViewsReadWithOneScanOfTheHaTableOnly", HA_VIEWS, (arn,), {}),
         Statement("HaInitCreatesTheHaTableAndItsTtlOnly", HA_INIT, (arn,), {}),
     ]
     return {"Version": "2012-10-17", "Statement": [s.to_json() for s in stmts]}
