@@ -88,6 +88,7 @@ def policy_of(config: Config) -> Policy:
         isolation=config.guards.isolation,
         auto_failover={n: s.auto_failover for n, s in config.services.items()},
         monitor_only=not config.aws.enabled,
+        ha=config.ha is not None,
         pool_peers={n: config.pool_peers(n) for n in config.services},
         peer_fallback=frozenset(
             n for n in config.services if config.pool_plan(n) == "peer_then_standby"
