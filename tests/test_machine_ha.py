@@ -200,3 +200,15 @@ def test_a_cluster_change_leaves_services_that_are_up_alone() -> None:
     acts = r.send(ClusterChanged(cluster(True, True, True), r.t))
     assert acts == []
     assert r.state.cluster is not None and r.state.cluster.leader
+
+
+def test_a_new_leader_finishing_old_plans_holds_not_leader_saying_so() -> None:
+    r = Run(pol=ha_policy())
+    why = "this replica just took the lease and first finishes the plans left unfinished"
+    c = replace(cluster(True, True, False), leader=False, why=why)
+    r.send(ClusterChanged(c, r.t))
+    down_sig(r)
+    assert hold(r).guard is Guard.NOT_LEADER
+    assert hold(r).reason.endswith(f", but {why}")
+    r.send(ClusterChanged(cluster(True, True, False), r.t))
+    assert len(r.of(StartFailover)) == 1

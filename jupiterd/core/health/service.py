@@ -96,6 +96,8 @@ def _cluster_guard(state: MachineState, s: ServiceState, where: str) -> tuple[Gu
             f"{where} and {t.sentence()}, but this replica lost its lease ({c.why}): "
             "it does not act until it holds the lease again",
         )
+    if not c.leader and c.lease == "leader":  # holds it, not acting yet: ``why`` says why
+        return Guard.NOT_LEADER, f"{where} and {t.sentence()}, but {c.why or 'not yet acting'}"
     if not c.leader:
         who = f"the leader, {c.leader_id}," if c.leader_id else "the leader (none yet)"
         return Guard.NOT_LEADER, f"{where} and {t.sentence()}: {who} acts, not this replica"
