@@ -198,3 +198,18 @@ def test_ha_init_is_idempotent(
         aws.close()
     assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
     assert table["Table"]["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_status_cli_names_the_leader(aws: Aws) -> None:
+    from types import SimpleNamespace
+
+    from jupiterd.cli.ops import _format_status, _ha_status
+
+    cfg = SimpleNamespace(ha=SimpleNamespace(table=TABLE, replica_id="cli"))
+    none = _run(_ha_status(cfg, aws))
+    assert _format_status({"ha": none, "services": {}}) == f"leader: none (table {TABLE})"
+    assert _run(_lease(aws, "az-a", FakeClock(now=0.0)).acquire())
+    ha = _run(_ha_status(cfg, aws))
+    assert (ha["leader"], ha["token"], ha["error"]) == ("az-a", 1, None)
+    line = _format_status({"ha": ha, "services": {}})
+    assert line == "leader: az-a (token 1, lease until 00:00:15 UTC)"

@@ -199,6 +199,7 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     aws = Aws(cfg.aws, cache_dir=Path(cfg.state_dir))
     try:
         facts = await AwsInventory(cfg, aws).facts(wanted)
+        ha = await _ha_status(cfg, aws) if cfg.ha is not None else None
     finally:
         aws.close()
     try:
@@ -263,6 +264,8 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
         if f.in_use:
             out[name]["shared"] = {i: list(u) for i, u in f.in_use.items()}
     report: dict[str, Any] = {"ok": all_ok, "services": out}
+    if ha is not None:
+        report["ha"] = ha
     if pools:
         report["pools"] = {}
         for pool in pools:
@@ -285,8 +288,39 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     return report
 
 
+async def _ha_status(cfg: Any, aws: Any) -> dict[str, Any]:
+    """Who holds the replicated deciders' lease, as the table says."""
+    from jupiterd.aws.client import AwsError
+    from jupiterd.aws.lease import Lease
+    from jupiterd.telemetry.clock import SystemClock
+
+    lease = Lease(aws, cfg.ha.table, cfg.ha.replica_id, SystemClock())
+    try:
+        rec = await lease.read()
+    except AwsError as exc:
+        return {"table": cfg.ha.table, "leader": None, "error": exc.sentence()}
+    return {
+        "table": cfg.ha.table,
+        "leader": rec.owner if rec is not None else None,
+        "token": rec.token if rec is not None else None,
+        "expires_at": rec.expires_at if rec is not None and rec.owner else None,
+        "error": None,
+    }
+
+
+def _leader_line(ha: dict[str, Any]) -> str:
+    if ha["error"]:
+        return f"leader: unknown (table {ha['table']}: {ha['error']})"
+    if not ha["leader"]:
+        return f"leader: none (table {ha['table']})"
+    until = time.strftime("%H:%M:%S", time.gmtime(ha["expires_at"] or 0))
+    return f"leader: {ha['leader']} (token {ha['token']}, lease until {until} UTC)"
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines: list[str] = []
+    if "ha" in report:
+        lines.append(_leader_line(report["ha"]))
     for name, s in report["services"].items():
         if s["active"] and s["agree"]:
             state = f"on the {s['active']}, attachments agree"

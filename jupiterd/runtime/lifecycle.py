@@ -141,7 +141,9 @@ async def _serve(
     log = logs.get("jupiterd")
     config = sup.config
     resumed: list[FailoverOutcome] = []
-    if not dry_run and not sup.executor.dry_run:  # a dry run leaves no plan unfinished
+    # A dry run leaves no plan unfinished; with replicated deciders the
+    # leader resumes them when it takes the lease (runtime.ha).
+    if not dry_run and not sup.executor.dry_run and config.ha is None:
         # A plan a crash interrupted is finished (or rolled back) before any
         # new decision is taken. That can take as long as a plan's bounded
         # waits: tell systemd, so the start timeout does not kill it midway.

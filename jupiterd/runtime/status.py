@@ -90,7 +90,7 @@ def service_json(
     """One monitored service: its decision state and its two targets."""
     name = s.name
     svc = sup.config.services[name]
-    return {
+    out = {
         "kind": svc.probe.kind,
         "active": s.active.value,
         "healthy": s.target(s.active).status is Status.UP,
@@ -113,6 +113,9 @@ def service_json(
             for role in Role
         },
     }
+    if sup.ha is not None:  # replicated deciders: the votes behind the decision
+        out["votes"] = sup.ha.votes_json(name)
+    return out
 
 
 def status_json(sup: Supervisor) -> dict[str, Any]:
@@ -143,4 +146,5 @@ def status_json(sup: Supervisor) -> dict[str, Any]:
         "services": services,
         "recent_plans": list(sup.outcomes),
         "drills": sup.drills.status() if sup.drills is not None else {},
+        **({"ha": sup.ha.status()} if sup.ha is not None else {}),
     }

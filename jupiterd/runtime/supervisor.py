@@ -41,6 +41,7 @@ from jupiterd.core.health import (
 from jupiterd.core.inventory import Inventory, ServiceView
 from jupiterd.core.types import Role
 from jupiterd.runtime.effects import Effects
+from jupiterd.runtime.ha import HaParts, HaRunner
 from jupiterd.runtime.pause import BY_MAX, PAUSE_FILE, PAUSE_MAX_BYTES, PauseFlag, parse_pause
 from jupiterd.runtime.plans import PlanEvent, Plans
 from jupiterd.runtime.probe_loop import LagMonitor
@@ -88,6 +89,7 @@ def policy_of(config: Config) -> Policy:
         isolation=config.guards.isolation,
         auto_failover={n: s.auto_failover for n, s in config.services.items()},
         monitor_only=not config.aws.enabled,
+        ha=config.ha is not None,
         pool_peers={n: config.pool_peers(n) for n in config.services},
         peer_fallback=frozenset(
             n for n in config.services if config.pool_plan(n) == "peer_then_standby"
@@ -113,6 +115,7 @@ class Supervisor:
         tick_seconds: float = TICK_SECONDS,
         aws_retry_seconds: tuple[float, float] = AWS_RETRY_SECONDS,
         clock: Clock | None = None,
+        ha: HaParts | None = None,
     ) -> None:
         self.config = config
         self.policy = policy_of(config)
@@ -147,6 +150,9 @@ class Supervisor:
         self.plans = Plans(self)
         self.refresher = Refresher(self)
         self.files = StateFiles(self)
+        # Replicated deciders (config.ha): the table's parts, the runner.
+        self.ha_parts = ha
+        self.ha: HaRunner | None = None
 
     # What the parts keep, under the names /status, tests and benchmarks use.
 
@@ -207,6 +213,7 @@ class Supervisor:
         self.heartbeat = self.now()
         self.spawn(self._tick_loop(), "tick")
         self.spawn(self.refresher.run(), "inventory")
+        self._start_ha()
         self.log.info(
             "started",
             services=len(self.config.services),
@@ -214,6 +221,18 @@ class Supervisor:
             paused=self.state.paused,
             version=__version__,
         )
+
+    def _start_ha(self) -> None:
+        if self.config.ha is None:
+            return
+        if self.ha_parts is None:
+            self.log.error(
+                "ha: is configured but this process has no access to the replicas' table: "
+                "every failover stays held (no_quorum)"
+            )
+            return
+        self.ha = HaRunner(self, self.config.ha, self.ha_parts)
+        self.ha.start()
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task that lives until ``stop``."""
@@ -233,6 +252,8 @@ class Supervisor:
         await self.probes.stop()
         await self.lag.stop()
         await self.plans.stop(grace)
+        if self.ha is not None:
+            await self.ha.stop()
         self.log.info("stopped")
 
     # ------------------------------------------------------------------ events and actions

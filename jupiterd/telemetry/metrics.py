@@ -219,6 +219,38 @@ class Metrics:
             registry=r,
         )
 
+        # Replicated deciders (ha:)
+        self.ha_leader = Gauge(
+            "jupiterd_ha_leader", "1 while this replica holds the leader lease.", registry=r
+        )
+        self.ha_lease_expiry = Gauge(
+            "jupiterd_ha_lease_expiry_timestamp_seconds",
+            "Unix time the current holder's lease runs out (its own clock, as written).",
+            registry=r,
+        )
+        self.ha_replica_last_report = Gauge(
+            "jupiterd_ha_replica_last_report_seconds",
+            "Seconds since this replica saw another's published view change (itself: 0).",
+            ["replica"],
+            registry=r,
+        )
+        self.ha_votes = Gauge(
+            "jupiterd_ha_votes",
+            "Replicas' votes on the service's active instance (down, up, abstain).",
+            ["service", "vote"],
+            registry=r,
+        )
+        self.ha_dynamodb_errors = Counter(
+            "jupiterd_ha_dynamodb_errors",
+            "Calls to the replicas' DynamoDB table that failed (lease, views).",
+            registry=r,
+        )
+        self.ha_views_published = Counter(
+            "jupiterd_ha_views_published",
+            "Views of every target this replica published to the table.",
+            registry=r,
+        )
+
         # The daemon itself
         self.heartbeat = Gauge(
             "jupiterd_main_loop_last_run_timestamp_seconds",

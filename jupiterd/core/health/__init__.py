@@ -18,13 +18,14 @@ starts a failover to the standby unless a guard holds it (pause,
 maintenance tag, manual mode, monitor isolation, AWS unreachable, retry
 backoff, cooldown, hourly cap, standby busy (a pool's shared standby
 serving another member), standby unhealthy, both down, already in
-flight, monitor degraded). Only a plan that changed something on AWS
-counts toward the cooldown and the hourly cap. In monitor-only mode (no
-AWS access) a due failover is reported once per outage (``FailoverDue``)
-and nothing else happens. Before deciding, every other service's active
-target must have been probed since the failure began, so that "everything
-failed at once" (the monitor's own network) is seen as such and not as one
-outage.
+flight, monitor degraded; with replicated deciders, ``Policy.ha``: no
+quorum of fresh views seeing it down, lease lost, not the leader). Only
+a plan that changed something on AWS counts toward the cooldown and the
+hourly cap. In monitor-only mode (no AWS access) a due failover is
+reported once per outage (``FailoverDue``) and nothing else happens.
+Before deciding, every other service's active target must have been
+probed since the failure began, so that "everything failed at once" (the
+monitor's own network) is seen as such and not as one outage.
 
 A probe that failed on the monitor's side (``Observation.cause``: out of
 descriptors, a stalled loop...) is no evidence either way: it neither counts
@@ -47,6 +48,7 @@ from jupiterd.core.health.events import (
     ActiveObserved,
     Alert,
     AwsReachability,
+    ClusterChanged,
     Event,
     FailoverDue,
     FailoverFinished,
@@ -83,6 +85,7 @@ __all__ = [
     "ActiveObserved",
     "Alert",
     "AwsReachability",
+    "ClusterChanged",
     "Event",
     "FailoverDue",
     "FailoverFinished",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jupiterd.core.health.state import Guard
+from jupiterd.core.quorum import Cluster
 from jupiterd.core.types import Role, Status
 
 # --------------------------------------------------------------------------- events
@@ -95,6 +96,14 @@ class Tick:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterChanged:
+    """Replicated deciders: the lease, the leader or the votes changed."""
+
+    cluster: Cluster
+    at: float
+
+
 Event = (
     Observation
     | InstanceRunning
@@ -104,6 +113,7 @@ Event = (
     | FailoverFinished
     | AwsReachability
     | JournalHold
+    | ClusterChanged
     | Tick
 )
 

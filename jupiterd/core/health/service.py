@@ -72,6 +72,38 @@ def _standby_busy(state: MachineState, name: str, active: Role, policy: Policy) 
     return None
 
 
+def _cluster_guard(state: MachineState, s: ServiceState, where: str) -> tuple[Guard, str] | None:
+    """Replicated deciders: a failover needs a quorum of fresh views seeing
+    the active down (``no_quorum``), then this replica's lease intact
+    (``lease_lost``), then this replica the leader (``not_leader``)."""
+    c = state.cluster
+    if c is None:
+        return Guard.NO_QUORUM, f"{where}, but the other replicas' views have not been read yet"
+    if not c.reachable:
+        return (
+            Guard.NO_QUORUM,
+            f"{where}, but the replicas' shared table does not answer ({c.why}): "
+            "no quorum can be counted, so no replica acts; probing goes on",
+        )
+    t = c.tallies.get(s.name)
+    if t is None or t.role is not s.active:
+        return Guard.NO_QUORUM, f"{where}, but the replicas' votes on it are not counted yet"
+    if not t.reached:
+        return Guard.NO_QUORUM, f"{where}, but {t.sentence()}"
+    if c.lease == "lost":
+        return (
+            Guard.LEASE_LOST,
+            f"{where} and {t.sentence()}, but this replica lost its lease ({c.why}): "
+            "it does not act until it holds the lease again",
+        )
+    if not c.leader and c.lease == "leader":  # holds it, not acting yet: ``why`` says why
+        return Guard.NOT_LEADER, f"{where} and {t.sentence()}, but {c.why or 'not yet acting'}"
+    if not c.leader:
+        who = f"the leader, {c.leader_id}," if c.leader_id else "the leader (none yet)"
+        return Guard.NOT_LEADER, f"{where} and {t.sentence()}: {who} acts, not this replica"
+    return None
+
+
 def _set_hold(
     s: ServiceState, guard: Guard, reason: str, at: float
 ) -> tuple[ServiceState, list[Action]]:
@@ -186,6 +218,8 @@ def evaluate(
                 f"{where}, but {len(failing)} of {total} services are failing at once "
                 f"({', '.join(sorted(failing))}): the monitor's own network is the likelier fault",
             )
+    if guard is None and policy.ha:
+        guard = _cluster_guard(state, s, where)
     if guard is None and state.aws_error is not None and not policy.monitor_only:
         guard = (
             Guard.AWS_UNREACHABLE,

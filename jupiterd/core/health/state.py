@@ -9,6 +9,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from jupiterd.config import IsolationGuard, Thresholds
+from jupiterd.core.quorum import Cluster
 from jupiterd.core.types import Role, Status
 
 
@@ -29,6 +30,9 @@ class Guard(StrEnum):
     MONITOR_DEGRADED = "monitor_degraded"  # probes fail on this host: no verdict possible
     JOURNAL_DAMAGED = "journal_damaged"
     STANDBY_BUSY = "standby_busy"  # a pool's shared standby already serves another member
+    NO_QUORUM = "no_quorum"  # replicated deciders: too few fresh replicas see it down
+    NOT_LEADER = "not_leader"  # replicated deciders: another replica holds the lease
+    LEASE_LOST = "lease_lost"  # replicated deciders: this replica's lease renewals failed
 
 
 # --------------------------------------------------------------------------- state
@@ -120,6 +124,7 @@ class MachineState:
     # as an index so that each observation need not scan every service.
     awaiting: frozenset[str] = frozenset()
     degraded: MonitorTrouble | None = None  # a host-wide cause: every service held
+    cluster: Cluster | None = None  # replicated deciders (ha:): the lease and the votes
 
     def with_service(self, s: ServiceState) -> MachineState:
         if self.services.get(s.name) is s:
@@ -148,3 +153,4 @@ class Policy:
     # Members of a peer_then_standby pool: their plan reroutes through the
     # standby (or a surviving member) even while it serves another member.
     peer_fallback: frozenset[str] = frozenset()
+    ha: bool = False  # replicated deciders: only the leader acts, on a quorum of views

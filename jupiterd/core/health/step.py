@@ -10,6 +10,7 @@ from jupiterd.core.health.events import (
     ActiveObserved,
     Alert,
     AwsReachability,
+    ClusterChanged,
     Event,
     FailoverFinished,
     InstanceRunning,
@@ -46,6 +47,8 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
         return state, actions
     if isinstance(event, AwsReachability):
         return _aws_reachability(state, event, policy)
+    if isinstance(event, ClusterChanged):
+        return _cluster_changed(state, event, policy)
     if isinstance(event, PauseChanged):
         reason = f"paused by {event.by}" if event.paused else ""
         if event.paused == state.paused:
@@ -248,4 +251,19 @@ def _aws_reachability(
     for name in state.services:
         state, acts = evaluate(state, name, event.at, policy)
         actions += acts
+    return state, actions
+
+
+def _cluster_changed(
+    state: MachineState, event: ClusterChanged, policy: Policy
+) -> tuple[MachineState, list[Action]]:
+    """Replicated deciders: the lease or the votes changed. Every service
+    whose active instance is down is decided again (a quorum reached, a
+    lease gained or lost); the others do not depend on the cluster."""
+    actions: list[Action] = []
+    state = replace(state, cluster=event.cluster)
+    for name, s in state.services.items():
+        if s.target(s.active).status is Status.DOWN:
+            state, acts = evaluate(state, name, event.at, policy)
+            actions += acts
     return state, actions
