@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jupiterd.core.quorum import ServiceVerdicts, TargetVerdict
 from jupiterd.core.types import Role, Status
 
 VIEW_PREFIX = "view#"
@@ -19,20 +20,6 @@ _REPLICA = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SERVICE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _STATUSES = frozenset(s.value for s in Status)
 _ROLES = frozenset(r.value for r in Role)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetVerdict:
-    status: str  # Status value: "up"|"down"|"suspect"|"unknown"|"stopped"|"recovering"
-    since: float | None  # wall time the status was entered
-    probed_at: float | None  # wall time of the last probe
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceVerdicts:
-    active: str  # "primary" | "backup" as this replica believes
-    primary: TargetVerdict
-    backup: TargetVerdict
 
 
 # --------------------------------------------------------------------------- item size

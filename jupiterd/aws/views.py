@@ -56,8 +56,6 @@ from jupiterd.aws.client import Aws, AwsError
 from jupiterd.aws.view_items import (
     VIEW_PREFIX,
     Published,
-    ServiceVerdicts,
-    TargetVerdict,
     encode_services,
     item_bytes,
     parse_view,
@@ -65,6 +63,7 @@ from jupiterd.aws.view_items import (
     write_units,
 )
 from jupiterd.core.clock import Clock
+from jupiterd.core.quorum import ReplicaView, ServiceVerdicts, TargetVerdict
 
 __all__ = [
     "MAX_VIEW_BYTES",
@@ -83,18 +82,6 @@ log = structlog.get_logger("jupiterd.views")
 TTL_SECONDS = 86_400
 MAX_VIEW_BYTES = 350 * 1024  # DynamoDB's items hold 400 KB
 MAX_PAGES = 16  # Scan pages of 1 MB each; the table holds a few KB
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaView:
-    replica: str
-    seq: int  # +1 on every publish of that replica
-    published_at: float  # the publisher's wall time (for people)
-    isolated: bool  # sees every target down / monitor degraded: votes nothing
-    why: str  # why isolated ("" otherwise)
-    services: Mapping[str, ServiceVerdicts]
-    fresh: bool  # computed by the reader
-    age: float | None  # seconds since the reader saw it change (None: unknown)
 
 
 class ViewTooLarge(AwsError):
