@@ -34,6 +34,7 @@ from jupiterd.core.health import (
     MachineState,
     PauseChanged,
     Policy,
+    PrewarmPolicy,
     ServiceState,
     Tick,
     step,
@@ -92,6 +93,11 @@ def policy_of(config: Config) -> Policy:
         peer_fallback=frozenset(
             n for n in config.services if config.pool_plan(n) == "peer_then_standby"
         ),
+        prewarm={
+            n: PrewarmPolicy(s.prewarm_hold, s.prewarm_max_per_hour)
+            for n, s in config.services.items()
+            if s.prewarm
+        },
     )
 
 
