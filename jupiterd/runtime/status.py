@@ -143,4 +143,5 @@ def status_json(sup: Supervisor) -> dict[str, Any]:
         "services": services,
         "recent_plans": list(sup.outcomes),
         "drills": sup.drills.status() if sup.drills is not None else {},
+        "standbys": sup.standbys.status(),
     }

@@ -47,6 +47,7 @@ from jupiterd.runtime.plans import PlanEvent, Plans
 from jupiterd.runtime.probe_loop import LagMonitor
 from jupiterd.runtime.refresh import Refresher
 from jupiterd.runtime.sd_notify import Notifier
+from jupiterd.runtime.standbys import Standbys
 from jupiterd.runtime.state_files import StateFiles
 from jupiterd.runtime.status import DrillStatus, status_json
 from jupiterd.runtime.targets import ProbeEvent, Target, Targets
@@ -151,6 +152,7 @@ class Supervisor:
         self.probes = Targets(self)
         self.effects = Effects(self)
         self.plans = Plans(self)
+        self.standbys = Standbys(self)  # readiness drills and pre-warms
         self.refresher = Refresher(self)
         self.files = StateFiles(self)
 
@@ -210,6 +212,7 @@ class Supervisor:
         self.metrics.targets.set(len(self.targets))
         for name in self.config.services:
             self.effects.sync_service(name)
+        self.standbys.start()
         self.heartbeat = self.now()
         self.spawn(self._tick_loop(), "tick")
         self.spawn(self.refresher.run(), "inventory")
