@@ -174,6 +174,7 @@ async def test_a_failover_starting_mid_drill_takes_the_standby(stack: Stack) -> 
         ex.close()
 
 
+@pytest.mark.slow
 async def test_a_crash_mid_drill_is_resumed_by_stopping_the_standby(stack: Stack) -> None:
     # Records: plan, begin/end start_standby, begin/end standby_healthy, ...
     env = client_env()
@@ -203,3 +204,33 @@ async def test_a_crash_mid_drill_is_resumed_by_stopping_the_standby(stack: Stack
     finally:
         ex.close()
     assert Journal(stack.config.state_dir).unfinished() == []
+
+
+@pytest.mark.slow
+async def test_the_command_drills_and_status_shows_the_rto_budget(stack: Stack) -> None:
+    import json
+
+    cfg = str(stack.config_path)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jupiterd", *args, "--config", cfg],
+            cwd=ROOT,
+            env=client_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    p = await asyncio.to_thread(cli, "drill-standby", SERVICE, "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout)
+    assert res["result"] == "passed" and res["rto_budget_seconds"] is not None
+    p = await asyncio.to_thread(cli, "status")
+    assert "standby verified " in p.stdout and "RTO budget" in p.stdout, p.stdout
+    stack.listeners.stop(SERVICE, "backup")
+    p = await asyncio.to_thread(cli, "drill-standby", SERVICE)
+    assert p.returncode == 1 and "standby readiness failed" in p.stdout, p.stdout + p.stderr
+    p = await asyncio.to_thread(cli, "status", "--json")
+    shown = json.loads(p.stdout)["services"][SERVICE]["standby"]
+    assert shown["last_result"] == "failed" and shown["verified_at"] == res["at"]
