@@ -234,3 +234,16 @@ async def test_the_command_drills_and_status_shows_the_rto_budget(stack: Stack) 
     p = await asyncio.to_thread(cli, "status", "--json")
     shown = json.loads(p.stdout)["services"][SERVICE]["standby"]
     assert shown["last_result"] == "failed" and shown["verified_at"] == res["at"]
+
+
+def test_journal_kind_is_validated_and_old_records_are_failovers() -> None:
+    from jupiterd.state.records import parse_journal
+
+    head = b'{"t":"plan","service":"s","from":"primary","to":"backup","at":1,'
+    old = head + b'"id":"a"}\n'
+    warm = head + b'"id":"b","kind":"prewarm"}\n'
+    bad = head + b'"id":"c","kind":"nap"}\n'
+    parsed = parse_journal(old + warm + bad)
+    assert parsed.plans["a"].kind == "failover" and parsed.plans["b"].kind == "prewarm"
+    assert "c" not in parsed.plans
+    assert parsed.problems == ["line 3: 'kind' is not failover, readiness or prewarm"]
