@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jupiterd.cli import daemon, discover, ha, iam, ops
+from jupiterd.cli import daemon, discover, ha, iam, ops, standby
 from jupiterd.cli.common import (
     DEFAULT_CONFIG,
     EXIT_CONFIG,
@@ -37,6 +37,7 @@ def _add_sandbox(sub: Any) -> None:
 COMMANDS: list[Callable[[Any], None]] = [
     daemon.add_commands,
     ops.add_commands,
+    standby.add_commands,
     iam.add_commands,
     discover.add_commands,
     ha.add_commands,

@@ -191,6 +191,7 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
     from jupiterd.aws.client import Aws
     from jupiterd.aws.inventory import AwsInventory
     from jupiterd.core.plan import pool_view, service_status
+    from jupiterd.state import readiness
     from jupiterd.state.journal import Journal, JournalError, held_services
 
     # A pool is shown whole: the other members are read too.
@@ -210,6 +211,7 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
         view = None
     pending = [p for p in view.plans if not p.done] if view is not None else []
     held = held_services(cfg.state_dir, services)
+    drills = readiness.load(cfg.state_dir)
     out: dict[str, Any] = {}
     all_ok = True
     for name in services:
@@ -260,6 +262,7 @@ async def _status(cfg: Any, services: list[str]) -> dict[str, Any]:
                 for a in st.attachments
             ],
             "notes": notes,
+            "standby": _standby(drills.get(name)),
         }
         if f.in_use:
             out[name]["shared"] = {i: list(u) for i, u in f.in_use.items()}
@@ -317,6 +320,17 @@ def _leader_line(ha: dict[str, Any]) -> str:
     return f"leader: {ha['leader']} (token {ha['token']}, lease until {until} UTC)"
 
 
+def _standby(d: dict[str, Any] | None) -> dict[str, Any]:
+    """The standby's last readiness drill, as `status` shows it."""
+    d = d or {}
+    return {
+        "verified_at": d.get("verified_at"),
+        "rto_budget_seconds": d.get("verified_rto_seconds"),
+        "last_result": d.get("result"),
+        "last_drill_at": d.get("at"),
+    }
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines: list[str] = []
     if "ha" in report:
@@ -339,6 +353,14 @@ def _format_status(report: dict[str, Any]) -> str:
         for a in s["attachments"]:
             to = "+".join(a["points_to"]) or "nothing"
             lines.append(f"  {a['kind'].replace('_', ' ')} {a['name']} -> {to} ({a['detail']})")
+        sb = s.get("standby") or {}
+        if sb.get("verified_at") is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(sb["verified_at"]))
+            rto = sb.get("rto_budget_seconds")
+            budget = f", RTO budget {rto:.1f}s (boot + app healthy)" if rto is not None else ""
+            lines.append(f"  standby verified {when} UTC{budget}; last drill {sb['last_result']}")
+        elif sb.get("last_result"):
+            lines.append(f"  standby never verified; last drill {sb['last_result']}")
         for n in s["notes"]:
             lines.append(f"  ! {n}")
     for pool, p in report.get("pools", {}).items():

@@ -24,6 +24,9 @@ from jupiterd.core.health import (
     MaintenanceObserved,
     Note,
     PauseChanged,
+    Prewarm,
+    PrewarmCapped,
+    PrewarmUndo,
     ProbeNow,
     StartFailover,
     Transition,
@@ -72,6 +75,7 @@ class Effects:
                 reason=a.reason,
             )
             sup.plans.start(a)
+            sup.standbys.failover_started(a.service)
         elif isinstance(a, FailoverDue):
             log.warning(
                 "failover due",
@@ -95,6 +99,8 @@ class Effects:
                 sup.probes.wake(key)
         elif isinstance(a, Note):
             log.info("decision", service=a.service, reason=a.reason)
+        elif isinstance(a, Prewarm | PrewarmUndo | PrewarmCapped):
+            sup.standbys.apply(a)
 
     def export(self, event: Event, actions: list[Action]) -> None:
         """After a step: the gauges its event and actions may have changed."""

@@ -147,4 +147,5 @@ def status_json(sup: Supervisor) -> dict[str, Any]:
         "recent_plans": list(sup.outcomes),
         "drills": sup.drills.status() if sup.drills is not None else {},
         **({"ha": sup.ha.status()} if sup.ha is not None else {}),
+        "standbys": sup.standbys.status(),
     }

@@ -34,6 +34,7 @@ from jupiterd.core.health import (
     MachineState,
     PauseChanged,
     Policy,
+    PrewarmPolicy,
     ServiceState,
     Tick,
     step,
@@ -47,6 +48,7 @@ from jupiterd.runtime.plans import PlanEvent, Plans
 from jupiterd.runtime.probe_loop import LagMonitor
 from jupiterd.runtime.refresh import Refresher
 from jupiterd.runtime.sd_notify import Notifier
+from jupiterd.runtime.standbys import Standbys
 from jupiterd.runtime.state_files import StateFiles
 from jupiterd.runtime.status import DrillStatus, status_json
 from jupiterd.runtime.targets import ProbeEvent, Target, Targets
@@ -94,6 +96,11 @@ def policy_of(config: Config) -> Policy:
         peer_fallback=frozenset(
             n for n in config.services if config.pool_plan(n) == "peer_then_standby"
         ),
+        prewarm={
+            n: PrewarmPolicy(s.prewarm_hold, s.prewarm_max_per_hour)
+            for n, s in config.services.items()
+            if s.prewarm
+        },
     )
 
 
@@ -148,6 +155,7 @@ class Supervisor:
         self.probes = Targets(self)
         self.effects = Effects(self)
         self.plans = Plans(self)
+        self.standbys = Standbys(self)  # readiness drills and pre-warms
         self.refresher = Refresher(self)
         self.files = StateFiles(self)
         # Replicated deciders (config.ha): the table's parts, the runner.
@@ -210,6 +218,7 @@ class Supervisor:
         self.metrics.targets.set(len(self.targets))
         for name in self.config.services:
             self.effects.sync_service(name)
+        self.standbys.start()
         self.heartbeat = self.now()
         self.spawn(self._tick_loop(), "tick")
         self.spawn(self.refresher.run(), "inventory")

@@ -11,7 +11,9 @@ itself changed (whether it started the standby).
 Records (``t`` is the type):
 
 - ``plan``: a plan begins: id, service, roles, reason, who asked, the
-  standby's state at preflight.
+  standby's state at preflight; ``kind`` when it is not a failover but the
+  warm-up of a standby (``readiness``, ``prewarm``: see
+  ``aws/executor/warm.py``), which a resumption stops again.
 - ``begin`` / ``end``: a step starts / ends (ok, seconds, detail, data).
 - ``rollback``: the plan turned to undoing itself, with why.
 - ``result``: the outcome is known (only the notification may follow).
@@ -57,6 +59,7 @@ from jupiterd.state.statefile import Damaged, Invalid
 
 from .planlock import LOCK_NAME, JournalError, LockBusy, PlanLock, _ensure_dir
 from .records import (
+    PLAN_KINDS,
     RESULTS,
     ROLES,
     TEXT_MAX,
@@ -73,6 +76,7 @@ __all__ = [
     "KILL_ENV",
     "LOCK_NAME",
     "MAX_BYTES",
+    "PLAN_KINDS",
     "RESULTS",
     "ROLES",
     "ROTATE_BYTES",
@@ -190,7 +194,10 @@ class Journal:
         reason: str,
         requested_by: str,
         standby_state: str,
+        kind: str = "failover",
     ) -> PlanRecord:
+        """``kind``: "failover", or the warm-up of a standby ("readiness",
+        "prewarm"), written only when not a failover."""
         rec = PlanRecord(
             id=uuid.uuid4().hex,
             service=service,
@@ -200,9 +207,11 @@ class Journal:
             requested_by=requested_by,
             started_at=time.time(),
             standby_state=standby_state,
+            kind=kind,
         )
         self.append(
             {
+                **({} if kind == "failover" else {"kind": kind}),
                 "t": "plan",
                 "id": rec.id,
                 "service": service,

@@ -35,6 +35,10 @@ class PlanRecord:
     requested_by: str
     started_at: float  # Unix time
     standby_state: str | None = None
+    # What the record is for: a failover plan, or the warm-up of a standby
+    # that moves no traffic (a readiness drill, a pre-warm): resumed by
+    # stopping the standby again. Records without it are failover plans.
+    kind: str = "failover"
     steps: dict[str, StepRecord] = field(default_factory=dict)
     rollback: str | None = None  # why the plan turned to undoing itself
     result: tuple[str, str] | None = None  # (result, detail) once known
@@ -53,6 +57,7 @@ class PlanRecord:
 ROLES = ("primary", "backup")
 RESULTS = ("success", "aborted", "failed", "dry_run")
 TYPES = ("plan", "begin", "end", "rollback", "result", "done")
+PLAN_KINDS = ("failover", "readiness", "prewarm")
 TEXT_MAX = 1 << 16
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 
@@ -123,6 +128,9 @@ def _apply_checked(plans: dict[str, PlanRecord], rec: Any, *, fresh: bool = Fals
         if from_role not in ROLES or to_role not in ROLES or from_role == to_role:
             raise Invalid("'from' and 'to' are not primary and backup")
         standby = text(rec, "standby_state", 64, required=False)
+        kind = text(rec, "kind", 16, required=False) or "failover"
+        if kind not in PLAN_KINDS:
+            raise Invalid("'kind' is not failover, readiness or prewarm")
         if "pid" in rec and not (isinstance(rec["pid"], int) and not isinstance(rec["pid"], bool)):
             raise Invalid("'pid' is not an integer")
         record = PlanRecord(
@@ -134,6 +142,7 @@ def _apply_checked(plans: dict[str, PlanRecord], rec: Any, *, fresh: bool = Fals
             requested_by=text(rec, "by", 1000, required=False) or "daemon",
             started_at=at,
             standby_state=standby,
+            kind=kind,
         )
         if not record.service:
             raise Invalid("'service' is empty")

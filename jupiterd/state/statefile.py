@@ -1,7 +1,7 @@
 """One guarded reader (and writer) for every file in ``Config.state_dir``.
 
-The pause flag, the plan journal, the plan lock, the daemon lock and the
-pruned AWS models cache are all read through ``read``: the file is opened
+The pause flag, the plan journal, the plan lock, the daemon lock, the
+readiness record and the pruned AWS models cache are all read through ``read``: the file is opened
 without following symbolic links (``O_NOFOLLOW``), anything but a regular
 file is refused, the size is bounded, and the caller's parser validates the
 content (a wrongly-typed field is damage like a flipped byte). A damaged
@@ -50,7 +50,8 @@ JOURNAL = "journal"
 PLAN_LOCK = "plan_lock"
 DAEMON_LOCK = "daemon_lock"
 MODELS_CACHE = "models_cache"
-KINDS = (PAUSE_FLAG, JOURNAL, PLAN_LOCK, DAEMON_LOCK, MODELS_CACHE)
+READINESS = "readiness"  # the standbys' last readiness drills
+KINDS = (PAUSE_FLAG, JOURNAL, PLAN_LOCK, DAEMON_LOCK, MODELS_CACHE, READINESS)
 
 DAMAGED = ".damaged-"
 ACKED = ".acked"
@@ -69,6 +70,8 @@ def kind_of(name: str) -> str:
         return PLAN_LOCK
     if name.startswith("daemon.lock"):
         return DAEMON_LOCK
+    if name.startswith("readiness.json"):
+        return READINESS
     return MODELS_CACHE
 
 

@@ -21,6 +21,7 @@ from prometheus_client import (
 
 from jupiterd import __version__
 from jupiterd.core.types import Status
+from jupiterd.telemetry.standby_metrics import StandbyMetrics
 
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FAILOVER_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200)
@@ -250,6 +251,8 @@ class Metrics:
             "Views of every target this replica published to the table.",
             registry=r,
         )
+        # Standbys: readiness drills and pre-warms
+        self.standby = StandbyMetrics(r)
 
         # The daemon itself
         self.heartbeat = Gauge(

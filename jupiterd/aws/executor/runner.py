@@ -66,7 +66,7 @@ from jupiterd.core.clock import Clock
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.plan import Stage, StepKind, build_plan, is_done
 from jupiterd.core.types import Role
-from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock
+from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord
 from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
 
@@ -112,6 +112,7 @@ class AwsExecutor:
         )
         self._steps = Stepper(self._ctx, self.journal, on_step)
         self._in_flight: set[str] = set()
+        self._warming: set[str] = set()  # standbys warmed up (warm.py): not failovers
         self._pool_locks: dict[str, asyncio.Lock] = {}
 
     @property
@@ -155,9 +156,13 @@ class AwsExecutor:
                 log.error("resume_failed", reason=str(exc))
                 return []
             runs: list[_Run] = []
+            warm: list[PlanRecord] = []
             for rec in unfinished:
-                if rec.service in self._in_flight:
+                if rec.service in self._in_flight or rec.service in self._warming:
                     continue  # running in this process: not interrupted
+                if rec.kind != "failover":
+                    warm.append(rec)  # a readiness drill or pre-warm: stopped again
+                    continue
                 if rec.service not in self.config.services:
                     detail = f"service {rec.service} is no longer configured: plan {rec.id} dropped"
                     log.error("resume_dropped", service=rec.service, plan=rec.id, reason=detail)
@@ -182,6 +187,10 @@ class AwsExecutor:
                 runs.append(
                     _Run(req, self.clock, record=rec, resumed=True, began_at=rec.started_at)
                 )
+            if warm:
+                from jupiterd.aws.executor.warm import StandbyWarmer
+
+                await StandbyWarmer(self).resume(warm)
             return list(await asyncio.gather(*(self._guarded(r) for r in runs)))
         finally:
             self.lock.release()

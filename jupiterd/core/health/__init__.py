@@ -38,7 +38,9 @@ host-wide hold.
 The package, read in order: ``state`` (what is known, and ``Guard``),
 ``events`` (what comes in, what goes out), ``target`` (one target's
 hysteresis), ``service`` (``evaluate``: one service's decision and its
-guards), ``step`` (the dispatcher).
+guards), ``prewarm`` (the standby started early when the active first
+fails, stopped again after ``prewarm_hold`` if it recovers), ``step`` (the
+dispatcher).
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ from jupiterd.core.health.events import (
     Note,
     Observation,
     PauseChanged,
+    Prewarm,
+    PrewarmCapped,
+    PrewarmUndo,
     ProbeNow,
+    StandbyWarming,
     StartFailover,
     Tick,
     Transition,
@@ -72,8 +78,10 @@ from jupiterd.core.health.state import (
     MachineState,
     MonitorTrouble,
     Policy,
+    PrewarmPolicy,
     ServiceState,
     TargetState,
+    WarmState,
 )
 from jupiterd.core.health.step import step
 from jupiterd.core.health.target import host_clean_needed, monitor_error, observe, probe_interval
@@ -102,12 +110,18 @@ __all__ = [
     "Observation",
     "PauseChanged",
     "Policy",
+    "Prewarm",
+    "PrewarmCapped",
+    "PrewarmPolicy",
+    "PrewarmUndo",
     "ProbeNow",
     "ServiceState",
+    "StandbyWarming",
     "StartFailover",
     "TargetState",
     "Tick",
     "Transition",
+    "WarmState",
     "evaluate",
     "host_clean_needed",
     "monitor_error",

@@ -90,6 +90,18 @@ class AwsReachability:
 
 
 @dataclass(frozen=True, slots=True)
+class StandbyWarming:
+    """A warm-up of the standby (``kind``: "drill", "prewarm") began
+    (``on``) or ended, as the daemon carries it out."""
+
+    service: str
+    role: Role
+    kind: str
+    on: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Re-evaluates time-based conditions (failover_after, cooldown expiry)."""
 
@@ -114,6 +126,7 @@ Event = (
     | AwsReachability
     | JournalHold
     | ClusterChanged
+    | StandbyWarming
     | Tick
 )
 
@@ -191,4 +204,45 @@ class Note:
     at: float
 
 
-Action = Transition | StartFailover | FailoverDue | Hold | HoldCleared | Alert | ProbeNow | Note
+@dataclass(frozen=True, slots=True)
+class Prewarm:
+    """Start the stopped standby now: the active just began to fail."""
+
+    service: str
+    role: Role
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmUndo:
+    """Stop the pre-warmed standby again: the active recovered ``hold`` ago."""
+
+    service: str
+    role: Role
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmCapped:
+    """A pre-warm was due and ``prewarm_max_per_hour`` held it (once per failure)."""
+
+    service: str
+    reason: str
+    at: float
+
+
+Action = (
+    Transition
+    | StartFailover
+    | FailoverDue
+    | Hold
+    | HoldCleared
+    | Alert
+    | ProbeNow
+    | Note
+    | Prewarm
+    | PrewarmUndo
+    | PrewarmCapped
+)

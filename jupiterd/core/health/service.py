@@ -259,6 +259,9 @@ def evaluate(
         if s.alert != alert:  # once per outage: the reason's wording changes
             s = replace(s, alert=alert)
             actions.append(Alert(name, alert, at))
+    # A standby being warmed up (pre-warm, drill) is booting, not dead: the
+    # plan takes it over and waits for its probes.
+    warm = s.warm is not None and s.warm.role is standby_role and standby.status is not Status.UP
     if guard is None and standby.status is Status.STOPPED and standby.known_down is not None:
         # A stopped instance cannot be probed: judged on what was known when
         # the failover stopped it. Starting it blindly after every cooldown
@@ -275,7 +278,12 @@ def evaluate(
         if s.alert != reason:
             s = replace(s, alert=reason)
             actions.append(Alert(name, reason, at))
-    if guard is None and standby.status is not Status.STOPPED and standby.status is not Status.UP:
+    if (
+        guard is None
+        and not warm
+        and standby.status is not Status.STOPPED
+        and standby.status is not Status.UP
+    ):
         if standby.status is Status.DOWN:
             reason = f"both instances are down (the {standby_role} too: {standby.last_reason})"
             guard = (Guard.BOTH_DOWN, f"{reason}; not switching to a dead standby")
@@ -294,7 +302,9 @@ def evaluate(
         return state.with_service(s), actions + acts
 
     standby_word = (
-        "stopped standby (it will be started and checked first)"
+        "pre-warmed standby (the plan waits for its probes)"
+        if warm
+        else "stopped standby (it will be started and checked first)"
         if standby.status is Status.STOPPED
         else "healthy standby"
     )

@@ -72,6 +72,19 @@ class TargetState:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmState:
+    """The standby is being warmed up without moving traffic: a pre-warm
+    (``kind`` "prewarm": started when the active first failed) or a
+    readiness drill ("drill"). A failover due meanwhile takes it over (it
+    is not judged a dead or unhealthy standby while it boots)."""
+
+    kind: str
+    role: Role  # the standby warmed
+    since: float
+    undo_at: float | None = None  # a pre-warm: stopped again then (the active recovered)
+
+
+@dataclass(frozen=True, slots=True)
 class HoldState:
     guard: Guard
     reason: str
@@ -96,6 +109,9 @@ class ServiceState:
     retries: int = 0  # plans in a row that aborted before changing anything
     due_since: float | None = None  # monitor-only: when the failover became due
     journal_hold: str | None = None  # why a damaged journal holds this service
+    warm: WarmState | None = None  # the standby is being warmed up (pre-warm, drill)
+    prewarms: tuple[float, ...] = ()  # pre-warms started within the last hour
+    prewarm_capped: bool = False  # this failure's pre-warm was refused by the hourly cap
 
     def target(self, role: Role) -> TargetState:
         return self.primary if role is Role.PRIMARY else self.backup
@@ -141,6 +157,14 @@ class MachineState:
 
 
 @dataclass(frozen=True, slots=True)
+class PrewarmPolicy:
+    """A service with ``prewarm: true``."""
+
+    hold: float = 300.0  # after the active recovers, before the standby is stopped again
+    max_per_hour: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """What the machine needs from the configuration."""
 
@@ -154,3 +178,4 @@ class Policy:
     # standby (or a surviving member) even while it serves another member.
     peer_fallback: frozenset[str] = frozenset()
     ha: bool = False  # replicated deciders: only the leader acts, on a quorum of views
+    prewarm: Mapping[str, PrewarmPolicy] = field(default_factory=dict)  # prewarm: true

@@ -19,11 +19,14 @@ from jupiterd.core.health.events import (
     Note,
     Observation,
     PauseChanged,
+    StandbyWarming,
     Tick,
     Transition,
 )
-from jupiterd.core.health.service import _clear_hold, evaluate, retry_delay
-from jupiterd.core.health.state import MachineState, Policy, TargetState
+from jupiterd.core.health.prewarm import decide as _prewarm
+from jupiterd.core.health.service import _clear_hold, retry_delay
+from jupiterd.core.health.service import evaluate as _evaluate
+from jupiterd.core.health.state import MachineState, Policy, TargetState, WarmState
 from jupiterd.core.health.target import (
     _cleaner,
     _fmt,
@@ -35,6 +38,15 @@ from jupiterd.core.health.target import (
 from jupiterd.core.types import Status
 
 # --------------------------------------------------------------------------- step
+
+
+def evaluate(
+    state: MachineState, name: str, at: float, policy: Policy
+) -> tuple[MachineState, list[Action]]:
+    """``service.evaluate``, then the pre-warm decision (``prewarm``)."""
+    state, actions = _evaluate(state, name, at, policy)
+    state, more = _prewarm(state, name, at, policy)
+    return state, actions + more
 
 
 def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineState, list[Action]]:
@@ -119,6 +131,11 @@ def step(state: MachineState, event: Event, policy: Policy) -> tuple[MachineStat
             s = replace(s, maintenance=event.on)
             word = "entered maintenance (instance tag set)" if event.on else "left maintenance"
             actions.append(Note(s.name, word, event.at))
+    elif isinstance(event, StandbyWarming):
+        if event.on and s.warm is None:
+            s = replace(s, warm=WarmState(event.kind, event.role, event.at))
+        elif not event.on and s.warm is not None and s.warm.kind == event.kind:
+            s = replace(s, warm=None)
     elif isinstance(event, JournalHold):
         if event.reason != s.journal_hold:
             s = replace(s, journal_hold=event.reason)
