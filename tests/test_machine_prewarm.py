@@ -218,3 +218,19 @@ def test_not_when_the_pool_s_standby_serves_another_member() -> None:
         state, acts = step(state, Observation("a", P, ok, at, "x"), pol)
     assert not [a for a in acts if isinstance(a, Prewarm)]
     assert state.services["a"].warm is None
+
+
+def test_only_the_leader_prewarms_under_ha() -> None:
+    from jupiterd.core.health import ClusterChanged
+    from jupiterd.core.quorum import Cluster
+
+    follower = up(replace(policy(), ha=True))
+    follower(ClusterChanged(Cluster(False, "follower", "az-b", "az-b leads"), 2.0))
+    follower.probe(P, False, 10.0)
+    assert follower.s.primary.status is Status.SUSPECT
+    assert follower.of(Prewarm) == [] and follower.s.warm is None
+
+    leader = up(replace(policy(), ha=True))
+    leader(ClusterChanged(Cluster(True, "leader", "az-a", ""), 2.0))
+    leader.probe(P, False, 10.0)
+    assert len(leader.of(Prewarm)) == 1

@@ -149,6 +149,8 @@ class Standbys:
             return None
         if sup.state.paused:
             why = "jupiterd is paused"
+        elif sup.policy.ha and (sup.state.cluster is None or not sup.state.cluster.leader):
+            why = "this replica is not the leader: only the leader drills standbys"
         else:
             why = await self._watch(name)()
         if why is not None:

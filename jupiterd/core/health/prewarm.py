@@ -8,7 +8,7 @@ fails again meanwhile.
 event of a service and on every ``Tick`` (the hold's expiry). No pre-warm
 while the standby is not stopped (already running, or known dead), serves
 another pool member, while paused, in maintenance, in monitor-only mode,
-while a damaged journal holds the service, or past ``max_per_hour``
+on a replica that is not the leader (``ha:``), while a damaged journal holds the service, or past ``max_per_hour``
 pre-warms in the last hour (said once per failure, ``PrewarmCapped``).
 
 A warm standby (``ServiceState.warm``: a pre-warm, or a readiness drill the
@@ -90,6 +90,7 @@ def _start(
         or state.paused
         or s.maintenance
         or policy.monitor_only
+        or (policy.ha and (state.cluster is None or not state.cluster.leader))
         or s.journal_hold is not None
         or _standby_busy(state, s.name, s.active, policy) is not None
     ):
