@@ -94,6 +94,9 @@ class TcpRelay:
             await asyncio.gather(
                 _pipe(reader, up_writer, self.gate), _pipe(up_reader, writer, self.gate)
             )
+        except asyncio.CancelledError:
+            # stop(): the stream's callback would report a cancelled handler as an error
+            writer.transport.abort()
         finally:
             self._conns.discard(writer)
             if task is not None:

@@ -26,7 +26,9 @@
   balancers and the Elastic IP: they forward to whichever instance the AWS
   attachments point at.
 - jupiterd itself, in this process: real probes, the real executor against
-  moto, /status and /metrics on 127.0.0.1:9478 (or a free port).
+  moto, /status and /metrics on 127.0.0.1:9478 (or a free port). With
+  ``replicas``, N jupiterd processes instead (``jupiterd.sandbox.replicas``)
+  and no NAT pool.
 """
 
 from __future__ import annotations
@@ -81,8 +83,13 @@ class Stack(Fleet):
         http_port: int = 9478,
         log: Callable[[str], None] = print,
         with_nat: bool | None = None,
+        replicas: int = 0,
     ) -> None:
         super().__init__(log)
+        self.replica_count = replicas
+        self.replicas: Any = None  # a replicas.ReplicaSet with --replicas
+        if replicas:
+            with_nat = False  # ICMP: no per-replica relay carries it
         self.own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jupiterd-sandbox-"))
         self.http_port = http_port
@@ -152,7 +159,13 @@ class Stack(Fleet):
         await self.follow_once()
         self._tasks.append(asyncio.create_task(self._follow(), name="sandbox-follow"))
         await self._start_front_doors(services)
-        await self._start_daemon()
+        if self.replica_count:
+            from .replicas import ReplicaSet
+
+            self.replicas = ReplicaSet(self, self.replica_count)
+            await self.replicas.start()
+        else:
+            await self._start_daemon()
         self.started_in = time.monotonic() - t0
 
     def _set_env(self) -> None:
@@ -274,6 +287,12 @@ class Stack(Fleet):
             else:
                 self.routes[name] = None
 
+    def active_role(self, service: str) -> Role:
+        """With replicas (no daemon in this process): where AWS sends traffic."""
+        if self.replicas is not None:
+            return self.routes.get(service) or Role.PRIMARY
+        return super().active_role(service)
+
     def route(self, service: str) -> tuple[str, int] | None:
         role = self.routes.get(service)
         if role is None:
@@ -371,6 +390,8 @@ class Stack(Fleet):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.supervisor is not None:
             await step("jupiterd", lambda: self.supervisor.stop(grace=2))
+        if self.replicas is not None:
+            await step("the replicas", self.replicas.stop)
         if self.runner is not None:
             await step("the API", self.runner.cleanup)
         for door in self.doors:
