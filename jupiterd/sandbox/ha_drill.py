@@ -166,7 +166,11 @@ async def ha_dies(stack: Stack, report: HaReport) -> None:
     report.check(
         "by the leader", by == {lead}, f"run by {', '.join(by) or 'nobody'}; leader {lead}"
     )
-    report.check("it succeeded", bool(done) and done[0][1]["result"] == "success", str(done[:1]))
+    report.check(
+        "it succeeded",
+        bool(done) and done[0][1]["result"] == "success",
+        f"{done[0][1]['result']}: {done[0][1]['detail']}" if done else "no plan",
+    )
     await moved(stack, service, frm.other, 10)
     await _aws_end_state(stack, report, service, frm)
     followers = [r for r in rs.replicas if r != lead]

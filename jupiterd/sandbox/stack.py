@@ -135,8 +135,13 @@ class Stack(Fleet):
             f"{sum(len(v) for v in self.topology.instances.values())} instances"
         )
         services = [s for s in ("signaling", "coturn", "frp", "thingsboard")]
+        hosts = [*HOSTS.values(), FRONT_HOST]
+        if self.replica_count:  # each replica's relays listen at the same ports
+            from .relay import relay_host
+
+            hosts += [relay_host(k, r) for k in range(1, self.replica_count + 1) for r in Role]
         for name in services:
-            self.ports[name] = pick_port(name, [*HOSTS.values(), FRONT_HOST])
+            self.ports[name] = pick_port(name, hosts)
         if self.with_nat:
             for name in await asyncio.to_thread(remove_stale_namespaces):
                 self.say(f"  removed {name}, left by a sandbox that is no longer running")
