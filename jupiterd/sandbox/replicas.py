@@ -186,11 +186,14 @@ class Replica:
 class ReplicaSet:
     """The replicas of a sandbox and the controls drills use on them."""
 
-    def __init__(self, stack: Stack, count: int) -> None:
-        if not MIN_REPLICAS <= count <= MAX_REPLICAS:
+    def __init__(self, stack: Stack, count: int, *, with_ha: bool = True) -> None:
+        """``with_ha=False``: the same processes without ``ha:`` (each decides
+        alone: the single-process baseline of bench/ha.py)."""
+        if not 1 <= count <= MAX_REPLICAS:
             raise SandboxError(f"--replicas takes {MIN_REPLICAS} to {MAX_REPLICAS}, not {count}")
         self.stack = stack
         self.count = count
+        self.with_ha = with_ha
         self.replicas: dict[str, Replica] = {}
 
     # ------------------------------------------------------------ start / stop
@@ -241,7 +244,8 @@ class ReplicaSet:
                 svc[role.value]["address"] = r.paths.address(role)
             if name == WITNESS_SERVICE:
                 svc["witness"] = {"kind": "elb"}
-        doc["ha"] = {"table": TABLE, "replica_id": r.id, "replicas": self.count, **HA}
+        if self.with_ha:
+            doc["ha"] = {"table": TABLE, "replica_id": r.id, "replicas": self.count, **HA}
         return doc
 
     async def stop(self) -> None:

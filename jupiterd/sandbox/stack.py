@@ -84,9 +84,11 @@ class Stack(Fleet):
         log: Callable[[str], None] = print,
         with_nat: bool | None = None,
         replicas: int = 0,
+        replica_ha: bool = True,
     ) -> None:
         super().__init__(log)
         self.replica_count = replicas
+        self.replica_ha = replica_ha
         self.replicas: Any = None  # a replicas.ReplicaSet with --replicas
         if replicas:
             with_nat = False  # ICMP: no per-replica relay carries it
@@ -167,7 +169,7 @@ class Stack(Fleet):
         if self.replica_count:
             from .replicas import ReplicaSet
 
-            self.replicas = ReplicaSet(self, self.replica_count)
+            self.replicas = ReplicaSet(self, self.replica_count, with_ha=self.replica_ha)
             await self.replicas.start()
         else:
             await self._start_daemon()

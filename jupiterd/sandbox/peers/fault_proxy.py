@@ -57,7 +57,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -210,6 +210,8 @@ class FaultProxy:
         self.unreachable = False  # close every (unspared) call unanswered
         self.unreachable_services: set[str] = set()  # "dynamodb": only its calls
         self.action_latency: dict[str, float] = {}  # "ec2:StartInstances" -> seconds
+        # Told of every forwarded call: (service:Action, request body, response body).
+        self.on_forward: Callable[[str, bytes, bytes], None] | None = None
         self.forwarded: Counter[str] = Counter()
         # Mutating calls by (service:Action, digest of the request): a count
         # over 1 is the same side effect asked for twice.
@@ -386,6 +388,8 @@ class FaultProxy:
                     return
                 with proxy._lock:
                     proxy.forwarded[f"{service}:{action}"] += 1
+                    if proxy.on_forward is not None:
+                        proxy.on_forward(f"{service}:{action}", body, data)
                     if mutating(action) and service not in proxy.spared:
                         digest = hashlib.sha256(self.path.encode() + b"\0" + body).hexdigest()
                         proxy.requests[(f"{service}:{action}", digest[:16])] += 1
