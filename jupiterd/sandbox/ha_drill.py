@@ -47,6 +47,7 @@ from .ha_watch import (
     plans,
     ready,
     render,
+    restore,
     service_of,
     until,
 )
@@ -340,6 +341,8 @@ RUN = {
 
 async def ha_drill(stack: Stack, name: str) -> dict[str, Any]:
     report = HaReport(name, SERVICES[name])
+    if stack.active_role(report.service) is not Role.PRIMARY:  # an earlier drill of ha-all
+        report.event(await restore(stack, report.service))
     ok, why = await ready(stack)
     if not ok:
         report.error = f"the replicas never became ready: {why}"

@@ -213,3 +213,27 @@ def no_call_check(report: HaReport, rs: ReplicaSet) -> None:
         not report.calls,
         ", ".join(f"{k} x{n}" for k, n in report.calls.items()) or "no mutating call",
     )
+
+
+async def restore(stack: Stack, service: str) -> str:
+    """Move ``service`` back to its primary as an operator would (``jupiterd
+    failback``: a plan of its own, outside the lease), so a drill or a bench
+    run finds it where it starts. Automatic failover never fails back."""
+    from jupiterd.aws.executor import AwsExecutor
+    from jupiterd.core.execution import FailoverRequest
+
+    frm = stack.active_role(service)
+    if frm is Role.PRIMARY:
+        return f"{service} is on its primary"
+    stack.heal_service(service)
+    executor = AwsExecutor(stack.config, poll_interval=0.2, progress_interval=5.0)
+    try:
+        outcome = await executor.run(
+            FailoverRequest(
+                service, frm, Role.PRIMARY, "sandbox: back to the primary before a drill", "cli"
+            )
+        )
+    finally:
+        executor.close()
+    await moved(stack, service, Role.PRIMARY, 10)
+    return f"operator failback of {service}: {outcome.result} ({outcome.detail})"

@@ -198,6 +198,12 @@ class ReplicaSet:
 
     # ------------------------------------------------------------ start / stop
 
+    def hosts(self) -> list[str]:
+        """Every replica's relay addresses (the service ports must be free there)."""
+        from .relay import relay_host
+
+        return [relay_host(k, r) for k in range(1, self.count + 1) for r in Role]
+
     async def start(self) -> None:
         stack = self.stack
         await self._create_table()

@@ -62,6 +62,7 @@ from .layout import (
     probe_spec,
 )
 from .nat import NETNS_PREFIX, NatNamespaces, process_start, remove_stale_namespaces
+from .replicas import ReplicaSet
 
 __all__ = [
     "NETNS_PREFIX",
@@ -87,9 +88,7 @@ class Stack(Fleet):
         replica_ha: bool = True,
     ) -> None:
         super().__init__(log)
-        self.replica_count = replicas
-        self.replica_ha = replica_ha
-        self.replicas: Any = None  # a replicas.ReplicaSet with --replicas
+        self.replicas: Any = ReplicaSet(self, replicas, with_ha=replica_ha) if replicas else None
         if replicas:
             with_nat = False  # ICMP: no per-replica relay carries it
         self.own_workdir = workdir is None
@@ -100,7 +99,6 @@ class Stack(Fleet):
         self.topology: Any = None
         self.ports: dict[str, int] = {}
         self.doors: list[Any] = []
-        self.routes: dict[str, Role | None] = {}
         self.nat_services: list[str] = []  # the NAT pool's members
         self.nat_via: dict[str, str] = {}  # NAT member -> the address its routes go through
         self.config_path = self.workdir / "jupiterd.yaml"
@@ -109,7 +107,7 @@ class Stack(Fleet):
         self.executor: Any = None
         self.inventory: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._saved_env: dict[str, str | None] = {}
+        self._saved_env: dict[str, str | None] = {}  # what start() changed
         # Told of every plan step as it finishes (the drill's timeline).
         self.step_listeners: list[Callable[[str, Any], None]] = []
         self.started_in = 0.0
@@ -119,7 +117,7 @@ class Stack(Fleet):
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        self._set_env()
+        self._saved_env = _set_env()
         from jupiterd.telemetry import logs
 
         self.log_path = self.workdir / "jupiterd.log"
@@ -137,11 +135,7 @@ class Stack(Fleet):
             f"{sum(len(v) for v in self.topology.instances.values())} instances"
         )
         services = [s for s in ("signaling", "coturn", "frp", "thingsboard")]
-        hosts = [*HOSTS.values(), FRONT_HOST]
-        if self.replica_count:  # each replica's relays listen at the same ports
-            from .relay import relay_host
-
-            hosts += [relay_host(k, r) for k in range(1, self.replica_count + 1) for r in Role]
+        hosts = [*HOSTS.values(), FRONT_HOST, *(self.replicas.hosts() if self.replicas else [])]
         for name in services:
             self.ports[name] = pick_port(name, hosts)
         if self.with_nat:
@@ -166,28 +160,11 @@ class Stack(Fleet):
         await self.follow_once()
         self._tasks.append(asyncio.create_task(self._follow(), name="sandbox-follow"))
         await self._start_front_doors(services)
-        if self.replica_count:
-            from .replicas import ReplicaSet
-
-            self.replicas = ReplicaSet(self, self.replica_count, with_ha=self.replica_ha)
+        if self.replicas is not None:
             await self.replicas.start()
         else:
             await self._start_daemon()
         self.started_in = time.monotonic() - t0
-
-    def _set_env(self) -> None:
-        for k, v in AWS_ENV.items():
-            self._saved_env[k] = os.environ.get(k)
-            os.environ[k] = v
-        for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-            self._saved_env[k] = os.environ.pop(k, None)
-
-    def _restore_env(self) -> None:
-        for k, v in self._saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     async def _start_moto(self) -> None:
         from .peers.moto_server import start_moto
@@ -293,12 +270,6 @@ class Stack(Fleet):
                 self.routes[name] = Role.PRIMARY if Role.PRIMARY in roles else Role.BACKUP
             else:
                 self.routes[name] = None
-
-    def active_role(self, service: str) -> Role:
-        """With replicas (no daemon in this process): where AWS sends traffic."""
-        if self.replicas is not None:
-            return self.routes.get(service) or Role.PRIMARY
-        return super().active_role(service)
 
     def route(self, service: str) -> tuple[str, int] | None:
         role = self.routes.get(service)
@@ -421,6 +392,26 @@ class Stack(Fleet):
             await step("moto", partial(asyncio.to_thread, self.moto.stop))
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
-        self._restore_env()
+        _restore_env(self._saved_env)
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _set_env() -> dict[str, str | None]:
+    """The sandbox's AWS settings in this process's environment; returns
+    what they replaced."""
+    saved: dict[str, str | None] = {}
+    for k, v in AWS_ENV.items():
+        saved[k] = os.environ.get(k)
+        os.environ[k] = v
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        saved[k] = os.environ.pop(k, None)
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
