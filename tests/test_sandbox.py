@@ -156,18 +156,20 @@ def _read_banner(fd: int, proc: subprocess.Popen[bytes], limit: float = 180) -> 
 
 
 @contextlib.contextmanager
-def sandbox(tmp_path: Path, *, tty: bool = False, name: str = "sandbox") -> Iterator[Sandbox]:
-    """A `jupiterd sandbox` subprocess, up: stdout a pipe (or the controlling
-    terminal, a pty, with ``tty``), stderr a file. Its stdout's reading end
-    (the pty's master) is ``sb.reader``; killed on the way out whatever
-    happened."""
+def sandbox(
+    tmp_path: Path, *, tty: bool = False, name: str = "sandbox", args: tuple[str, ...] = ()
+) -> Iterator[Sandbox]:
+    """A `jupiterd sandbox` subprocess (with ``args``), up: stdout a pipe (or
+    the controlling terminal, a pty, with ``tty``), stderr a file. Its
+    stdout's reading end (the pty's master) is ``sb.reader``; killed on the
+    way out whatever happened."""
     err_path = tmp_path / f"{name}.stderr"
     err = err_path.open("wb")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if tty:
         master, slave = pty.openpty()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupiterd", "sandbox"],
+            [sys.executable, "-m", "jupiterd", "sandbox", *args],
             stdin=slave,
             stdout=slave,
             stderr=err,
@@ -180,7 +182,7 @@ def sandbox(tmp_path: Path, *, tty: bool = False, name: str = "sandbox") -> Iter
         reader = master
     else:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupiterd", "sandbox"],
+            [sys.executable, "-m", "jupiterd", "sandbox", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,

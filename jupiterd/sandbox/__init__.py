@@ -5,6 +5,10 @@
     jupiterd sandbox --drill SERVICE --failback   ... then heal and fail back
     jupiterd sandbox --drill nat-both         break both NAT instances, one after the other
     jupiterd sandbox --drill all --json       one JSON report (a list for `all`)
+    jupiterd sandbox --replicas 3             three jupiterd replicas with a leader lease
+    jupiterd sandbox --replicas 3 --drill ha-all   the six drills of replicated deciders
+                                              (ha-cutoff, ha-dies, ha-kill, ha-stop,
+                                              ha-dynamo, ha-witness; one at a time too)
 
 Everything listens on loopback (and, for the NAT instances, in network
 namespaces the sandbox creates); nothing reaches AWS.
@@ -55,6 +59,15 @@ def add_commands(sub: Any) -> None:
         help="with --drill: then heal the primary and fail back, checked the same way",
     )
     p.add_argument("--json", action="store_true", help="with --drill: print the report as JSON")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N (2-5) jupiterd replicas as processes sharing a DynamoDB lease, each with "
+        "its own path to every service (no NAT pool); drills: ha-cutoff, ha-dies, ha-kill, "
+        "ha-stop, ha-dynamo, ha-witness, ha-all",
+    )
     p.add_argument(
         "--http-port",
         type=int,
@@ -132,6 +145,14 @@ def _cmd(args: argparse.Namespace) -> int:
         from jupiterd.cli.common import UsageError
 
         raise UsageError("--failback goes with --drill SERVICE")
+    if args.replicas and not 2 <= args.replicas <= 5:
+        from jupiterd.cli.common import UsageError
+
+        raise UsageError("--replicas takes 2 to 5")
+    if args.replicas and args.failback:
+        from jupiterd.cli.common import UsageError
+
+        raise UsageError("--failback is for the single-daemon drills, not --replicas")
     console = Console(quiet=bool(args.drill and args.json))
     try:
         return asyncio.run(_main(args, console))
@@ -171,8 +192,9 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
     for sig in sigs:
         loop.add_signal_handler(sig, request_stop, sig.name)
     watcher = asyncio.create_task(_watch_output(console))
-    stack = Stack(http_port=args.http_port, log=say)
-    say("starting the sandbox: moto, the Jupiter topology, the services, jupiterd")
+    stack = Stack(http_port=args.http_port, log=say, replicas=args.replicas)
+    who = f"{args.replicas} jupiterd replicas" if args.replicas else "jupiterd"
+    say(f"starting the sandbox: moto, the Jupiter topology, the services, {who}")
     try:
         start = asyncio.create_task(stack.start())
         stopper = asyncio.create_task(stop.wait())
@@ -185,6 +207,10 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
         stopper.cancel()
         start.result()
         say(f"sandbox up in {stack.started_in:.1f}s")
+        if args.drill and args.replicas:
+            from .ha_drill import run_drills
+
+            return await run_drills(stack, args, stop, console)
         if args.drill:
             return await _drills(stack, args, stop, console)
         return await _interactive(stack, stop, say)
@@ -255,6 +281,8 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
             return web.Response(text=stack.break_service(service) + "\n")
         if action == "heal":
             return web.Response(text=stack.heal_service(service) + "\n")
+        if stack.replicas is not None:
+            return web.Response(status=409, text="with --replicas, the leader decides\n")
         from jupiterd.core.execution import FailoverRequest
 
         active = stack.supervisor.state.services[service].active
@@ -267,12 +295,26 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
 
     app = web.Application()
     app.router.add_post(r"/{action:break|heal|failover|failback}/{service}", act)
+    if stack.replicas is not None:
+        from .ha_control import add_routes
+
+        add_routes(app, stack)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     port = free_local_port(CONTROL_PORT)
     await web.TCPSite(runner, "127.0.0.1", port).start()
     api = f"http://127.0.0.1:{stack.http_port}"
     ctl = f"http://127.0.0.1:{port}"
+    if stack.replicas is not None:
+        from .ha_control import banner
+
+        lines = [
+            "",
+            "The Jupiter stack runs on this machine, watched by replicas.",
+            f"  AWS      moto at {stack.endpoint} (credentials: testing/testing)",
+        ]
+        lines += _services_table(stack) + banner(stack, ctl)
+        return await _wait_stopped(stack, stop, say, lines, runner)
     lines = [
         "",
         "The Jupiter stack runs on this machine. Where to look:",
@@ -282,17 +324,8 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
         f"  log      tail -f {stack.log_path}",
         f"  config   {stack.config_path}",
         f"  AWS      moto at {stack.endpoint} (credentials: testing/testing)",
-        "",
-        "Services (primary / backup, and the front door standing in for the ALB/NLB/Elastic IP):",
     ]
-    for name in stack.config.services:
-        p, b = stack.instances[(name, Role.PRIMARY)], stack.instances[(name, Role.BACKUP)]
-        door = stack.public_target(name) if name not in stack.nat_services else "route tables"
-        where = (
-            f"{p.address}:{p.port}" if p.port else p.address,
-            f"{b.address}:{b.port}" if b.port else b.address,
-        )
-        lines.append(f"  {name:12} {where[0]:18} / {where[1]:18} front door {door}")
+    lines += _services_table(stack)
     lines += [
         "",
         "Break a service (kills its active instance's process) and watch jupiterd fail it over:",
@@ -306,6 +339,41 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
         "",
         "Ctrl-C stops everything.",
     ]
+    return await _wait_stopped(stack, stop, say, lines, runner)
+
+
+def _services_table(stack: Stack) -> list[str]:
+    lines = [
+        "",
+        "Services (primary / backup, and the front door standing in for the ALB/NLB/Elastic IP):",
+    ]
+    for name in stack.config.services:
+        p, b = stack.instances[(name, Role.PRIMARY)], stack.instances[(name, Role.BACKUP)]
+        door = stack.public_target(name) if name not in stack.nat_services else "route tables"
+        where = (
+            f"{p.address}:{p.port}" if p.port else p.address,
+            f"{b.address}:{b.port}" if b.port else b.address,
+        )
+        lines.append(f"  {name:12} {where[0]:18} / {where[1]:18} front door {door}")
+    return lines
+
+
+def _states(stack: Stack) -> str:
+    if stack.replicas is None:
+        return ", ".join(
+            f"{n}={s.active}:{s.target(s.active).status}"
+            for n, s in stack.supervisor.state.services.items()
+        )
+    with contextlib.suppress(Exception):
+        lease = stack.replicas.lease() or {}
+        routes = ", ".join(f"{n}={stack.routes.get(n)}" for n in stack.config.services)
+        return f"leader {lease.get('owner', 'none')}; traffic: {routes}"
+    return "the lease cannot be read"
+
+
+async def _wait_stopped(
+    stack: Stack, stop: asyncio.Event, say: Any, lines: list[str], runner: Any
+) -> int:
     say("\n".join(lines))
     last = time.monotonic()
     try:
@@ -314,11 +382,7 @@ async def _interactive(stack: Stack, stop: asyncio.Event, say: Any) -> int:
                 await asyncio.wait_for(stop.wait(), 1.0)
             if time.monotonic() - last > 30:
                 last = time.monotonic()
-                states = ", ".join(
-                    f"{n}={s.active}:{s.target(s.active).status}"
-                    for n, s in stack.supervisor.state.services.items()
-                )
-                say(f"[{time.strftime('%H:%M:%S')}] {states}")
+                say(f"[{time.strftime('%H:%M:%S')}] {_states(stack)}")
     finally:
         await runner.cleanup()
     return 0

@@ -28,6 +28,7 @@ class Fleet:
         self.instances: dict[tuple[str, Role], Instance] = {}
         self.nat: NatNamespaces | None = None
         self.supervisor: Any = None  # jupiterd's, once it runs: which role is active
+        self.routes: dict[str, Role | None] = {}  # where AWS sends each service's traffic
 
     async def _spawn(self, cmd: list[str]) -> Any:
         """Start a service process and wait until it is ready. The fork is
@@ -117,4 +118,5 @@ class Fleet:
     def active_role(self, service: str) -> Role:
         if self.supervisor is not None and service in self.supervisor.state.services:
             return self.supervisor.state.services[service].active  # type: ignore[no-any-return]
-        return Role.PRIMARY
+        # No daemon in this process (--replicas): where AWS sends the traffic.
+        return self.routes.get(service) or Role.PRIMARY

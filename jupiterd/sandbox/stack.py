@@ -26,7 +26,9 @@
   balancers and the Elastic IP: they forward to whichever instance the AWS
   attachments point at.
 - jupiterd itself, in this process: real probes, the real executor against
-  moto, /status and /metrics on 127.0.0.1:9478 (or a free port).
+  moto, /status and /metrics on 127.0.0.1:9478 (or a free port). With
+  ``replicas``, N jupiterd processes instead (``jupiterd.sandbox.replicas``)
+  and no NAT pool.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .layout import (
     probe_spec,
 )
 from .nat import NETNS_PREFIX, NatNamespaces, process_start, remove_stale_namespaces
+from .replicas import ReplicaSet
 
 __all__ = [
     "NETNS_PREFIX",
@@ -81,8 +84,13 @@ class Stack(Fleet):
         http_port: int = 9478,
         log: Callable[[str], None] = print,
         with_nat: bool | None = None,
+        replicas: int = 0,
+        replica_ha: bool = True,
     ) -> None:
         super().__init__(log)
+        self.replicas: Any = ReplicaSet(self, replicas, with_ha=replica_ha) if replicas else None
+        if replicas:
+            with_nat = False  # ICMP: no per-replica relay carries it
         self.own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="jupiterd-sandbox-"))
         self.http_port = http_port
@@ -91,7 +99,6 @@ class Stack(Fleet):
         self.topology: Any = None
         self.ports: dict[str, int] = {}
         self.doors: list[Any] = []
-        self.routes: dict[str, Role | None] = {}
         self.nat_services: list[str] = []  # the NAT pool's members
         self.nat_via: dict[str, str] = {}  # NAT member -> the address its routes go through
         self.config_path = self.workdir / "jupiterd.yaml"
@@ -100,7 +107,7 @@ class Stack(Fleet):
         self.executor: Any = None
         self.inventory: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._saved_env: dict[str, str | None] = {}
+        self._saved_env: dict[str, str | None] = {}  # what start() changed
         # Told of every plan step as it finishes (the drill's timeline).
         self.step_listeners: list[Callable[[str, Any], None]] = []
         self.started_in = 0.0
@@ -110,7 +117,7 @@ class Stack(Fleet):
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        self._set_env()
+        self._saved_env = _set_env()
         from jupiterd.telemetry import logs
 
         self.log_path = self.workdir / "jupiterd.log"
@@ -128,8 +135,9 @@ class Stack(Fleet):
             f"{sum(len(v) for v in self.topology.instances.values())} instances"
         )
         services = [s for s in ("signaling", "coturn", "frp", "thingsboard")]
+        hosts = [*HOSTS.values(), FRONT_HOST, *(self.replicas.hosts() if self.replicas else [])]
         for name in services:
-            self.ports[name] = pick_port(name, [*HOSTS.values(), FRONT_HOST])
+            self.ports[name] = pick_port(name, hosts)
         if self.with_nat:
             for name in await asyncio.to_thread(remove_stale_namespaces):
                 self.say(f"  removed {name}, left by a sandbox that is no longer running")
@@ -152,22 +160,11 @@ class Stack(Fleet):
         await self.follow_once()
         self._tasks.append(asyncio.create_task(self._follow(), name="sandbox-follow"))
         await self._start_front_doors(services)
-        await self._start_daemon()
+        if self.replicas is not None:
+            await self.replicas.start()
+        else:
+            await self._start_daemon()
         self.started_in = time.monotonic() - t0
-
-    def _set_env(self) -> None:
-        for k, v in AWS_ENV.items():
-            self._saved_env[k] = os.environ.get(k)
-            os.environ[k] = v
-        for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-            self._saved_env[k] = os.environ.pop(k, None)
-
-    def _restore_env(self) -> None:
-        for k, v in self._saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     async def _start_moto(self) -> None:
         from .peers.moto_server import start_moto
@@ -371,6 +368,8 @@ class Stack(Fleet):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.supervisor is not None:
             await step("jupiterd", lambda: self.supervisor.stop(grace=2))
+        if self.replicas is not None:
+            await step("the replicas", self.replicas.stop)
         if self.runner is not None:
             await step("the API", self.runner.cleanup)
         for door in self.doors:
@@ -393,6 +392,26 @@ class Stack(Fleet):
             await step("moto", partial(asyncio.to_thread, self.moto.stop))
         if getattr(self, "_log_file", None) is not None:
             self._log_file.close()
-        self._restore_env()
+        _restore_env(self._saved_env)
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _set_env() -> dict[str, str | None]:
+    """The sandbox's AWS settings in this process's environment; returns
+    what they replaced."""
+    saved: dict[str, str | None] = {}
+    for k, v in AWS_ENV.items():
+        saved[k] = os.environ.get(k)
+        os.environ[k] = v
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        saved[k] = os.environ.pop(k, None)
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
