@@ -18,9 +18,9 @@ Units: on-demand request units as DynamoDB bills them, estimated from the
 JSON sizes on the wire: a write 1 WRU per KB of the request (rounded up),
 TransactWriteItems 2 units per KB of each item; a strongly consistent read
 1 RRU per 4 KB of the answer (an eventually consistent one half), a
-transactional read 2. Prices: us-east-1 on-demand, 1.25 USD per million
-write request units, 0.25 USD per million read request units; storage (a
-few KB) left out.
+transactional read 2. Prices: us-east-1 on-demand since the November 2024
+price cut, 0.625 USD per million write request units, 0.125 USD per million
+read request units; storage (a few KB) left out.
 
     python bench/ha.py [--runs 5] [--window 120]
 """
@@ -48,7 +48,7 @@ from jupiterd.sandbox.replicas import HA
 from jupiterd.sandbox.stack import Stack
 
 SERVICE = "signaling"
-WRU_PRICE, RRU_PRICE = 1.25e-6, 0.25e-6  # USD per request unit, us-east-1 on-demand
+WRU_PRICE, RRU_PRICE = 0.625e-6, 0.125e-6  # USD per request unit, us-east-1 on-demand
 HOURS_PER_MONTH = 730
 
 
@@ -253,7 +253,7 @@ def main() -> None:
         )
         print(
             f"all {len(usage)} replicas: {total:.2f} USD/month "
-            f"(1.25 USD/M WRU, 0.25 USD/M RRU, us-east-1; storage left out)"
+            f"(0.625 USD/M WRU, 0.125 USD/M RRU, us-east-1; storage left out)"
         )
         print(
             f"note: measured with the sandbox's short timings (publish every "
