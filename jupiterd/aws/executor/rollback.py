@@ -69,9 +69,13 @@ async def rollback(
         words.append(f"the traffic was moved back to the {req.from_role}")
     else:
         words.append(f"the traffic stays on the {req.from_role}")
-    if any(
-        s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+    stops = {
+        s.name
         for s in rb.steps
-    ):
-        words.append(f"the {req.to_role} was stopped again")
+        if s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+    }
+    if stops:
+        # A standby that never started (no capacity) was not stopped again.
+        never = all(" is already stopped" in r.detail for r in run.reports if r.name in stops)
+        words.append(f"the {req.to_role} was {'left stopped' if never else 'stopped again'}")
     return _Verdict("aborted", with_notes(f"{reason}; {' and '.join(words)}", run.notes))
