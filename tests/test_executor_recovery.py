@@ -6,6 +6,7 @@ standby registered in its target groups before traffic moves to it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import boto3
 import pytest
 
 from jupiterd.aws.executor import AwsExecutor
+from jupiterd.aws.executor.context import default_prober
 from jupiterd.aws.executor.instances import operation_run, start_standby, stop_instance
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.config import Config
@@ -26,7 +28,7 @@ from jupiterd.telemetry.metrics import Metrics
 from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
 from tests.peers.fault_proxy import Fault, FaultProxy
-from tests.peers.jupiter_aws import Stack, jupiter_stack
+from tests.peers.jupiter_aws import HOSTS, Stack, jupiter_stack
 
 NO_CAPACITY: Fault = (
     "InsufficientInstanceCapacity",
@@ -369,6 +371,17 @@ async def test_preflight_warns_of_missing_hibernation_and_reports_health_check_t
         "load balancer health checks before a new target takes traffic: "
         "jupiter-thingsboard 10s x 3 = up to 30s" in pre.detail
     )
+    # The plan as the dry run shows it: the early registration beside the probes.
+    names = [s.name for s in out.steps]
+    assert names[:4] == [
+        "preflight",
+        "start_standby",
+        "standby_healthy",
+        "register_early:jupiter-thingsboard",
+    ]
+    early = out.steps[3]
+    assert early.detail.startswith(f"would register {backup}:8080 in jupiter-thingsboard")
+    assert "health checks 10s x 3: up to 30s" in early.detail
     # A dry run only proves its stops' permission.
     assert all(f.get("DryRun") == "true" for f in proxy.fields_of("ec2:StopInstances"))
 
@@ -388,3 +401,97 @@ async def test_no_hibernation_warning_when_configured_or_not_asked(proxied, moto
         assert out.result == "dry_run", out.detail
         assert "warning" not in out.steps[0].detail
         assert "jupiter-signaling 30s x 5 = up to 150s" in out.steps[0].detail
+
+
+# --------------------------------------------------------------------------- register early
+
+
+def _starting_app(stack: Stack, moto_url: str, service: str, tg: str) -> tuple[Any, list[str]]:
+    """A prober for which the standby's application comes up only once
+    the load balancer knows it: its listener starts when moto first shows
+    the standby registered in ``tg``."""
+    backup = stack.topology.instances[service]["backup"]
+    elb = boto3.client("elbv2", region_name=stack.topology.region, endpoint_url=moto_url)
+    stack.listeners.stop(service, "backup")  # still starting
+    seen: list[str] = []
+
+    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
+        if target.startswith(HOSTS["backup"]) and not seen:
+            resp = await asyncio.to_thread(elb.describe_target_health, TargetGroupArn=tg)
+            if backup in {d["Target"]["Id"] for d in resp["TargetHealthDescriptions"]}:
+                seen.append("registered while starting")
+                stack.listeners.start(service, "backup")
+        return await default_prober(kind, target, options, timeout)
+
+    return prober, seen
+
+
+@pytest.mark.parametrize("early", [True, False])
+async def test_register_early_lets_the_load_balancer_check_the_standby_while_it_starts(
+    proxied, moto: MotoServer, early: bool
+):
+    stack, proxy = proxied
+    tg = stack.topology.target_groups["jupiter-signaling"]
+    svc = stack.config.services["signaling"]
+    cfg = configured(
+        stack.config,
+        "signaling",
+        register_early=early,
+        thresholds=svc.thresholds.model_copy(update={"healthy_timeout": 20.0}),
+    )
+    prober, seen_registered = _starting_app(stack, moto.url, "signaling", tg)
+    seen: list[str] = []
+    ex = executor(cfg, moto.url, seen, prober=prober)
+    try:
+        out = await ex.run(request("signaling"))
+    finally:
+        ex.close()
+    if not early:
+        # Control: without it the standby enters the target group only after
+        # its probes pass, so an application waiting for that never comes up.
+        assert out.result == "aborted" and seen_registered == []
+        return
+    assert out.result == "success", out.detail
+    assert seen_registered == ["registered while starting"]
+    # Registered (and reported) before the standby's probes passed; the old
+    # target left only after it was healthy, the invariant held at every step.
+    assert seen.index("register_early:jupiter-signaling") < seen.index("standby_healthy")
+    early_step = next(s for s in out.steps if s.name == "register_early:jupiter-signaling")
+    assert "registered in jupiter-signaling while its application starts" in early_step.detail
+    assert "health checks 30s x 5: up to 150s" in early_step.detail
+    attach = next(s for s in out.steps if s.name == "register_target:jupiter-signaling")
+    assert "already registered and healthy" in attach.detail
+    assert proxy.count("elasticloadbalancing:RegisterTargets") == 1
+    assert seen.index("register_target:jupiter-signaling") < seen.index(
+        "deregister_target:jupiter-signaling"
+    )
+
+
+async def test_an_aborted_plan_deregisters_the_early_registration(proxied, moto: MotoServer):
+    stack, proxy = proxied
+    tg = stack.topology.target_groups["jupiter-signaling"]
+    primary = stack.topology.instances["signaling"]["primary"]
+    stack.listeners.stop("signaling", "backup")  # never healthy
+    seen: list[str] = []
+    ex = executor(configured(stack.config, "signaling"), moto.url, seen)
+    try:
+        out = await ex.run(request("signaling"))
+    finally:
+        ex.close()
+    assert out.result == "aborted", out.detail
+    assert "the traffic stays on the primary and the backup was stopped again" in out.detail
+    names = [s.name for s in out.steps]
+    assert "register_early:jupiter-signaling" in names
+    assert names[-3:] == [
+        "rollback:deregister_target:jupiter-signaling",
+        "rollback:stop_standby",
+        "notify",
+    ]
+    assert "rollback:standby_healthy" not in names  # nothing had moved off the primary
+    assert proxy.count("elasticloadbalancing:RegisterTargets") == 1
+    assert proxy.count("elasticloadbalancing:DeregisterTargets") == 1
+    elb = boto3.client("elbv2", region_name=stack.topology.region, endpoint_url=moto.url)
+    health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    assert [(d["Target"]["Id"], d["TargetHealth"]["State"]) for d in health] == [
+        (primary, "healthy")
+    ]

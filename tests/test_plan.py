@@ -123,6 +123,8 @@ def test_full_plan_order_and_stages():
     assert [s.name for s in plan.steps] == [
         "start_standby",
         "standby_healthy",
+        "register_early:sig",
+        "register_early:turn-udp",
         "source_dest_check",
         "register_target:sig",
         "register_target:turn-udp",
@@ -146,6 +148,14 @@ def test_full_plan_order_and_stages():
         Stage.NOTIFY,
     ]
     assert len(stages[Stage.ATTACH]) == 8
+    # The standby enters its target groups beside its probes, before any traffic step.
+    assert [s.name for s in stages[Stage.HEALTHY]] == [
+        "standby_healthy",
+        "register_early:sig",
+        "register_early:turn-udp",
+    ]
+    late = build_plan(cfg(FULL, register_early=False), "web", Role.BACKUP, facts_on(Role.PRIMARY))
+    assert [s.name for s in late.stages()[1][1]] == ["standby_healthy"]
     assert plan.step(f"replace_route:{RTB1}").after == ("source_dest_check",)
     assert plan.step("register_target:sig").after == ()
     assert plan.step("stop_old").role is Role.PRIMARY
@@ -265,6 +275,27 @@ def test_rollback_before_traffic_only_stops_the_standby():
     assert rb.steps[0].params["instance_id"] == B_ID
     rb = build_rollback(c, plan, facts_on(Role.PRIMARY), started_standby=False, traffic_moved=False)
     assert rb.steps == ()
+
+
+def test_rollback_of_an_early_registration_deregisters_the_standby():
+    c = cfg(FULL)
+    plan = build_plan(c, "web", Role.BACKUP, facts_on(Role.PRIMARY))
+    rb = build_rollback(
+        c,
+        plan,
+        facts_on(Role.PRIMARY),
+        started_standby=True,
+        traffic_moved=False,
+        registered_early=True,
+    )
+    # No health check of the old instance: nothing moved off it.
+    assert [s.name for s in rb.steps] == [
+        "rollback:deregister_target:sig",
+        "rollback:deregister_target:turn-udp",
+        "rollback:stop_standby",
+    ]
+    assert all(s.role is Role.BACKUP for s in rb.steps)
+    assert rb.steps[0].stage < rb.steps[-1].stage  # detached before it is stopped
 
 
 def test_rollback_after_traffic_moves_it_back():
