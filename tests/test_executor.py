@@ -288,8 +288,15 @@ async def test_an_already_running_standby_is_left_running_on_abort(stack: Stack)
         facts = (await ex.inventory.facts(["thingsboard"]))["thingsboard"]
     finally:
         ex.close()
-    assert out.result == "aborted" and not out.changed
-    assert "nothing was changed" in out.detail
+    # Its early registration in the target group (register_early) was the
+    # only change, and was undone.
+    assert out.result == "aborted" and out.changed
+    assert "the traffic stays on the primary" in out.detail
+    assert "stopped again" not in out.detail
+    names = [s.name for s in out.steps]
+    assert names[-2:] == ["rollback:deregister_target:jupiter-thingsboard", "notify"]
+    tg = facts.target_group(stack.topology.target_groups["jupiter-thingsboard"])
+    assert tg is not None and set(tg.health) == {facts.primary.instance_id}
     assert facts.backup.state == "running"  # it was running before: not ours to stop
 
 

@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE = EDGE
 
 # Records a full failover of `edge` writes: plan, begin/end of start_standby,
-# standby_healthy, source_dest_check, register_target, associate_eip,
-# upsert_record, 2 x replace_route, deregister_target, stop_old, then result,
-# begin/end notify, done.
-TOTAL_RECORDS = 1 + 2 * 10 + 1 + 2 + 1
+# standby_healthy, register_early, source_dest_check, register_target,
+# associate_eip, upsert_record, 2 x replace_route, deregister_target,
+# stop_old, then result, begin/end notify, done.
+TOTAL_RECORDS = 1 + 2 * 11 + 1 + 2 + 1
 
 # Each mutating call a failover of `edge` makes, and how many times.
 ONCE = {

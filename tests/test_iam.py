@@ -321,6 +321,27 @@ def test_stop_is_allowed_on_both_instances_even_without_stop_old(tmp_path: Path)
     assert len(_as_list(stop["Resource"])) == 2
 
 
+def test_fallback_types_allow_changing_the_backup_only(tmp_path: Path) -> None:
+    # A start refused for want of capacity changes the stopped backup's type.
+    path = tmp_path / "c.yaml"
+    body = (
+        "services:\n  edge:\n    probe: {kind: tcp, port: 443}\n"
+        "    primary: {instance_id: i-0123456789abcdef0}\n"
+        "    backup: {instance_id: i-0123456789abcdef1}\n"
+    )
+    path.write_text(body)
+    doc = iam.policy(load_config(str(path), secrets=False))
+    assert "ec2:ModifyInstanceAttribute" not in _actions(doc)
+    path.write_text(body + "    fallback_instance_types: [m5.large]\n")
+    doc = iam.policy(load_config(str(path), secrets=False))
+    [modify] = [
+        s for s in _statements(doc) if "ec2:ModifyInstanceAttribute" in _as_list(s["Action"])
+    ]
+    assert modify["Resource"] == "arn:aws:ec2:ap-southeast-2:*:instance/i-0123456789abcdef1"
+    assert modify["Condition"]["StringEquals"]["aws:ResourceTag/Project"] == "Jupiter"
+    assert _findings(json.dumps(doc, indent=2), community=True) == []
+
+
 def test_fits_a_managed_policy(example: Any) -> None:
     assert iam.compact_size(iam.policy_json(example)) <= iam.MANAGED_POLICY_LIMIT
 

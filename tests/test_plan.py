@@ -21,11 +21,13 @@ from jupiterd.core.plan import (
     TargetGroupFacts,
     build_plan,
     build_rollback,
+    health_check_note,
     is_done,
     merge_permissions,
     normalize_record_name,
     plan_permissions,
     preflight_problems,
+    preflight_warnings,
     service_status,
     target_group_name,
 )
@@ -121,6 +123,8 @@ def test_full_plan_order_and_stages():
     assert [s.name for s in plan.steps] == [
         "start_standby",
         "standby_healthy",
+        "register_early:sig",
+        "register_early:turn-udp",
         "source_dest_check",
         "register_target:sig",
         "register_target:turn-udp",
@@ -144,6 +148,14 @@ def test_full_plan_order_and_stages():
         Stage.NOTIFY,
     ]
     assert len(stages[Stage.ATTACH]) == 8
+    # The standby enters its target groups beside its probes, before any traffic step.
+    assert [s.name for s in stages[Stage.HEALTHY]] == [
+        "standby_healthy",
+        "register_early:sig",
+        "register_early:turn-udp",
+    ]
+    late = build_plan(cfg(FULL, register_early=False), "web", Role.BACKUP, facts_on(Role.PRIMARY))
+    assert [s.name for s in late.stages()[1][1]] == ["standby_healthy"]
     assert plan.step(f"replace_route:{RTB1}").after == ("source_dest_check",)
     assert plan.step("register_target:sig").after == ()
     assert plan.step("stop_old").role is Role.PRIMARY
@@ -263,6 +275,27 @@ def test_rollback_before_traffic_only_stops_the_standby():
     assert rb.steps[0].params["instance_id"] == B_ID
     rb = build_rollback(c, plan, facts_on(Role.PRIMARY), started_standby=False, traffic_moved=False)
     assert rb.steps == ()
+
+
+def test_rollback_of_an_early_registration_deregisters_the_standby():
+    c = cfg(FULL)
+    plan = build_plan(c, "web", Role.BACKUP, facts_on(Role.PRIMARY))
+    rb = build_rollback(
+        c,
+        plan,
+        facts_on(Role.PRIMARY),
+        started_standby=True,
+        traffic_moved=False,
+        registered_early=True,
+    )
+    # No health check of the old instance: nothing moved off it.
+    assert [s.name for s in rb.steps] == [
+        "rollback:deregister_target:sig",
+        "rollback:deregister_target:turn-udp",
+        "rollback:stop_standby",
+    ]
+    assert all(s.role is Role.BACKUP for s in rb.steps)
+    assert rb.steps[0].stage < rb.steps[-1].stage  # detached before it is stopped
 
 
 def test_rollback_after_traffic_moves_it_back():
@@ -396,6 +429,49 @@ def test_preflight(change, expected):
         assert problems == []
     else:
         assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("svc", "hibernation", "expected"),
+    [
+        ({}, False, []),  # standby_stop: stop asks for nothing
+        ({"standby_stop": "hibernate"}, True, []),
+        ({"standby_stop": "hibernate"}, None, []),  # EC2 did not say: no guess
+        ({"standby_stop": "hibernate"}, False, ["was not launched with hibernation configured"]),
+        (
+            {"standby_stop": "hibernate", "fallback_instance_types": ["m5.large"]},
+            True,
+            ["fallback_instance_types do not apply while"],
+        ),
+    ],
+)
+def test_preflight_warnings(svc, hibernation, expected):
+    f = facts_on(Role.PRIMARY)
+    f = replace(f, backup=replace(f.backup, hibernation_configured=hibernation))
+    c = cfg(FULL, **svc)
+    warnings = preflight_warnings(c, "web", f)
+    assert len(warnings) == len(expected)
+    for w, e in zip(warnings, expected, strict=True):
+        assert e in w and B_ID in w
+    # a warning never stops the plan
+    assert preflight_problems(c, "web", f, Role.BACKUP) == []
+
+
+def test_health_check_note():
+    f = facts_on(Role.PRIMARY)
+    tg1 = replace(f.target_groups[0], health_check_interval=30, healthy_threshold=5)
+    tg2 = replace(f.target_groups[1], health_check_interval=10, healthy_threshold=3)
+    f = replace(f, target_groups=(tg1, tg2))
+    note = health_check_note(cfg(FULL), "web", f)
+    assert note is not None
+    assert "sig 30s x 5 = up to 150s, turn-udp 10s x 3 = up to 30s" in note
+    assert "overlap its application's start" in note
+    late = health_check_note(cfg(FULL, register_early=False), "web", f)
+    assert late is not None and "register_early is off" in late
+    # Without health checks, or figures, nothing to say.
+    off = replace(f, target_groups=(replace(tg1, health_check_enabled=False),))
+    assert health_check_note(cfg({"target_groups": [TG1]}), "web", off) is None
+    assert health_check_note(cfg(FULL), "web", facts_on(Role.PRIMARY)) is None
 
 
 def test_is_done():

@@ -74,6 +74,8 @@ async def target_groups(aws: Aws, tgs: Mapping[str, int | None]) -> dict[str, Ta
             bool(tg.get("HealthCheckEnabled", True)),
             tuple(tg.get("LoadBalancerArns", [])),
             states,
+            tg.get("HealthCheckIntervalSeconds"),
+            tg.get("HealthyThresholdCount"),
         )
 
     return {f.arn: f for f in await asyncio.gather(*(health(a) for a in arns))}

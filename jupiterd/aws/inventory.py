@@ -54,6 +54,12 @@ def _eni(inst: Mapping[str, Any]) -> str | None:
     return str(nics[0]["NetworkInterfaceId"]) if nics else None
 
 
+def _hibernation(inst: Mapping[str, Any]) -> bool | None:
+    """HibernationOptions.Configured; None when EC2 did not say."""
+    opts = inst.get("HibernationOptions")
+    return bool(opts.get("Configured")) if isinstance(opts, Mapping) else None
+
+
 def _instances(response: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
 
@@ -250,6 +256,8 @@ class AwsInventory:
             source_dest_check=inst.get("SourceDestCheck"),
             address=ref.address or private,
             maintenance=self.config.guards.maintenance_tag in _tags(inst),
+            instance_type=inst.get("InstanceType"),
+            hibernation_configured=_hibernation(inst),
         )
 
     async def record_set(self, zone_id: str, name: str, type_: str) -> dict[str, Any] | None:

@@ -116,7 +116,7 @@ GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset({"ec2:StartInstances", "ec2:StopInstances"}),
     ),
     (
-        "TurnOffSourceDestCheckOnNatStandbyOnlyTaggedProjectInstances",
+        "NatSourceDestCheckOrStandbyFallbackTypeOnlyTaggedProjectInstances",
         frozenset({"ec2:ModifyInstanceAttribute"}),
     ),
     ("MoveElasticIpToStandbyOnlyTaggedProjectResources", frozenset({"ec2:AssociateAddress"})),

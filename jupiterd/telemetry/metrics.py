@@ -193,6 +193,12 @@ class Metrics:
             ["operation", "result"],
             registry=r,
         )
+        self.capacity_errors = Counter(
+            "jupiterd_capacity_errors",
+            "StartInstances answered InsufficientInstanceCapacity, by service and instance type.",
+            ["service", "instance_type"],
+            registry=r,
+        )
 
         # Drills
         self.drill_success = Gauge(

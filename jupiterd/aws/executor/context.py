@@ -19,6 +19,7 @@ from jupiterd.config import Config, Thresholds
 from jupiterd.core.clock import Clock
 from jupiterd.core.plan import Step
 from jupiterd.core.types import Role
+from jupiterd.telemetry.metrics import Metrics
 from probes import ProbeOptions, ProbeResult
 
 Prober = Callable[[str, str, ProbeOptions, float], Awaitable[ProbeResult]]
@@ -41,6 +42,7 @@ class StepContext:
     inventory: AwsInventory
     prober: Prober
     poller: Poller
+    metrics: Metrics | None = None  # the executor's, for the steps' own counters
 
     @property
     def clock(self) -> Clock:

@@ -24,7 +24,9 @@ from jupiterd.core.plan import (
     STOPPED_STATES,
     Fallback,
     ServiceFacts,
+    health_check_note,
     preflight_problems,
+    preflight_warnings,
     service_status,
     zone_key,
 )
@@ -225,6 +227,13 @@ async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None
                 problems.append(f"the notification topic: {exc}")
     found = "instances and attachments found" + (f"; {skipped}" if skipped else "")
     detail = "; ".join(problems) if problems else found
+    if run.facts is not None:
+        # Said, not stopping the plan: what the standby's recovery will cost.
+        warnings = preflight_warnings(ctx.config, req.service, run.facts)
+        for w in warnings:
+            log.warning("preflight_warning", service=req.service, warning=w)
+        hc = health_check_note(ctx.config, req.service, run.facts)
+        detail = "; ".join([detail, *([hc] if hc else []), *(f"warning: {w}" for w in warnings)])
     report = StepReport("preflight", not problems, ctx.clock.monotonic() - t, detail)
     run.reports.append(report)
     log.info(

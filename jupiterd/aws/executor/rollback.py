@@ -23,6 +23,15 @@ def _traffic_moved(run: _Run) -> bool:
     return any(s.kind in TRAFFIC_KINDS and s.name in begun for s in run.plan.steps)
 
 
+def _registered_early(run: _Run) -> bool:
+    """The standby was put in a target group before its probes passed."""
+    rec = run.record
+    if rec is None or run.plan is None:
+        return False
+    begun = set(run.began) | {n for n, st in rec.steps.items() if st.begun}
+    return any(s.kind is StepKind.REGISTER_EARLY and s.name in begun for s in run.plan.steps)
+
+
 def _started_standby(run: _Run) -> bool:
     rec = run.record
     return rec is not None and (rec.standby_state or "") in STOPPED_STATES
@@ -38,6 +47,7 @@ def rollback_plan(config: Config, run: _Run) -> tuple[Plan, bool]:
         run.facts,
         started_standby=_started_standby(run),
         traffic_moved=traffic_moved,
+        registered_early=_registered_early(run),
     )
     return rb, traffic_moved
 
@@ -69,9 +79,13 @@ async def rollback(
         words.append(f"the traffic was moved back to the {req.from_role}")
     else:
         words.append(f"the traffic stays on the {req.from_role}")
-    if any(
-        s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+    stops = {
+        s.name
         for s in rb.steps
-    ):
-        words.append(f"the {req.to_role} was stopped again")
+        if s.kind is StepKind.STOP_INSTANCE and s.params.get("instance_id") not in run.kept
+    }
+    if stops:
+        # A standby that never started (no capacity) was not stopped again.
+        never = all(" is already stopped" in r.detail for r in run.reports if r.name in stops)
+        words.append(f"the {req.to_role} was {'left stopped' if never else 'stopped again'}")
     return _Verdict("aborted", with_notes(f"{reason}; {' and '.join(words)}", run.notes))

@@ -109,6 +109,7 @@ class AwsExecutor:
             self.inventory,
             self.prober,
             Poller(poll_interval, progress_interval, self.clock),
+            metrics,
         )
         self._steps = Stepper(self._ctx, self.journal, on_step)
         self._in_flight: set[str] = set()

@@ -8,8 +8,9 @@ fails again meanwhile.
 event of a service and on every ``Tick`` (the hold's expiry). No pre-warm
 while the standby is not stopped (already running, or known dead), serves
 another pool member, while paused, in maintenance, in monitor-only mode,
-on a replica that is not the leader (``ha:``), while a damaged journal holds the service, or past ``max_per_hour``
-pre-warms in the last hour (said once per failure, ``PrewarmCapped``).
+on a replica that is not the leader (``ha:``), while a damaged journal
+holds the service, or past ``max_per_hour`` pre-warms in the last hour
+(said once per failure, ``PrewarmCapped``).
 
 A warm standby (``ServiceState.warm``: a pre-warm, or a readiness drill the
 daemon runs) is not a dead one: a failover due meanwhile takes it over

@@ -18,7 +18,8 @@ The package: ``facts`` (what AWS said, names and ARNs), ``model`` (plans, steps,
 permissions), ``build`` (the plan and its rollback), ``status`` (what the
 facts say of a service), ``preflight`` (why a plan must not start), ``pool``
 (shared instances: who else points at one, a pool as a whole, a NAT
-member's reroute through a surviving member).
+member's reroute through a surviving member), ``standby`` (what the preflight
+warns of without stopping the plan: hibernation, health-check time).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ from jupiterd.core.plan.preflight import (
     is_done,
     preflight_problems,
 )
+from jupiterd.core.plan.standby import (
+    HIBERNATE_HOWTO,
+    health_check_note,
+    preflight_warnings,
+)
 from jupiterd.core.plan.status import (
     AttachmentKind,
     AttachmentState,
@@ -83,6 +89,7 @@ from jupiterd.core.types import STOPPED_STATES
 
 __all__ = [
     "GONE_STATES",
+    "HIBERNATE_HOWTO",
     "MISSING",
     "PEER_THEN_STANDBY",
     "READ_PERMISSIONS",
@@ -113,12 +120,14 @@ __all__ = [
     "build_plan",
     "build_rollback",
     "eip_role",
+    "health_check_note",
     "is_done",
     "merge_permissions",
     "normalize_record_name",
     "plan_permissions",
     "pool_view",
     "preflight_problems",
+    "preflight_warnings",
     "record_value",
     "service_status",
     "sharing_services",

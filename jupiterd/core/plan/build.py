@@ -75,6 +75,10 @@ def build_plan(
     oid = old.instance_id or f"({from_role})"
     att = svc.attachments
     first, fb_notes = fallback_steps(config, service, to_role, facts, arns)
+    start_perms = [Permission("ec2:StartInstances", s_res, s_cond)]
+    if to_role is Role.BACKUP and svc.fallback_instance_types:
+        # No capacity for its type: the stopped backup is changed to another.
+        start_perms.append(Permission("ec2:ModifyInstanceAttribute", s_res, s_cond))
     steps: list[Step] = [
         *first,
         Step(
@@ -84,7 +88,7 @@ def build_plan(
             to_role,
             sid,
             {"instance_id": standby.instance_id},
-            (Permission("ec2:StartInstances", s_res, s_cond),),
+            tuple(start_perms),
         ),
         Step(
             "standby_healthy",
@@ -95,6 +99,22 @@ def build_plan(
             {"instance_id": standby.instance_id},
         ),
     ]
+    if svc.register_early:
+        # Registered as soon as the standby runs (EC2 refuses a pending
+        # instance), beside its probes: the load balancer's health checks
+        # then overlap the application's start. The old target stays.
+        steps += [
+            Step(
+                f"register_early:{name}",
+                StepKind.REGISTER_EARLY,
+                Stage.HEALTHY,
+                to_role,
+                arn,
+                {"arn": arn, "port": port},
+                (Permission("elasticloadbalancing:RegisterTargets", (arn,)),),
+            )
+            for name, arn, port in _unique_tgs(att.target_groups)
+        ]
     if att.route_tables:
         steps.append(
             Step(
@@ -246,19 +266,35 @@ ROLLBACK_PREFIX = "rollback:"
 
 
 def build_rollback(
-    config: Config, plan: Plan, facts: ServiceFacts, *, started_standby: bool, traffic_moved: bool
+    config: Config,
+    plan: Plan,
+    facts: ServiceFacts,
+    *,
+    started_standby: bool,
+    traffic_moved: bool,
+    registered_early: bool = False,
 ) -> Plan:
     """Undo an interrupted plan: traffic back to the old instance (when any
     of it moved), the standby detached, and stopped again if this plan
-    started it. The steps are the reverse plan's, renamed ``rollback:...``."""
+    started it. The steps are the reverse plan's, renamed ``rollback:...``.
+    ``registered_early``: the standby was put in its target groups before
+    any traffic moved (the old target never left): it is deregistered."""
     reverse = build_plan(config, plan.service, plan.from_role, facts, stop_old=started_standby)
     keep: list[Step] = []
+    skipped = (
+        StepKind.START_STANDBY,
+        StepKind.NOTIFY,
+        StepKind.SOURCE_DEST_CHECK,
+        StepKind.REGISTER_EARLY,
+    )
     for s in reverse.steps:
-        if s.kind in (StepKind.START_STANDBY, StepKind.NOTIFY, StepKind.SOURCE_DEST_CHECK):
+        if s.kind in skipped:
             continue
         if s.kind is StepKind.STANDBY_HEALTHY and not traffic_moved:
             continue
-        if (s.kind in TRAFFIC_KINDS or s.kind is StepKind.DEREGISTER_TARGET) and not traffic_moved:
+        if s.kind in TRAFFIC_KINDS and not traffic_moved:
+            continue
+        if s.kind is StepKind.DEREGISTER_TARGET and not (traffic_moved or registered_early):
             continue
         after = tuple(ROLLBACK_PREFIX + a for a in s.after if a != "source_dest_check")
         keep.append(

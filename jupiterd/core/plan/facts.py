@@ -29,6 +29,8 @@ class InstanceFacts:
     address: str | None = None  # what probes target: the configured address, else private IP
     maintenance: bool = False
     problem: str | None = None  # why it could not be identified (e.g. ambiguous tags)
+    instance_type: str | None = None
+    hibernation_configured: bool | None = None  # HibernationOptions.Configured; None: unknown
 
     @property
     def running(self) -> bool:
@@ -48,6 +50,18 @@ class TargetGroupFacts:
     load_balancers: tuple[str, ...] = ()
     # target id -> (state, reason) as DescribeTargetHealth reports them
     health: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    health_check_interval: int | None = None  # seconds (HealthCheckIntervalSeconds)
+    healthy_threshold: int | None = None  # consecutive passes (HealthyThresholdCount)
+
+    @property
+    def health_check_seconds(self) -> int | None:
+        """Up to how long the load balancer's checks keep a new, already
+        serving target from traffic: interval x healthy threshold."""
+        if not self.health_check_enabled or not (
+            self.health_check_interval and self.healthy_threshold
+        ):
+            return None
+        return self.health_check_interval * self.healthy_threshold
 
     @property
     def name(self) -> str:

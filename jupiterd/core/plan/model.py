@@ -39,6 +39,7 @@ class Stage(IntEnum):
 class StepKind(StrEnum):
     START_STANDBY = "start_standby"
     STANDBY_HEALTHY = "standby_healthy"
+    REGISTER_EARLY = "register_early"  # the standby in its target groups once it runs
     SOURCE_DEST_CHECK = "source_dest_check"
     REGISTER_TARGET = "register_target"
     ASSOCIATE_EIP = "associate_eip"

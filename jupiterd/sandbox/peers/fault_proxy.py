@@ -24,6 +24,16 @@ QueryParser, RestXMLParser) and the codes botocore's standard retry mode
 treats as throttling or transient (botocore/retries/standard.py). A fault
 is answered without forwarding, so the faulted call had no effect.
 
+A test can also script the answer to chosen calls: ``proxy.fail(action,
+code, status, message, times=N)`` answers the next N calls of ``action``
+(``"ec2:StartInstances"``) with that error, and ``proxy.hooks[action]`` is a
+function of the call's form fields returning such an error (or None to
+forward the call), for answers that depend on what was asked or changed
+before (EC2's InsufficientInstanceCapacity, a 500, for one instance type
+only). The form fields of every forwarded query-protocol call are kept in
+``proxy.calls`` (action, fields), which is how a test proves what a call
+carried when moto ignores a parameter.
+
 It can also add a fixed latency to every forwarded call (the executor
 benchmark), or to chosen actions only (``action_latency``: slow one step
 down), and counts forwarded calls per ``service:Action``, which is how
@@ -73,6 +83,10 @@ _HOP = {
     "upgrade",
     "content-length",
 }
+# A scripted error: (code, HTTP status, message).
+Fault = tuple[str, int, str]
+Hook = Callable[[dict[str, str]], Fault | None]
+
 # Calls never faulted: what the tests themselves use to read results.
 DEFAULT_SPARED = frozenset({"sqs", "sts"})
 # Actions that change nothing (the rest are side effects).
@@ -106,11 +120,16 @@ def classify(method: str, path: str, headers: dict[str, str], body: bytes) -> tu
         return service, target.rsplit(".", 1)[-1]
     if service == "route53":
         return service, _route53_action(method, path)
+    action = form_fields(path, headers, body).get("Action", "?")
+    return service, action
+
+
+def form_fields(path: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """A query-protocol call's parameters (``InstanceIds.1``, ``Hibernate``...)."""
     fields = parse_qs(urlsplit(path).query)
     if "x-www-form-urlencoded" in headers.get("content-type", ""):
         fields.update(parse_qs(body.decode("utf-8", "replace")))
-    action = fields.get("Action", ["?"])[0]
-    return service, action
+    return {k: v[0] for k, v in fields.items()}
 
 
 def _request_id() -> str:
@@ -218,6 +237,9 @@ class FaultProxy:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.faults: Counter[str] = Counter()
         self.log: list[tuple[float, str, float]] = []  # (start, action, seconds) forwarded
+        self.calls: list[tuple[str, dict[str, str]]] = []  # (action, form fields) forwarded
+        self.hooks: dict[str, Hook] = {}  # "ec2:StartInstances" -> answer or None
+        self._scripted: dict[str, list[Fault]] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._n = 0
@@ -239,6 +261,17 @@ class FaultProxy:
             self.faults.clear()
             self.log.clear()
             self.requests.clear()
+            self.calls.clear()
+
+    def fail(self, action: str, code: str, status: int, message: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``action`` with this error."""
+        with self._lock:
+            self._scripted.setdefault(action, []).extend([(code, status, message)] * times)
+
+    def fields_of(self, action: str) -> list[dict[str, str]]:
+        """The form fields of each forwarded call of ``action``, in order."""
+        with self._lock:
+            return [f for a, f in self.calls if a == action]
 
     def cut_off(self, service: str, down: bool = True) -> None:
         """Make one service (an IAM prefix: ``dynamodb``) unreachable, or
@@ -289,12 +322,21 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _decide(self, service: str, action: str) -> tuple[int, bytes, str] | None:
+    def _decide(
+        self, service: str, action: str, fields: dict[str, str]
+    ) -> tuple[int, bytes, str] | None:
         key = f"{service}:{action}"
+        hook = self.hooks.get(key)
         with self._lock:
             if key in self.deny:
                 self.faults[f"denied {key}"] += 1
                 return denied_response(service, action)
+            queued = self._scripted.get(key)
+            scripted = queued.pop(0) if queued else (hook(fields) if hook else None)
+            if scripted is not None:
+                code, status, message = scripted
+                self.faults[f"{code} {key}"] += 1
+                return error_response(service, code, status, message)
             if service in self.spared:
                 return None
             self._n += 1
@@ -370,7 +412,8 @@ class FaultProxy:
                         proxy.faults[f"unanswered {service}:{action}"] += 1
                     self.close_connection = True
                     return
-                fault = proxy._decide(service, action)
+                fields = form_fields(self.path, headers, body)
+                fault = proxy._decide(service, action, fields)
                 if fault is not None:
                     self._reply(*fault)
                     return
@@ -394,6 +437,7 @@ class FaultProxy:
                         digest = hashlib.sha256(self.path.encode() + b"\0" + body).hexdigest()
                         proxy.requests[(f"{service}:{action}", digest[:16])] += 1
                     proxy.log.append((started, f"{service}:{action}", time.monotonic() - started))
+                    proxy.calls.append((f"{service}:{action}", fields))
                 self.send_response(status)
                 for k, v in resp_headers:
                     if k.lower() not in _HOP:

@@ -13,6 +13,7 @@ from jupiterd.core.plan import StepKind
 HANDLERS: Mapping[StepKind, Handler] = {
     StepKind.START_STANDBY: ec2.start,
     StepKind.STANDBY_HEALTHY: ec2.healthy,
+    StepKind.REGISTER_EARLY: elb.register_early,
     StepKind.SOURCE_DEST_CHECK: ec2.source_dest,
     StepKind.REGISTER_TARGET: elb.register,
     StepKind.ASSOCIATE_EIP: eip.associate,

@@ -9,69 +9,39 @@ import structlog
 
 import probes
 from jupiterd.aws.executor.context import StepContext, StepFailed
-from jupiterd.aws.executor.polling import Check, Rise
+from jupiterd.aws.executor.instances import start_standby, stop_instance
+from jupiterd.aws.executor.polling import Rise
 from jupiterd.aws.executor.run import _Run
-from jupiterd.core.plan import GONE_STATES, STOPPED_STATES, Step, StepKind, sharing_services
+from jupiterd.core.plan import (
+    GONE_STATES,
+    ROLLBACK_PREFIX,
+    STOPPED_STATES,
+    Step,
+    StepKind,
+    sharing_services,
+)
+from jupiterd.core.types import Role
 
 log = structlog.get_logger("jupiterd.executor")
 
 
 async def start(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
     iid = step.params["instance_id"]
-    inst = await ctx.instance(iid, step.role)
-    state = inst["State"]["Name"]
-    if state == "running":
-        return f"{iid} is already running", {}
-    if state in GONE_STATES:
-        raise StepFailed(f"the {step.role} instance {iid} is {state}")
-    th = ctx.thresholds(run)
-    would = f"would start {iid} (now {state}): ec2:StartInstances is allowed"
-    # A dry run proves the permission at once: it has no stop to wait for.
-    if state == "stopping" and not ctx.dry_run:
-        ok, st, _ = await ctx.wait(
-            run, step, f"{iid} to finish stopping", _state_check(ctx, iid), th.start_timeout
-        )
-        if not ok:
-            raise StepFailed(f"{iid} was still {st} after {th.start_timeout:g}s")
-        state = st
-    if state in ("stopped", "stopping"):
-        await ctx.aws._mutate(run, "ec2", "StartInstances", iid, would=would, InstanceIds=[iid])
-    stopped_polls = 0
-
-    async def check() -> tuple[bool, str]:
-        nonlocal stopped_polls
-        cur = (await ctx.describe(iid)).get(iid)
-        if cur is None:
-            raise StepFailed(f"the {step.role} instance {iid} disappeared")
-        name = cur["State"]["Name"]
-        if name in GONE_STATES:
-            raise StepFailed(f"the {step.role} instance {iid} is {name}")
-        # EC2 may fall back to stopped (e.g. no capacity in the AZ); a
-        # stopped answer right after the start can also be stale.
-        stopped_polls = stopped_polls + 1 if name == "stopped" else 0
-        if stopped_polls >= 3:
-            why = cur.get("StateReason", {}).get("Message", "no reason given")
-            raise StepFailed(f"{iid} went back to stopped after the start ({why})")
-        return name == "running", name
-
-    ok, st, secs = await ctx.wait(
-        run, step, f"{iid} to be running", check, th.start_timeout, would=would
-    )
-    if not ok:
-        raise StepFailed(
-            f"the {step.role} instance {iid} was still {st} after {th.start_timeout:g}s "
-            "(start_timeout)"
-        )
-    return f"started {iid} ({secs:.1f}s to running)", {"started": True}
-
-
-def _state_check(ctx: StepContext, iid: str) -> Check:
-    async def check() -> tuple[bool, str]:
-        cur = (await ctx.describe(iid)).get(iid)
-        name = cur["State"]["Name"] if cur else "missing"
-        return name not in ("stopping", "pending", "shutting-down"), name
-
-    return check
+    if not iid:
+        raise StepFailed(f"the {step.role} instance was not found")
+    res = await start_standby(ctx, run, iid, role=step.role, step=step.name)
+    secs = res.seconds_to_running or 0.0
+    if not res.started:
+        if res.previous_state == "running":
+            return f"{iid} is already running", {}
+        return f"{iid} was {res.previous_state} ({secs:.1f}s to running)", res.data()
+    tried = res.summary()
+    after = f" after {tried}" if tried else ""
+    note = res.note()
+    if note:
+        run.notes.append(note)
+    as_type = f" as {res.instance_type} (its type was {res.original_type})" if note else ""
+    return f"started {iid}{as_type}{after} ({secs:.1f}s to running)", res.data()
 
 
 async def stop(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
@@ -108,15 +78,27 @@ async def stop(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, 
         run.notes.append(note)
         run.kept.add(iid)
         return note, {"stopped": False}
-    await ctx.aws._mutate(
-        run,
-        "ec2",
-        "StopInstances",
-        iid,
-        would=f"would stop {iid}: ec2:StopInstances is allowed",
-        InstanceIds=[iid],
+    stopped = await stop_instance(ctx, run, iid, hibernate=_hibernate(ctx, run, step), instance=cur)
+    if stopped.note:
+        run.notes.append(stopped.note)
+    return f"{stopped.sentence(state)}{drained}", {
+        "stopped": True,
+        "hibernated": stopped.hibernated,
+    }
+
+
+def _hibernate(ctx: StepContext, run: _Run, step: Step) -> bool:
+    """Whether ``standby_stop: hibernate`` applies to this stop: the backup
+    stopped by a failback, which served until then and becomes the standby
+    again. Never an instance stopped because it failed (the primary after a
+    failover, a standby a rollback stops): its memory is not worth keeping."""
+    svc = ctx.config.services[run.service]
+    return (
+        svc.standby_stop == "hibernate"
+        and step.role is Role.BACKUP
+        and step.role is run.request.from_role
+        and not step.name.startswith(ROLLBACK_PREFIX)
     )
-    return f"stop requested for {iid} (was {state}){drained}", {"stopped": True}
 
 
 async def _users_now(ctx: StepContext, run: _Run, iid: str) -> tuple[str, ...]:

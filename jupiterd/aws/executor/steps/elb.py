@@ -1,13 +1,19 @@
-"""Target group steps: register the standby and wait until it is healthy;
-deregister the old instance and wait for it to drain."""
+"""Target group steps: register the standby early (as soon as it runs,
+without waiting), register it and wait until it is healthy; deregister the
+old instance and wait for it to drain."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
+from jupiterd.aws.client import AwsError
 from jupiterd.aws.executor.context import StepContext, StepFailed
 from jupiterd.aws.executor.run import _Run
 from jupiterd.core.plan import Step, TargetGroupFacts, target_id, target_registered, target_serving
+
+log = structlog.get_logger("jupiterd.executor")
 
 
 def _target(tid: str, port: int | None) -> dict[str, Any]:
@@ -50,6 +56,61 @@ def _tg_target(run: _Run, step: Step) -> tuple[str, str, int | None, TargetGroup
     if not tid:
         raise StepFailed(f"the {step.role} instance has no {tg.target_type} id for {arn}")
     return arn, tid, step.params.get("port") or tg.port, tg
+
+
+def _checks(tg: TargetGroupFacts) -> str:
+    secs = tg.health_check_seconds
+    if secs is None:
+        return ""
+    return f" (health checks {tg.health_check_interval}s x {tg.healthy_threshold}: up to {secs}s)"
+
+
+async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
+    """Register the standby, running since the start step, without waiting
+    for it to be healthy: the load balancer checks it while its application
+    starts and sends it nothing until those checks pass; the old target
+    stays. EC2 refuses to register an instance target that is not running.
+    Never fails the plan: a target not registered here is registered by
+    the attach step, after the standby's own probes, as without it."""
+    arn, tid, port, tg = _tg_target(run, step)
+    would = (
+        f"would register {tid}:{port} in {tg.name} as soon as it runs, "
+        f"while its application starts{_checks(tg)}"
+    )
+    if ctx.dry_run:  # the standby was not started: say what would be done
+        await ctx.aws._mutate(
+            run,
+            "elbv2",
+            "RegisterTargets",
+            arn,
+            would=would,
+            TargetGroupArn=arn,
+            Targets=[_target(tid, port)],
+        )
+    state, reason, _ = await _target_state(ctx, arn, tid, port)
+    if target_registered((state, reason)):
+        return f"{tid} is already registered ({state}) in {tg.name}", {}
+    assert run.facts is not None
+    inst = await ctx.instance(run.facts.instance(step.role).instance_id, step.role)
+    running = inst["State"]["Name"]
+    if tg.target_type == "instance" and running != "running":
+        return f"{tid} is {running}: registered after its probes pass instead", {}
+    try:
+        await ctx.aws._mutate(
+            run,
+            "elbv2",
+            "RegisterTargets",
+            arn,
+            TargetGroupArn=arn,
+            Targets=[_target(tid, port)],
+        )
+    except AwsError as exc:
+        log.warning("register_early_failed", service=run.service, step=step.name, reason=str(exc))
+        return f"not registered early ({exc}): registered after its probes pass instead", {}
+    return (
+        f"{tid}:{port} registered in {tg.name} while its application starts{_checks(tg)}",
+        {"registered": True},
+    )
 
 
 async def register(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[str, Any]]:
