@@ -12,10 +12,12 @@ if __package__ in (None, ""):  # run as a script: find the jupiterd package
 
 from jupiterd.sandbox.peers.fault_proxy import (
     DEFAULT_SPARED,
+    Fault,
     FaultProxy,
     classify,
     denied_response,
     error_response,
+    form_fields,
     main,
     mutating,
     server_error_response,
@@ -24,10 +26,12 @@ from jupiterd.sandbox.peers.fault_proxy import (
 
 __all__ = [
     "DEFAULT_SPARED",
+    "Fault",
     "FaultProxy",
     "classify",
     "denied_response",
     "error_response",
+    "form_fields",
     "main",
     "mutating",
     "server_error_response",
