@@ -38,12 +38,14 @@ OPERATIONS: dict[str, frozenset[str]] = {
             "StopInstances",
         }
     ),
-    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py)
+    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py), ha_journal.py
         {
+            "BatchGetItem",
             "CreateTable",
             "DescribeTable",
             "DescribeTimeToLive",
             "GetItem",
+            "TransactWriteItems",
             "UpdateItem",
             "UpdateTimeToLive",
         }

@@ -310,8 +310,20 @@ def discover_policy(region: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ha
 
-# What ``jupiterd.aws.lease`` and ``ha_table`` call; tests check it against the code.
-HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+# What ``jupiterd.aws.lease``, ``ha_table`` and the shared journal
+# (``ha_journal``, ``ha_reader``) call; tests check it against the code.
+HA_RUN = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:GetItem",
+    "dynamodb:UpdateItem",
+)
+# TransactWriteItems is no IAM action: each item of a transaction needs the
+# permission of its kind (the journal's: a ConditionCheck on the lease item
+# and Updates of its own items).
+HA_TRANSACT = {
+    "dynamodb:TransactWriteItems": ("dynamodb:ConditionCheckItem", "dynamodb:UpdateItem")
+}
 HA_INIT = (
     "dynamodb:CreateTable",
     "dynamodb:DescribeTable",
@@ -322,9 +334,9 @@ HA_ACTIONS = frozenset({*HA_RUN, *HA_INIT})
 
 
 def ha_policy(region: str, table: str) -> dict[str, Any]:
-    """The DynamoDB statements the leader lease needs on ``table`` only:
-    reading and conditionally updating its items, and (``ha init``)
-    creating the table and its TTL."""
+    """The DynamoDB statements the leader lease and the shared journal need
+    on ``table`` only: reading and conditionally updating its items, and
+    (``ha init``) creating the table and its TTL."""
     arn = f"arn:aws:dynamodb:{region}:*:table/{table}"
     stmts = [
         Statement("LeaderLeaseConditionalWritesOnTheHaTableOnly", HA_RUN, (arn,), {}),
