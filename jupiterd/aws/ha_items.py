@@ -70,9 +70,23 @@ def parse_plan_item(plan_id: str, item: dict[str, Any]) -> PlanItem:
         plan = _parse(plan_id, item)
     except Invalid as exc:
         out.problem = f"item {PLAN_PREFIX}{plan_id}: {exc}"
+        out.service = _first_service(plan_id, item)
         return out
     out.plan, out.service = plan, plan.service
     return out
+
+
+def _first_service(plan_id: str, item: dict[str, Any]) -> str | None:
+    """The damaged plan's service, when its first record is sound and the
+    item agrees with it; None (it may concern any service) otherwise."""
+    try:
+        rows = item["records"]["L"]
+        plans: dict[str, PlanRecord] = {}
+        _apply_checked(plans, statefile.loads(rows[0]["S"].encode("utf-8", "surrogatepass")))
+        service = plans[plan_id].service
+    except (Invalid, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return service if _text(item, "service") == service else None
 
 
 def _parse(plan_id: str, item: dict[str, Any]) -> PlanRecord:
