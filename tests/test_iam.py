@@ -482,6 +482,25 @@ def test_ha_policy_allows_exactly_the_calls_the_lease_makes_on_its_table(
     assert not any(a.startswith("dynamodb:") for a in daemon_only)
 
 
+def test_the_journal_transactions_need_only_the_parts_the_policy_allows() -> None:
+    # TransactWriteItems is no IAM action: each item kind needs its own.
+    parts = {
+        "ConditionCheck": "dynamodb:ConditionCheckItem",
+        "Put": "dynamodb:PutItem",
+        "Update": "dynamodb:UpdateItem",
+        "Delete": "dynamodb:DeleteItem",
+    }
+    tree = ast.parse((ROOT / "jupiterd" / "aws" / "ha_journal.py").read_text())
+    kinds = {
+        k.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Dict)
+        for k in n.keys
+        if isinstance(k, ast.Constant) and k.value in parts
+    }
+    assert {parts[k] for k in kinds} == set(iam.HA_TRANSACT["dynamodb:TransactWriteItems"])
+
+
 @pytest.mark.parametrize("community", [False, True], ids=["core", "community"])
 def test_parliament_finds_nothing_in_the_ha_policy(community: bool) -> None:
     text = json.dumps(iam.ha_policy("ap-southeast-2", "jupiterd-ha"))
