@@ -38,9 +38,15 @@ NOT_PRODUCTION = ("seed.py", "sandbox")
 # `jupiterd discover` runs once, by a person, with a policy of its own
 # (`iam-policy --discover`): its calls are not the daemon's.
 DISCOVER = Path("aws") / "discover.py"
-# The leader lease and the replicas' views are not wired into the daemon
-# yet: their calls are a policy of their own (`iam-policy --ha TABLE`).
-HA = (Path("aws") / "lease.py", Path("aws") / "ha_table.py", Path("aws") / "views.py")
+# The replicas' calls (lease, views, shared journal) are a policy of their
+# own (`iam-policy --ha TABLE`), scoped to the table.
+HA = (
+    Path("aws") / "lease.py",
+    Path("aws") / "ha_table.py",
+    Path("aws") / "views.py",
+    Path("aws") / "ha_journal.py",
+    Path("aws") / "ha_reader.py",
+)
 # The AWS-side witness calls only what a configured `witness:` asks for: its
 # calls are checked against a configuration with every kind (below).
 WITNESS = Path("aws") / "witness.py"
@@ -490,8 +496,10 @@ def test_discover_policy_needs_a_region(
 def test_ha_policy_allows_exactly_the_calls_the_lease_makes_on_its_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    called, dynamic = _aws_calls([ROOT / "jupiterd" / p for p in HA])
-    assert not dynamic and called, dynamic
+    calls, dynamic = _aws_calls([ROOT / "jupiterd" / p for p in HA])
+    assert not dynamic and calls, dynamic
+    # a transaction needs the permissions of its parts, not its own
+    called = {part for a in calls for part in iam.HA_TRANSACT.get(a, (a,))}
     assert main(["iam-policy", "--ha", "jupiterd-ha", "--region", "eu-west-1"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert _actions(doc) == called == iam.HA_ACTIONS
@@ -499,6 +507,25 @@ def test_ha_policy_allows_exactly_the_calls_the_lease_makes_on_its_table(
         assert _as_list(s["Resource"]) == ["arn:aws:dynamodb:eu-west-1:*:table/jupiterd-ha"]
     daemon_only, _ = _aws_calls(_daemon_modules())
     assert not any(a.startswith("dynamodb:") for a in daemon_only)
+
+
+def test_the_journal_transactions_need_only_the_parts_the_policy_allows() -> None:
+    # TransactWriteItems is no IAM action: each item kind needs its own.
+    parts = {
+        "ConditionCheck": "dynamodb:ConditionCheckItem",
+        "Put": "dynamodb:PutItem",
+        "Update": "dynamodb:UpdateItem",
+        "Delete": "dynamodb:DeleteItem",
+    }
+    tree = ast.parse((ROOT / "jupiterd" / "aws" / "ha_journal.py").read_text())
+    kinds = {
+        k.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Dict)
+        for k in n.keys
+        if isinstance(k, ast.Constant) and k.value in parts
+    }
+    assert {parts[k] for k in kinds} == set(iam.HA_TRANSACT["dynamodb:TransactWriteItems"])
 
 
 @pytest.mark.parametrize("community", [False, True], ids=["core", "community"])

@@ -40,13 +40,15 @@ OPERATIONS: dict[str, frozenset[str]] = {
         }
     ),
     "cloudwatch": frozenset({"DescribeAlarms"}),  # the cloudwatch witness
-    "dynamodb": frozenset(  # the leader lease (aws/lease.py, ha_table.py), views.py
+    "dynamodb": frozenset(  # the lease (lease.py, ha_table.py), views.py, ha_journal.py
         {
+            "BatchGetItem",
             "CreateTable",
             "DescribeTable",
             "DescribeTimeToLive",
             "GetItem",
             "Scan",
+            "TransactWriteItems",
             "UpdateItem",
             "UpdateTimeToLive",
         }

@@ -34,7 +34,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--ha",
         metavar="TABLE",
-        help="print instead the DynamoDB statements replicated deciders need on TABLE (no config)",
+        help="print instead the DynamoDB statements replicated deciders (lease, views, "
+        "shared journal) need on TABLE (no config)",
     )
     p.add_argument(
         "--region", help="with --discover or --ha: the region to allow (default: $AWS_REGION)"

@@ -342,10 +342,21 @@ def discover_policy(region: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- ha
 
-# What ``jupiterd.aws.lease``, ``views`` and ``ha_table`` call; tests check
-# it against the code.
-HA_RUN = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+# What ``jupiterd.aws.lease``, ``views``, ``ha_table`` and the shared journal
+# (``ha_journal``, ``ha_reader``) call; tests check it against the code.
+HA_RUN = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:GetItem",
+    "dynamodb:UpdateItem",
+)
 HA_VIEWS = ("dynamodb:Scan",)  # every replica's view, one Scan (UpdateItem: its own)
+# TransactWriteItems is no IAM action: each item of a transaction needs the
+# permission of its kind (the journal's: a ConditionCheck on the lease item
+# and Updates of its own items).
+HA_TRANSACT = {
+    "dynamodb:TransactWriteItems": ("dynamodb:ConditionCheckItem", "dynamodb:UpdateItem")
+}
 HA_INIT = (
     "dynamodb:CreateTable",
     "dynamodb:DescribeTable",
@@ -358,8 +369,8 @@ HA_ACTIONS = frozenset({*HA_RUN, *HA_VIEWS, *HA_INIT})
 def ha_policy(region: str, table: str) -> dict[str, Any]:
     """The DynamoDB statements replicated deciders need on ``table`` only:
     reading and conditionally updating its items (the lease, each
-    replica's view), reading every view, and (``ha init``) creating the
-    table and its TTL."""
+    replica's view, the shared journal), reading every view, and (``ha
+    init``) creating the table and its TTL."""
     arn = f"arn:aws:dynamodb:{region}:*:table/{table}"
     stmts = [
         Statement("LeaderLeaseConditionalWritesOnTheHaTableOnly", HA_RUN, (arn,), {}),

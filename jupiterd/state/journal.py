@@ -57,7 +57,7 @@ from typing import Any
 from jupiterd.state import statefile
 from jupiterd.state.statefile import Damaged, Invalid
 
-from .planlock import LOCK_NAME, JournalError, LockBusy, PlanLock, _ensure_dir
+from .planlock import LOCK_NAME, Fenced, JournalError, LockBusy, PlanLock, _ensure_dir
 from .records import (
     PLAN_KINDS,
     RESULTS,
@@ -82,6 +82,7 @@ __all__ = [
     "ROTATE_BYTES",
     "TEXT_MAX",
     "TYPES",
+    "Fenced",
     "Journal",
     "JournalError",
     "JournalView",
@@ -163,6 +164,10 @@ class Journal:
             n = _record_count
         if self._kill_after is not None and n == self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def held(self, services: Iterable[str]) -> dict[str, str]:
+        """The services damage of this journal holds (``held_services``)."""
+        return held_services(self.dir, services)
 
     def close(self) -> None:
         with self._mutex:

@@ -33,6 +33,12 @@ class JournalError(Exception):
     """The state directory cannot hold the journal (permissions, full disk)."""
 
 
+class Fenced(JournalError):
+    """A write of the shared journal was refused because this replica no
+    longer holds the leader lease it started (or resumed) the plan under:
+    another replica owns the plan now; this one must stop at once."""
+
+
 def _ensure_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o750, parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ dry run stops at its first change (or its first wait for one, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -51,13 +52,17 @@ def _shown(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class StepAws:
-    """Reads pass through; changes are sent."""
+    """Reads pass through; changes are sent. ``guard`` (the shared
+    journal's ``before_change``) runs in a thread before each change, with
+    the plan's id: it raises (``Fenced``) when this decider may no longer
+    act, and the change is not sent."""
 
     dry_run = False
 
-    def __init__(self, aws: Aws) -> None:
+    def __init__(self, aws: Aws, guard: Callable[[str | None], None] | None = None) -> None:
         self.aws = aws
         self.call = aws.call  # reads pass through
+        self.guard = guard
 
     async def _mutate(
         self,
@@ -80,6 +85,8 @@ class StepAws:
             resource=resource,
             params=_shown(params),
         )
+        if self.guard is not None:
+            await asyncio.to_thread(self.guard, run.plan_id)
         if service == "sns":  # a notification moves no traffic
             return await self.aws.call(service, operation, resource=resource, **params)
         try:

@@ -31,12 +31,13 @@ from jupiterd.core.plan import (
     zone_key,
 )
 from jupiterd.core.types import Role
-from jupiterd.state.journal import Journal, JournalError, held_services
+from jupiterd.state.journal import JournalError
+from jupiterd.state.journal_api import PlanJournal
 
 log = structlog.get_logger("jupiterd.executor")
 
 
-async def _journal_hold(ctx: StepContext, journal: Journal, run: _Run) -> str | None:
+async def _journal_hold(ctx: StepContext, journal: PlanJournal, run: _Run) -> str | None:
     """Why a damaged journal holds this new plan's service, if it does:
     no plan runs without its record until an operator has looked."""
     if run.record is not None:
@@ -48,7 +49,11 @@ async def _journal_hold(ctx: StepContext, journal: Journal, run: _Run) -> str | 
                 return f"{view.damage}: a real run would be held"
         else:
             await asyncio.to_thread(journal.read)  # moves new damage aside
-    return held_services(ctx.config.state_dir, [run.service]).get(run.service)
+    try:
+        held = await asyncio.to_thread(journal.held, [run.service])
+    except JournalError:
+        return None  # unreadable: the plan's first record fails with the sentence
+    return held.get(run.service)
 
 
 async def _missing_zones(ctx: StepContext, service: str) -> frozenset[str]:
@@ -165,7 +170,7 @@ async def _fallback(ctx: StepContext, service: str) -> Fallback:
     return Fallback(None, reason="; ".join(why) or "no other member")
 
 
-async def preflight(ctx: StepContext, journal: Journal, run: _Run) -> str | None:
+async def preflight(ctx: StepContext, journal: PlanJournal, run: _Run) -> str | None:
     """What stops the plan, or None; sets ``run.facts``, reports the step."""
     req = run.request
     t = ctx.clock.monotonic()

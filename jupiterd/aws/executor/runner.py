@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -66,7 +67,8 @@ from jupiterd.core.clock import Clock
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.plan import Stage, StepKind, build_plan, is_done
 from jupiterd.core.types import Role
-from jupiterd.state.journal import Journal, JournalError, LockBusy, PlanLock, PlanRecord
+from jupiterd.state.journal import Fenced, Journal, JournalError, LockBusy, PlanLock, PlanRecord
+from jupiterd.state.journal_api import PlanJournal, PlanLocker
 from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
 
@@ -86,8 +88,8 @@ class AwsExecutor:
         prober: Prober | None = None,
         poll_interval: float = 2.0,
         progress_interval: float = 10.0,
-        journal: Journal | None = None,
-        lock: PlanLock | None = None,
+        journal: PlanJournal | None = None,
+        lock: PlanLocker | None = None,
         on_step: StepHook | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -100,12 +102,12 @@ class AwsExecutor:
         )
         self.inventory = AwsInventory(config, self.aws)
         self.prober = prober or default_prober
-        self.journal = journal if journal is not None else Journal(config.state_dir)
-        self.lock = lock if lock is not None else PlanLock(config.state_dir)
+        self.journal: PlanJournal = journal if journal is not None else Journal(config.state_dir)
+        self.lock: PlanLocker = lock if lock is not None else PlanLock(config.state_dir)
         self.clock = clock or SystemClock()  # every wait, poll and timing of a plan
         self._ctx = StepContext(
             config,
-            (DryRunAws if dry_run else StepAws)(self.aws),
+            DryRunAws(self.aws) if dry_run else StepAws(self.aws, _guard(self.journal)),
             self.inventory,
             self.prober,
             Poller(poll_interval, progress_interval, self.clock),
@@ -164,18 +166,28 @@ class AwsExecutor:
                 if rec.kind != "failover":
                     warm.append(rec)  # a readiness drill or pre-warm: stopped again
                     continue
-                if rec.service not in self.config.services:
-                    detail = f"service {rec.service} is no longer configured: plan {rec.id} dropped"
-                    log.error("resume_dropped", service=rec.service, plan=rec.id, reason=detail)
-                    self.journal.result(rec.id, "failed", detail)
-                    self.journal.done(rec.id)
-                    continue
                 try:
-                    req = FailoverRequest(
-                        rec.service, Role(rec.from_role), Role(rec.to_role), rec.reason, "resume"
-                    )
-                except ValueError:
-                    self.journal.done(rec.id)
+                    if rec.service not in self.config.services:
+                        detail = (
+                            f"service {rec.service} is no longer configured: plan {rec.id} dropped"
+                        )
+                        log.error("resume_dropped", service=rec.service, plan=rec.id, reason=detail)
+                        await asyncio.to_thread(self.journal.result, rec.id, "failed", detail)
+                        await asyncio.to_thread(self.journal.done, rec.id)
+                        continue
+                    try:
+                        req = FailoverRequest(
+                            rec.service,
+                            Role(rec.from_role),
+                            Role(rec.to_role),
+                            rec.reason,
+                            "resume",
+                        )
+                    except ValueError:
+                        await asyncio.to_thread(self.journal.done, rec.id)
+                        continue
+                except JournalError as exc:
+                    log.error("resume_failed", service=rec.service, plan=rec.id, reason=str(exc))
                     continue
                 log.warning(
                     "resuming_plan",
@@ -218,6 +230,16 @@ class AwsExecutor:
                 verdict = await self._execute(run)
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
+        except Fenced as exc:
+            # Another decider owns the plan now: no further AWS call, no
+            # rollback, no result or done record.
+            log.warning("plan_fenced", service=req.service, plan=run.plan_id, reason=str(exc))
+            verdict = _Verdict("aborted", f"fenced: {exc}")
+        except JournalError as exc:
+            # The journal cannot be written (a full disk, DynamoDB out of
+            # reach): the plan stops where its journal says it is.
+            log.error("plan_journal_failed", service=req.service, plan=run.plan_id, reason=str(exc))
+            verdict = _Verdict("failed", f"the plan stopped: {exc}")
         except Exception as exc:  # a bug must not take the daemon down
             log.exception("plan_crashed", service=req.service)
             verdict = _Verdict("failed", f"internal error: {type(exc).__name__}: {exc}")
@@ -384,3 +406,10 @@ class AwsExecutor:
             await publish(self._ctx.aws, run, topic, verdict)
         except AwsError as exc:
             log.error("notify_failed", service=run.service, reason=str(exc))
+
+
+def _guard(journal: PlanJournal) -> Callable[[str | None], None] | None:
+    """The journal's check before each mutating AWS call (the shared
+    journal's fence); the file journal has none."""
+    check = getattr(journal, "before_change", None)
+    return check if callable(check) else None

@@ -17,7 +17,8 @@ from jupiterd.aws.executor.run import _Run
 from jupiterd.aws.executor.steps import HANDLERS
 from jupiterd.core.execution import StepReport
 from jupiterd.core.plan import Stage, Step, StepKind
-from jupiterd.state.journal import Journal
+from jupiterd.state.journal import JournalError
+from jupiterd.state.journal_api import PlanJournal
 
 log = structlog.get_logger("jupiterd.executor")
 
@@ -26,7 +27,7 @@ StepHook = Callable[[str, StepReport], Awaitable[None]]
 
 
 class Stepper:
-    def __init__(self, ctx: StepContext, journal: Journal, on_step: StepHook | None) -> None:
+    def __init__(self, ctx: StepContext, journal: PlanJournal, on_step: StepHook | None) -> None:
         self.ctx = ctx
         self.journal = journal
         self.on_step = on_step
@@ -49,7 +50,15 @@ class Stepper:
 
         for s in steps:
             tasks[s.name] = asyncio.ensure_future(one(s))
-        reports = list(await asyncio.gather(*tasks.values()))
+        try:
+            reports = list(await asyncio.gather(*tasks.values()))
+        except BaseException:
+            # The journal failed or refused (fenced), or the plan was
+            # cancelled: the other steps of the stage stop too.
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
         run.reports.extend(reports)  # in plan order, whatever order they ended in
         return reports
 
@@ -75,8 +84,8 @@ class Stepper:
             ok, detail = True, end.detail
         except (StepFailed, AwsError) as exc:
             ok, detail = False, str(exc)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, JournalError):
+            raise  # JournalError: the journal's guard refused the change (Fenced)
         except Exception as exc:
             log.exception("step_crashed", service=run.service, step=step.name)
             ok, detail = False, f"internal error: {type(exc).__name__}: {exc}"

@@ -54,7 +54,7 @@ from jupiterd.core.execution import FailoverRequest
 from jupiterd.core.plan import GONE_STATES, ServiceFacts, StepKind
 from jupiterd.core.plan import service_status as _service_status
 from jupiterd.core.types import Role
-from jupiterd.state.journal import JournalError, LockBusy, PlanRecord, held_services
+from jupiterd.state.journal import JournalError, LockBusy, PlanRecord
 
 log = structlog.get_logger("jupiterd.executor")
 
@@ -277,7 +277,7 @@ class StandbyWarmer:
             raise _Refused(f"a plan of {service} is running")
         if self.busy(service):
             raise _Refused(f"the standby of {service} is already being warmed")
-        held = held_services(ex.config.state_dir, [service])
+        held = await asyncio.to_thread(ex.journal.held, [service])
         if held:
             raise _Refused(held[service])
         try:
