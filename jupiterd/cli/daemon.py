@@ -89,6 +89,10 @@ def _default_executor(config: Any, dry_run: bool, metrics: Any) -> Any:
         from jupiterd.core.execution import OfflineExecutor
 
         return OfflineExecutor()
+    if config.ha is not None:
+        from jupiterd.runtime.ha_build import HaExecutor
+
+        return HaExecutor(config, dry_run=dry_run, metrics=metrics)
     from jupiterd.aws.executor import AwsExecutor
 
     return AwsExecutor(config, dry_run=dry_run, metrics=metrics)

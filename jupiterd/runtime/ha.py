@@ -47,6 +47,7 @@ from jupiterd.core.quorum import (
 )
 from jupiterd.core.types import Status
 from jupiterd.runtime import ha_view
+from jupiterd.runtime.plans import PlanEvent
 from jupiterd.telemetry import logs
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class HaRunner:
         self.witness_votes: dict[str, WitnessVote] = {}
         self._witness_at: dict[str, float] = {}
         self.resuming = False  # finishing a previous leader's plans first
+        self._resume_due = False  # a plan of ours stopped when its journal failed
         self._led = False  # was leader and has seen no other holder since
         self._known = False  # the lease item was read at least once
         self._key: tuple[Any, ...] | None = None
@@ -149,6 +151,8 @@ class HaRunner:
             self._dirty.set()  # publish at once: a vote may have changed
             if item.new is Status.DOWN:
                 self._wake.set()  # and look at the others' votes and the witness now
+        elif isinstance(item, PlanEvent) and item.outcome.detail.startswith("the plan stopped"):
+            self._resume_due = True  # its journal failed mid-plan: finish it once it answers
 
     # ------------------------------------------------------------------ the lease
 
@@ -168,6 +172,10 @@ class HaRunner:
             self.lease_error = None
             self.leader_id = me
             self.lease_expires_at = self.sup.clock.time() + lease.duration
+            if self._resume_due and not self.resuming and not self.sup.plans.busy():
+                self._resume_due = False
+                self.resuming = True
+                self.sup.spawn(self._resume(), "ha-resume")
         else:
             try:
                 rec = await lease.read()

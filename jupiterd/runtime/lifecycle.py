@@ -88,6 +88,7 @@ async def serve(
     metrics = Metrics()
     executor = make_executor(config, dry_run, metrics)
     inventory = make_inventory(config, metrics, executor)
+    parts = getattr(executor, "parts", None)  # a replica's lease, views, witness
     sup = Supervisor(
         config,
         executor=executor,
@@ -95,6 +96,7 @@ async def serve(
         metrics=metrics,
         notifier=notifier,
         config_path=config_path,
+        ha=parts() if config.ha is not None and parts is not None else None,
     )
     try:
         return await _serve(sup, config_path, dry_run, notifier, make_drill_executor)

@@ -75,6 +75,17 @@ from jupiterd.telemetry.metrics import Metrics
 log = structlog.get_logger("jupiterd.executor")
 
 
+def _pool_lock(
+    config: Config, locks: dict[str, asyncio.Lock], service: str
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """The members of a pool share the standby: their plans run one at a
+    time (each then sees where the other left the standby)."""
+    pool = config.services[service].pool
+    if pool is None:
+        return contextlib.nullcontext()
+    return locks.setdefault(pool, asyncio.Lock())
+
+
 class AwsExecutor:
     """Implements ``executor_api.Executor`` on AWS."""
 
@@ -226,7 +237,7 @@ class AwsExecutor:
                 return self._outcome(run, _Verdict("aborted", str(exc)))
         self._in_flight.add(req.service)
         try:
-            async with self._pool_lock(req.service):
+            async with _pool_lock(self.config, self._pool_locks, req.service):
                 verdict = await self._execute(run)
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
@@ -258,14 +269,6 @@ class AwsExecutor:
             dry_run=self.dry_run,
         )
         return outcome
-
-    def _pool_lock(self, service: str) -> contextlib.AbstractAsyncContextManager[object]:
-        """The members of a pool share the standby: their plans run one at
-        a time (each then sees where the other left the standby)."""
-        pool = self.config.services[service].pool
-        if pool is None:
-            return contextlib.nullcontext()
-        return self._pool_locks.setdefault(pool, asyncio.Lock())
 
     def _outcome(self, run: _Run, verdict: _Verdict) -> FailoverOutcome:
         req = run.request
