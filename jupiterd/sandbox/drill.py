@@ -31,6 +31,8 @@ from jupiterd.core.types import Role, Status
 from jupiterd.runtime.plans import PlanEvent
 from jupiterd.runtime.targets import ProbeEvent
 
+from .breakdown import breakdown
+from .breakdown import render as render_breakdown
 from .stack import Stack
 
 BOTH_NAT = "nat-both"
@@ -81,6 +83,7 @@ class Phase:
             "down_seconds": self.marks.get("down"),
             "failover_seconds": round(o.seconds, 3) if o is not None else None,
             "restored_seconds": self.marks.get("restored"),
+            "breakdown": breakdown(self.marks),
             "result": o.result if o is not None else None,
             "steps": [
                 {"name": s.name, "ok": s.ok, "seconds": round(s.seconds, 3), "detail": s.detail}
@@ -252,6 +255,7 @@ def _observer(stack: Stack, service: str, phase: Phase, t0: float) -> Any:
 def _step_observer(service: str, phase: Phase, t0: float) -> Any:
     def step(name: str, report: Any) -> None:
         if name == service:
+            phase.marks.setdefault(f"step:{report.name}", round(time.monotonic() - t0, 3))
             phase.event(
                 time.monotonic() - t0,
                 f"step {report.name}: {'ok' if report.ok else 'FAILED'} in "
@@ -285,7 +289,8 @@ async def failover_phase(stack: Stack, service: str) -> Phase:
     with _observing(stack, service, phase, t0):
         phase.event(0.0, f"break: {stack.break_service(service)}")
         restore = asyncio.create_task(_watch_restore(stack, service, phase, t0))
-        done = await _wait(lambda: phase.outcome is not None, PLAN_TIMEOUT, 0.05)
+        timeout = PLAN_TIMEOUT + stack.extra_plan_seconds
+        done = await _wait(lambda: phase.outcome is not None, timeout, 0.05)
         if not done:
             phase.event(time.monotonic() - t0, "no failover finished in time")
         elif phase.outcome is not None and phase.outcome.ok:
@@ -366,11 +371,14 @@ async def drill(stack: Stack, service: str, *, failback: bool = False) -> dict[s
         detect_seconds=first["detect_seconds"],
         failover_seconds=first["failover_seconds"],
         restored_seconds=first["restored_seconds"],
+        breakdown=first["breakdown"],
         steps=first["steps"],
         checks=first["checks"],
         timeline=first["timeline"],
         phases=[p.to_dict() for p in phases],
     )
+    if stack.timing is not None:
+        report["aws_timing"] = stack.timing.describe()
     return report
 
 
@@ -392,6 +400,7 @@ def render(report: dict[str, Any]) -> str:
             figures.append(f"plan took {ph['failover_seconds']:.2f}s")
         if ph["restored_seconds"] is not None:
             figures.append(f"traffic restored after {ph['restored_seconds']:.2f}s")
+        lines += render_breakdown(ph["breakdown"], report.get("aws_timing"))
         lines.append(
             f"  {ph['direction']} {'PASSED' if ph['ok'] else 'FAILED'}"
             + (f": {', '.join(figures)}" if figures else "")

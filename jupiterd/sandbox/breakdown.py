@@ -1,0 +1,76 @@
+"""A drill's recovery time split into the parts of its critical path, from
+the phase's marks (seconds since the primary was broken):
+
+- detect: the failure until jupiterd decides to fail over;
+- boot: the decision until the standby is ``running`` (the end of the
+  plan's ``start_standby`` step): all of EC2's boot for a stopped standby,
+  what is left of it for one started earlier (pre-warm), none for one
+  already running;
+- app healthy: ``running`` until the standby passed ``rise`` probes of its
+  own service (the end of ``standby_healthy``): the OS boot and the
+  application's start, or a resume's RAM restore;
+- attach: the traffic steps (target groups healthy, Elastic IP, Route 53
+  INSYNC, the old targets deregistered) until the front door serves from
+  the standby;
+- total: the failure until traffic is restored; the sum of the four.
+
+A part whose marks are missing (a plan that failed, a phase without a
+standby start) is None, and so is the total then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+PARTS = ("detect", "boot", "app_healthy", "attach")
+LABELS = {"detect": "detect", "boot": "boot", "app_healthy": "app healthy", "attach": "attach"}
+
+
+def breakdown(marks: Mapping[str, float]) -> dict[str, float | None]:
+    points = [
+        0.0,
+        marks.get("decision"),
+        marks.get("step:start_standby"),
+        marks.get("step:standby_healthy"),
+        marks.get("restored"),
+    ]
+    out: dict[str, float | None] = {}
+    for i, part in enumerate(PARTS):
+        a, b = points[i], points[i + 1]
+        out[part] = round(max(0.0, b - a), 3) if a is not None and b is not None else None
+    parts = [out[p] for p in PARTS]
+    out["total"] = round(sum(p for p in parts if p is not None), 3) if None not in parts else None
+    return out
+
+
+def scaled_back(b: Mapping[str, float | None], scale: float) -> dict[str, float | None]:
+    """The breakdown in real AWS seconds: the AWS parts divided by the
+    timing model's scale, detection (jupiterd's own, never scaled) as it
+    is. jupiterd's polling and the sandbox's overheads inside the AWS
+    parts get divided too: an upper bound."""
+    out: dict[str, float | None] = {}
+    for part in PARTS:
+        v = b.get(part)
+        out[part] = None if v is None else round(v if part == "detect" else v / scale, 1)
+    parts = [out[p] for p in PARTS]
+    out["total"] = round(sum(p for p in parts if p is not None), 1) if None not in parts else None
+    return out
+
+
+def render(b: Mapping[str, Any], timing: Mapping[str, Any] | None = None) -> list[str]:
+    """Lines for the text report."""
+
+    def fmt(v: float | None) -> str:
+        return "?" if v is None else f"{v:.2f}s"
+
+    line = " + ".join(f"{LABELS[p]} {fmt(b.get(p))}" for p in PARTS)
+    lines = [f"  recovery: {line} = total {fmt(b.get('total'))}"]
+    if timing and timing.get("scale", 1.0) != 1.0:
+        real = scaled_back(b, float(timing["scale"]))
+        line = " + ".join(f"{LABELS[p]} {fmt(real.get(p))}" for p in PARTS)
+        lines.append(
+            f"  at AWS's pace (AWS parts / scale {timing['scale']:g}): {line} = total "
+            f"{fmt(real.get('total'))}"
+        )
+    return lines
