@@ -44,33 +44,36 @@ def breakdown(marks: Mapping[str, float]) -> dict[str, float | None]:
     return out
 
 
-def scaled_back(b: Mapping[str, float | None], scale: float) -> dict[str, float | None]:
-    """The breakdown in real AWS seconds: the AWS parts divided by the
-    timing model's scale, detection (jupiterd's own, never scaled) as it
-    is. jupiterd's polling and the sandbox's overheads inside the AWS
-    parts get divided too: an upper bound."""
+def at_aws_pace(
+    b: Mapping[str, float | None], waits: Mapping[str, float], scale: float
+) -> dict[str, float | None]:
+    """The breakdown as it would be on AWS: in each part, the time the
+    timing model made the drill wait (``waits``, scaled seconds) is
+    replaced by its real length (divided by ``scale``); the rest of the
+    part (jupiterd's detection and polling, the sandbox's own process
+    starts) is kept as measured."""
     out: dict[str, float | None] = {}
     for part in PARTS:
         v = b.get(part)
-        out[part] = None if v is None else round(v if part == "detect" else v / scale, 1)
+        w = min(max(waits.get(part, 0.0), 0.0), v or 0.0)
+        out[part] = None if v is None else round(v + w * (1 / scale - 1), 1)
     parts = [out[p] for p in PARTS]
     out["total"] = round(sum(p for p in parts if p is not None), 1) if None not in parts else None
     return out
 
 
-def render(b: Mapping[str, Any], timing: Mapping[str, Any] | None = None) -> list[str]:
-    """Lines for the text report."""
+def render(b: Mapping[str, Any], pace: Mapping[str, Any] | None, scale: float) -> list[str]:
+    """Lines for the text report; ``pace``: the breakdown at AWS's pace."""
 
     def fmt(v: float | None) -> str:
         return "?" if v is None else f"{v:.2f}s"
 
     line = " + ".join(f"{LABELS[p]} {fmt(b.get(p))}" for p in PARTS)
     lines = [f"  recovery: {line} = total {fmt(b.get('total'))}"]
-    if timing and timing.get("scale", 1.0) != 1.0:
-        real = scaled_back(b, float(timing["scale"]))
-        line = " + ".join(f"{LABELS[p]} {fmt(real.get(p))}" for p in PARTS)
+    if pace and scale != 1.0:
+        line = " + ".join(f"{LABELS[p]} {fmt(pace.get(p))}" for p in PARTS)
         lines.append(
-            f"  at AWS's pace (AWS parts / scale {timing['scale']:g}): {line} = total "
-            f"{fmt(real.get('total'))}"
+            f"  at AWS's pace (the modelled waits / scale {scale:g}): {line} = total "
+            f"{fmt(pace.get('total'))}"
         )
     return lines

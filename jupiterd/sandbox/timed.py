@@ -9,6 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from jupiterd.core.types import Role
+
+from .breakdown import at_aws_pace as _at_pace
+from .breakdown import breakdown
 from .timing import SANDBOX_HEALTH_CHECK, TimingModel
 from .timing_proxy import TimingProxy
 
@@ -66,3 +70,47 @@ def arm(stack: Any) -> None:
 def thresholds(stack: Any, base: dict[str, Any]) -> dict[str, Any]:
     model: TimingModel | None = stack.timing
     return base if model is None else model.thresholds(base, SANDBOX_HEALTH_CHECK)
+
+
+def waits(stack: Any, phase: Any) -> dict[str, float]:
+    """How long, in each part of ``phase``'s breakdown, the drill waited
+    for the timing model (scaled seconds): the standby's pending time after
+    the decision, its OS boot and application start after running, the
+    target groups' checks and Route 53's propagation after it was healthy."""
+    model: TimingModel = stack.timing
+    t0, marks = phase.started, phase.marks
+
+    def at(key: str) -> float | None:
+        return t0 + marks[key] if key in marks else None
+
+    decision, running, healthy = (
+        at("decision"),
+        at("step:start_standby"),
+        at("step:standby_healthy"),
+    )
+    iid = stack.instances[(phase.service, Role(phase.to_role))].instance_id
+    out: dict[str, float] = {}
+    start = model.last_start.get(iid)
+    if start is not None and decision is not None:
+        out["boot"] = start.running_at - max(start.at, decision)
+        if running is not None:
+            out["app_healthy"] = start.running_at + start.app - max(start.running_at, running)
+    if healthy is not None:
+        ends = [at_ + model.scaled(model.route53) for at_ in model.changes.values() if at_ >= t0]
+        proxy = stack.timing_proxy
+        for arn, tid in list(model.registered):
+            if tid == iid and proxy is not None:
+                hc = proxy.health_check(arn, stack.topology.region)
+                when = model.target_healthy_at(arn, iid, *hc)
+                if when is not None:
+                    ends.append(when)
+        if ends:
+            out["attach"] = max(ends) - healthy
+    return out
+
+
+def at_aws_pace(stack: Any, phase: Any) -> dict[str, float | None] | None:
+    """``phase``'s breakdown at AWS's pace (None without a timing model)."""
+    if stack.timing is None:
+        return None
+    return _at_pace(breakdown(phase.marks), waits(stack, phase), stack.timing.scale)

@@ -133,6 +133,7 @@ class TimingModel:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.starts: dict[str, Start] = {}
+        self.last_start: dict[str, Start] = {}  # kept after a stop: the drill's figures
         self.hibernated: set[str] = set()
         self.app_up: dict[str, float] = {}
         self.registered: dict[tuple[str, str], float] = {}
@@ -163,7 +164,8 @@ class TimingModel:
             self.app_up.pop(iid, None)
             boot = self.resume_boot if resumed else self.boot
             app = self.resume_restore if resumed else self.app_seconds(self.services.get(iid))
-            self.starts[iid] = Start(self.clock(), self.scaled(boot), self.scaled(app), resumed)
+            start = Start(self.clock(), self.scaled(boot), self.scaled(app), resumed)
+            self.starts[iid] = self.last_start[iid] = start
 
     def instance_stopped(self, iid: str, *, hibernate: bool = False) -> None:
         with self._lock:
