@@ -45,18 +45,20 @@ def breakdown(marks: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def at_aws_pace(
-    b: Mapping[str, float | None], waits: Mapping[str, float], scale: float
+    b: Mapping[str, float | None], waits: Mapping[str, tuple[float, float]]
 ) -> dict[str, float | None]:
     """The breakdown as it would be on AWS: in each part, the time the
-    timing model made the drill wait (``waits``, scaled seconds) is
-    replaced by its real length (divided by ``scale``); the rest of the
-    part (jupiterd's detection and polling, the sandbox's own process
-    starts) is kept as measured."""
+    timing model made the drill wait (``waits[part][0]``, scaled) is
+    replaced by what it would have been on AWS (``waits[part][1]``: the real
+    delay less what had already passed, in real seconds, before the part
+    began); the rest of the part (jupiterd's detection and polling, the
+    sandbox's own process starts) is kept as measured."""
     out: dict[str, float | None] = {}
     for part in PARTS:
         v = b.get(part)
-        w = min(max(waits.get(part, 0.0), 0.0), v or 0.0)
-        out[part] = None if v is None else round(v + w * (1 / scale - 1), 1)
+        scaled, real = waits.get(part, (0.0, 0.0))
+        scaled = min(max(scaled, 0.0), v or 0.0)
+        out[part] = None if v is None else round(v - scaled + max(real, 0.0), 1)
     parts = [out[p] for p in PARTS]
     out["total"] = round(sum(p for p in parts if p is not None), 1) if None not in parts else None
     return out

@@ -72,16 +72,25 @@ def thresholds(stack: Any, base: dict[str, Any]) -> dict[str, Any]:
     return base if model is None else model.thresholds(base, SANDBOX_HEALTH_CHECK)
 
 
-def waits(stack: Any, phase: Any) -> dict[str, float]:
+def waits(stack: Any, phase: Any) -> dict[str, tuple[float, float]]:
     """How long, in each part of ``phase``'s breakdown, the drill waited
-    for the timing model (scaled seconds): the standby's pending time after
-    the decision, its OS boot and application start after running, the
-    target groups' checks and Route 53's propagation after it was healthy."""
+    for the timing model (scaled seconds), and how long that wait would be
+    on AWS (real seconds; what passed before the part began, jupiterd's
+    own time, is real already): the standby's pending time after the
+    decision, its OS boot and application start after running, the target
+    groups' checks and Route 53's propagation after it was healthy."""
     model: TimingModel = stack.timing
+    k = 1 / model.scale
     t0, marks = phase.started, phase.marks
 
     def at(key: str) -> float | None:
         return t0 + marks[key] if key in marks else None
+
+    def wait(begun: float, length: float, part_start: float) -> tuple[float, float]:
+        """A delay of ``length`` (scaled) begun at ``begun``, seen from
+        ``part_start``: its scaled rest, and its real rest."""
+        passed = max(0.0, part_start - begun)
+        return max(0.0, length - passed), max(0.0, length * k - passed)
 
     decision, running, healthy = (
         at("decision"),
@@ -89,23 +98,28 @@ def waits(stack: Any, phase: Any) -> dict[str, float]:
         at("step:standby_healthy"),
     )
     iid = stack.instances[(phase.service, Role(phase.to_role))].instance_id
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     start = model.last_start.get(iid)
     if start is not None and decision is not None:
-        out["boot"] = start.running_at - max(start.at, decision)
+        out["boot"] = wait(start.at, start.boot, decision)
         if running is not None:
-            out["app_healthy"] = start.running_at + start.app - max(start.running_at, running)
+            out["app_healthy"] = wait(start.running_at, start.app, running)
     if healthy is not None:
-        ends = [at_ + model.scaled(model.route53) for at_ in model.changes.values() if at_ >= t0]
+        rests = [
+            wait(at_, model.scaled(model.route53), healthy)
+            for at_ in model.changes.values()
+            if at_ >= t0
+        ]
         proxy = stack.timing_proxy
         for arn, tid in list(model.registered):
             if tid == iid and proxy is not None:
                 hc = proxy.health_check(arn, stack.topology.region)
                 when = model.target_healthy_at(arn, iid, *hc)
                 if when is not None:
-                    ends.append(when)
-        if ends:
-            out["attach"] = max(ends) - healthy
+                    length = model.scaled(hc[0] * hc[1])
+                    rests.append(wait(when - length, length, healthy))
+        if rests:
+            out["attach"] = (max(r[0] for r in rests), max(r[1] for r in rests))
     return out
 
 
@@ -113,4 +127,4 @@ def at_aws_pace(stack: Any, phase: Any) -> dict[str, float | None] | None:
     """``phase``'s breakdown at AWS's pace (None without a timing model)."""
     if stack.timing is None:
         return None
-    return _at_pace(breakdown(phase.marks), waits(stack, phase), stack.timing.scale)
+    return _at_pace(breakdown(phase.marks), waits(stack, phase))
