@@ -88,9 +88,13 @@ def waits(stack: Any, phase: Any) -> dict[str, tuple[float, float]]:
 
     def wait(begun: float, length: float, part_start: float) -> tuple[float, float]:
         """A delay of ``length`` (scaled) begun at ``begun``, seen from
-        ``part_start``: its scaled rest, and its real rest."""
+        ``part_start``: its scaled rest, and its real rest. One still
+        running then was begun by jupiterd moments before (a pre-warm: its
+        detection time, which is real); one over by then is over on AWS too."""
         passed = max(0.0, part_start - begun)
-        return max(0.0, length - passed), max(0.0, length * k - passed)
+        if passed >= length:
+            return 0.0, 0.0
+        return length - passed, max(0.0, length * k - passed)
 
     decision, running, healthy = (
         at("decision"),
