@@ -9,6 +9,10 @@
     jupiterd sandbox --replicas 3 --drill ha-all   the six drills of replicated deciders
                                               (ha-cutoff, ha-dies, ha-kill, ha-stop,
                                               ha-dynamo, ha-witness; one at a time too)
+    jupiterd sandbox --drill SERVICE --aws-timing realistic[:SCALE]
+                                              ... with AWS's delays (boot, application
+                                              start, health checks, Route 53), and the
+                                              recovery split into detect/boot/app/attach
 
 Everything listens on loopback (and, for the NAT instances, in network
 namespaces the sandbox creates); nothing reaches AWS.
@@ -75,7 +79,36 @@ def add_commands(sub: Any) -> None:
         metavar="PORT",
         help="jupiterd's /status and /metrics port (default 9478, else a free one)",
     )
+    p.add_argument(
+        "--aws-timing",
+        metavar="realistic[:SCALE]",
+        type=_timing_spec,
+        help="answer as AWS would, not at once: an instance started stays pending for "
+        "its boot, its service starts after the OS boot and its own start time, targets "
+        "turn healthy after interval x threshold, Route 53 changes stay PENDING about a "
+        "minute; every figure times SCALE (default 1, e.g. 0.05 for CI)",
+    )
     p.set_defaults(func=_cmd)
+
+
+def _timing_spec(value: str) -> str:
+    from .timing import TimingSpecError, parse_spec
+
+    try:
+        parse_spec(value)
+    except TimingSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def timing_for(args: argparse.Namespace) -> Any:
+    """The timing model ``--aws-timing`` asks for, or None."""
+    spec = getattr(args, "aws_timing", None)
+    if not spec:
+        return None
+    from .timing import TimingModel
+
+    return TimingModel.from_spec(spec)
 
 
 class Console:
@@ -193,6 +226,7 @@ async def _main(args: argparse.Namespace, console: Console) -> int:
         loop.add_signal_handler(sig, request_stop, sig.name)
     watcher = asyncio.create_task(_watch_output(console))
     stack = Stack(http_port=args.http_port, log=say, replicas=args.replicas)
+    stack.timing = timing_for(args)
     who = f"{args.replicas} jupiterd replicas" if args.replicas else "jupiterd"
     say(f"starting the sandbox: moto, the Jupiter topology, the services, {who}")
     try:

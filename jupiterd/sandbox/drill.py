@@ -31,6 +31,9 @@ from jupiterd.core.types import Role, Status
 from jupiterd.runtime.plans import PlanEvent
 from jupiterd.runtime.targets import ProbeEvent
 
+from . import timed
+from .breakdown import breakdown
+from .breakdown import render as render_breakdown
 from .stack import Stack
 
 BOTH_NAT = "nat-both"
@@ -61,6 +64,8 @@ class Phase:
     marks: dict[str, float] = field(default_factory=dict)
     outcome: FailoverOutcome | None = None
     checks: list[Check] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() at the break
+    pace: dict[str, Any] | None = None  # the breakdown at AWS's pace (--aws-timing)
 
     def event(self, t: float, text: str) -> None:
         self.timeline.append((round(t, 3), text))
@@ -81,6 +86,8 @@ class Phase:
             "down_seconds": self.marks.get("down"),
             "failover_seconds": round(o.seconds, 3) if o is not None else None,
             "restored_seconds": self.marks.get("restored"),
+            "breakdown": breakdown(self.marks),
+            "breakdown_at_aws_pace": self.pace,
             "result": o.result if o is not None else None,
             "steps": [
                 {"name": s.name, "ok": s.ok, "seconds": round(s.seconds, 3), "detail": s.detail}
@@ -252,6 +259,7 @@ def _observer(stack: Stack, service: str, phase: Phase, t0: float) -> Any:
 def _step_observer(service: str, phase: Phase, t0: float) -> Any:
     def step(name: str, report: Any) -> None:
         if name == service:
+            phase.marks.setdefault(f"step:{report.name}", round(time.monotonic() - t0, 3))
             phase.event(
                 time.monotonic() - t0,
                 f"step {report.name}: {'ok' if report.ok else 'FAILED'} in "
@@ -264,6 +272,7 @@ def _step_observer(service: str, phase: Phase, t0: float) -> Any:
 @contextlib.contextmanager
 def _observing(stack: Stack, service: str, phase: Phase, t0: float) -> Iterator[None]:
     """The phase's timeline follows the daemon's actions and the plan's steps."""
+    phase.started = t0
     observe = _observer(stack, service, phase, t0)
     steps = _step_observer(service, phase, t0)
     stack.supervisor.observers.append(observe)
@@ -285,7 +294,8 @@ async def failover_phase(stack: Stack, service: str) -> Phase:
     with _observing(stack, service, phase, t0):
         phase.event(0.0, f"break: {stack.break_service(service)}")
         restore = asyncio.create_task(_watch_restore(stack, service, phase, t0))
-        done = await _wait(lambda: phase.outcome is not None, PLAN_TIMEOUT, 0.05)
+        timeout = PLAN_TIMEOUT + stack.extra_plan_seconds
+        done = await _wait(lambda: phase.outcome is not None, timeout, 0.05)
         if not done:
             phase.event(time.monotonic() - t0, "no failover finished in time")
         elif phase.outcome is not None and phase.outcome.ok:
@@ -357,20 +367,26 @@ async def drill(stack: Stack, service: str, *, failback: bool = False) -> dict[s
         if phases and not (phases[-1].ok and await wait_ready(stack, [m])):
             break
         phases.append(await failover_phase(stack, m))
+        phases[-1].pace = timed.at_aws_pace(stack, phases[-1])
     if failback and len(phases) == len(members) and all(p.ok for p in phases):
         for m in members:
             phases.append(await failback_phase(stack, m))
+            phases[-1].pace = timed.at_aws_pace(stack, phases[-1])
     first = phases[0].to_dict()
     report.update(
         ok=all(p.ok for p in phases) and len(phases) == len(members) * (2 if failback else 1),
         detect_seconds=first["detect_seconds"],
         failover_seconds=first["failover_seconds"],
         restored_seconds=first["restored_seconds"],
+        breakdown=first["breakdown"],
+        breakdown_at_aws_pace=first["breakdown_at_aws_pace"],
         steps=first["steps"],
         checks=first["checks"],
         timeline=first["timeline"],
         phases=[p.to_dict() for p in phases],
     )
+    if stack.timing is not None:
+        report["aws_timing"] = stack.timing.describe()
     return report
 
 
@@ -392,6 +408,8 @@ def render(report: dict[str, Any]) -> str:
             figures.append(f"plan took {ph['failover_seconds']:.2f}s")
         if ph["restored_seconds"] is not None:
             figures.append(f"traffic restored after {ph['restored_seconds']:.2f}s")
+        scale = report.get("aws_timing", {}).get("scale", 1.0)
+        lines += render_breakdown(ph["breakdown"], ph.get("breakdown_at_aws_pace"), scale)
         lines.append(
             f"  {ph['direction']} {'PASSED' if ph['ok'] else 'FAILED'}"
             + (f": {', '.join(figures)}" if figures else "")

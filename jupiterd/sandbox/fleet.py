@@ -29,6 +29,13 @@ class Fleet:
         self.nat: NatNamespaces | None = None
         self.supervisor: Any = None  # jupiterd's, once it runs: which role is active
         self.routes: dict[str, Role | None] = {}  # where AWS sends each service's traffic
+        # With --aws-timing: whether an instance's service has finished
+        # starting (else it is started later), and told when it answers.
+        self.app_gate: Callable[[Instance], bool] | None = None
+        self.on_app_ready: Callable[[Instance], None] | None = None
+        self.timing: Any = None  # a timing.TimingModel, set before start()
+        self.timing_proxy: Any = None
+        self.extra_plan_seconds = 0.0  # the drill waits this much longer for a plan
 
     async def _spawn(self, cmd: list[str]) -> Any:
         """Start a service process and wait until it is ready. The fork is
@@ -65,22 +72,27 @@ class Fleet:
                 inst.broken = False  # a stop heals: the next start boots a fresh service
             if inst.slot is not None:
                 assert self.nat is not None
-                want = running and not inst.broken
+                want = running and not inst.broken and self._may_start(inst)
                 if want != bool(inst.process):
                     await asyncio.to_thread(self.nat.set_running, inst.slot, want)
                     inst.process = want or None
                 continue
             alive = inst.process is not None and inst.process.alive
-            if running and not inst.broken and not alive:
+            if running and not inst.broken and not alive and self._may_start(inst):
                 self.say(
                     f"  {inst.label} instance is running: starting its service on "
                     f"{inst.address}:{inst.port}"
                 )
                 inst.process = await self._spawn(service_command(inst, self.coturn))
+                if self.on_app_ready is not None:
+                    self.on_app_ready(inst)
             elif not running and inst.process is not None:
                 self.say(f"  {inst.label} instance is {inst.state}: stopping its service")
                 await asyncio.to_thread(inst.process.stop)
                 inst.process = None
+
+    def _may_start(self, inst: Instance) -> bool:
+        return self.app_gate is None or self.app_gate(inst)
 
     async def _follow(self) -> None:
         while True:

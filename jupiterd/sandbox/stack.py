@@ -49,6 +49,7 @@ import yaml
 
 from jupiterd.core.types import Role
 
+from . import timed
 from .fleet import Fleet
 from .layout import (
     AWS_ENV,
@@ -130,6 +131,7 @@ class Stack(Fleet):
         self.topology = await asyncio.to_thread(
             partial(seed, nat_pool=self.with_nat), self.endpoint
         )
+        await timed.after_seed(self)  # --aws-timing: from now on, AWS's delays
         self.say(
             f"  seeded the Jupiter topology: VPC {self.topology.vpc_id}, "
             f"{sum(len(v) for v in self.topology.instances.values())} instances"
@@ -177,7 +179,7 @@ class Stack(Fleet):
             raise SandboxError(
                 f"{exc}: is moto[server] installed? pip install 'jupiterd[sandbox]'"
             ) from exc
-        self.endpoint = self.moto.url
+        self.endpoint = timed.endpoint(self)  # moto's, or the timing proxy's in front of it
 
     def _nat_instances(self, nat: NatNamespaces) -> None:
         """The pool's members, each a namespace; the standby is one Instance
@@ -233,7 +235,7 @@ class Stack(Fleet):
         doc = self.topology.config_dict(
             listen,
             state_dir=str(self.workdir / "state"),
-            defaults=THRESHOLDS,
+            defaults=timed.thresholds(self, THRESHOLDS),
             extra={
                 "http": {"listen": f"{FRONT_HOST}:{self.http_port}"},
                 "log": {"format": "json", "level": "info"},
@@ -388,6 +390,7 @@ class Stack(Fleet):
         )
         if self.nat is not None:
             await step("the NAT namespaces", partial(asyncio.to_thread, self.nat.destroy))
+        await step("the timing proxy", partial(asyncio.to_thread, timed.stop, self))
         if self.moto is not None:
             await step("moto", partial(asyncio.to_thread, self.moto.stop))
         if getattr(self, "_log_file", None) is not None:
