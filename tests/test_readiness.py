@@ -247,3 +247,33 @@ def test_journal_kind_is_validated_and_old_records_are_failovers() -> None:
     assert parsed.plans["a"].kind == "failover" and parsed.plans["b"].kind == "prewarm"
     assert "c" not in parsed.plans
     assert parsed.problems == ["line 3: 'kind' is not failover, readiness or prewarm"]
+
+
+async def test_a_drill_hibernates_only_a_standby_that_can_hibernate(
+    stack: Stack, moto: MotoServer
+) -> None:
+    """standby_stop: hibernate stops the drilled standby plainly, with a note
+    saying what to change, when it was not launched with hibernation; one
+    launched with it is hibernated."""
+    from tests.test_executor_recovery import configured, hibernating_backup
+
+    cfg = configured(stack.config, SERVICE, standby_stop="hibernate")
+    ex = AwsExecutor(cfg, poll_interval=0.05, progress_interval=0.2, clock=FakeClock())
+    try:
+        res = await StandbyWarmer(ex).drill(SERVICE)
+    finally:
+        ex.close()
+    assert res.result == "passed", res.detail
+    stop = next(s for s in res.steps if s.name == "stop_standby")
+    assert stop.detail.startswith("stop requested"), stop.detail
+    assert "stopped without hibernation (standby_stop: hibernate)" in stop.detail
+
+    iid = hibernating_backup(stack, SERVICE, moto.url)
+    cfg = configured(stack.config, SERVICE, backup=iid, standby_stop="hibernate")
+    ex = AwsExecutor(cfg, poll_interval=0.05, progress_interval=0.2, clock=FakeClock())
+    try:
+        res = await StandbyWarmer(ex).drill(SERVICE)
+    finally:
+        ex.close()
+    stop = next(s for s in res.steps if s.name == "stop_standby")
+    assert stop.detail.startswith("hibernation requested"), (res.detail, stop.detail)

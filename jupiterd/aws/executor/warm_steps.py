@@ -16,6 +16,7 @@ import structlog
 
 from jupiterd.aws.client import AwsError
 from jupiterd.aws.executor.context import StepContext, StepFailed
+from jupiterd.aws.executor.instances import stop_instance
 from jupiterd.aws.executor.run import _Run
 from jupiterd.aws.executor.steps import ec2
 from jupiterd.config import Config
@@ -95,13 +96,12 @@ async def stop_standby(ctx: StepContext, run: _Run, step: Step) -> tuple[str, di
     users = facts.in_use.get(iid, ())
     if users:
         raise StepFailed(f"not stopping {iid}: {', '.join(users)} now use it")
+    # With standby_stop: hibernate, hibernated where the instance allows it,
+    # else stopped plainly with a note saying what to change.
     hibernate = ctx.config.services[run.service].standby_stop == "hibernate"
-    params: dict[str, Any] = {"InstanceIds": [iid]}
-    if hibernate:
-        params["Hibernate"] = True
-    await ctx.aws._mutate(run, "ec2", "StopInstances", iid, **params)
-    how = "hibernation" if hibernate else "stop"
-    return f"{how} requested for {iid} (was {state})", {"stopped": True}
+    res = await stop_instance(ctx, run, iid, hibernate=hibernate, instance=cur)
+    detail = res.sentence(state) + (f"; {res.note}" if res.note else "")
+    return detail, {"stopped": True, "hibernated": res.hibernated}
 
 
 def active_of(config: Config, service: str, facts: ServiceFacts) -> Role:
