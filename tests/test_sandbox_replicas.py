@@ -308,75 +308,61 @@ def test_replicas_are_two_to_five(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the drills, end to end
 
-NEEDS_HA = pytest.mark.xfail(strict=False, reason="needs the ha runtime")
-
-
-def _drill(name: str) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, "-m", "jupiterd", "sandbox", "--replicas", "3", "--drill", name, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.stdout.strip(), r.stderr[-3000:]
-    rep: dict[str, Any] = json.loads(r.stdout)
-    assert r.returncode == 0 and rep["ok"], json.dumps(rep, indent=1)[-4000:]
-    return rep
-
 
 def _checks(rep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in rep["checks"]}
 
 
-@pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_cutoff_one_replica_cut_off_holds_1_of_3() -> None:
-    rep = _drill("ha-cutoff")
-    held = [c for c in rep["checks"] if "holds no_quorum" in c["name"]]
-    assert held and "1 of 3" in held[0]["detail"]
-    assert rep["mutating_calls"] == {}
+HA_ALL = ("--replicas", "3", "--drill", "ha-all", "--json")
 
 
 @pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_dies_exactly_one_failover_by_the_leader() -> None:
-    checks = _checks(_drill("ha-dies"))
-    assert {"exactly one failover", "by the leader", "each mutating call once"} <= checks.keys()
-
-
-@pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_kill_a_new_leader_finishes_the_plan_once() -> None:
-    rep = _drill("ha-kill")
-    assert rep["figures"]["takeover_seconds"] > 0
-    assert rep["mutating_calls"].get("ec2:AssociateAddress") == 1
-    assert rep["mutating_calls"].get("ec2:StartInstances") == 1
-
-
-@pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_stop_the_woken_leader_is_fenced() -> None:
-    checks = _checks(_drill("ha-stop"))
-    assert any("plan_fenced" in name for name in checks)
-
-
-@pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_dynamo_no_replica_acts_without_dynamodb() -> None:
-    checks = _checks(_drill("ha-dynamo"))
-    assert {"every replica holds no_quorum", "monitoring goes on", "no replica acted on AWS"} <= (
-        checks.keys()
+@pytest.mark.timeout(900)
+def test_the_six_ha_drills_pass_end_to_end() -> None:
+    """`sandbox --replicas 3 --drill ha-all`: one sandbox, the six drills of
+    replicated deciders one after the other, each checked at every
+    replica's /status, in AWS and in the calls the replicas made."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupiterd",
+            "sandbox",
+            *("--replicas", "3"),
+            "--drill",
+            "ha-all",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=880,
     )
+    assert r.stdout.strip(), r.stderr[-3000:]
+    reports = json.loads(r.stdout)
+    by = {rep["drill"]: rep for rep in reports}
+    failed = {
+        n: [c for c in rep["checks"] if not c["ok"]] for n, rep in by.items() if not rep["ok"]
+    }
+    assert r.returncode == 0 and not failed, json.dumps(failed, indent=1)[-4000:]
+    assert set(by) == {"ha-cutoff", "ha-dies", "ha-kill", "ha-stop", "ha-dynamo", "ha-witness"}
 
+    cutoff = by["ha-cutoff"]
+    held = [c for c in cutoff["checks"] if "holds no_quorum" in c["name"]]
+    assert held and "1 of 3" in held[0]["detail"]
+    assert cutoff["mutating_calls"] == {}
 
-@pytest.mark.slow
-@NEEDS_HA
-@pytest.mark.timeout(700)
-def test_drill_ha_witness_a_healthy_witness_holds_the_failover() -> None:
-    checks = _checks(_drill("ha-witness"))
-    assert "the leader holds no_quorum, naming the witness" in checks
+    assert {"exactly one failover", "by the leader", "each mutating call once"} <= _checks(
+        by["ha-dies"]
+    ).keys()
+
+    kill = by["ha-kill"]
+    assert kill["figures"]["takeover_seconds"] > 0
+    assert kill["mutating_calls"].get("ec2:AssociateAddress") == 1
+    assert kill["mutating_calls"].get("ec2:StartInstances") == 1
+
+    assert any("plan_fenced" in name for name in _checks(by["ha-stop"]))
+
+    assert {"every replica holds no_quorum", "monitoring goes on", "no replica acted on AWS"} <= (
+        _checks(by["ha-dynamo"]).keys()
+    )
+    assert "the leader holds no_quorum, naming the witness" in _checks(by["ha-witness"])
