@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import time
 from typing import Any
@@ -86,16 +87,25 @@ async def _holds(
     stack: Stack, service: str, seconds: float, seen: dict[str, list[tuple[str, str]]] | None = None
 ) -> dict[str, list[tuple[str, str]]]:
     """Every distinct hold each replica showed for ``service`` while
-    watched (into ``seen`` as they come, if given)."""
+    watched (into ``seen`` as they come, if given); a hold whose reason
+    differs only in how long it has lasted is the same hold."""
     seen = {} if seen is None else seen
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for rid, st in (await live_statuses(stack.replicas)).items():
             h = hold(st, service)
-            if h is not None and h not in seen.setdefault(rid, []):
-                seen[rid].append(h)
+            mine = seen.setdefault(rid, [])
+            if h is not None and _timeless(h) not in {_timeless(x) for x in mine}:
+                mine.append(h)
         await asyncio.sleep(0.3)
     return seen
+
+
+_DURATION = re.compile(r"\d+(?:\.\d+)?(?:ms|s|m|h)\b")
+
+
+def _timeless(h: tuple[str, str]) -> tuple[str, str]:
+    return h[0], _DURATION.sub("...", h[1])
 
 
 def _say_holds(report: HaReport, seen: dict[str, list[tuple[str, str]]]) -> None:
