@@ -41,7 +41,16 @@ from jupiterd.state.journal import KILL_ENV, Journal, JournalError
 from tests.clock import FakeClock
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Listeners
-from tests.test_executor_crash import ONCE, SERVICE, TOTAL_RECORDS, Edge, _edge, mutations, where
+from tests.test_executor_crash import (
+    ONCE,
+    SERVICE,
+    TOTAL_RECORDS,
+    Edge,
+    _edge,
+    cli,
+    mutations,
+    where,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "jupiterd-ha"
@@ -594,3 +603,39 @@ async def test_kill_at_every_journal_point_then_another_replica_finishes(
     ha: Ha, proxy: FaultProxy, dproxy: FaultProxy, n: int
 ) -> None:
     await _kill_then_take_over(ha, proxy, dproxy, n)
+
+
+def _with_ha(ha: Ha) -> Path:
+    """The edge's configuration file with an `ha:` section on the table."""
+    import yaml
+
+    doc = yaml.safe_load(ha.edge.path.read_text())
+    doc["ha"] = {"table": TABLE, "replica_id": "az-a", "lease_seconds": 4, "lease_margin": 1}
+    doc["ha"] |= {"publish_interval": 0.5, "stale_after": 2}
+    ha.edge.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return ha.edge.path
+
+
+async def test_the_cli_acts_only_while_no_replica_holds_the_lease(
+    ha: Ha, proxy: FaultProxy
+) -> None:
+    """With ha:, `jupiterd failover` takes the lease for as long as it acts
+    (plans journaled in the table, fenced like a leader's) and refuses with
+    exit 75, naming the holder, while a replica holds it."""
+    _with_ha(ha)
+    holder, _ = lease(ha.ddb, "az-b")
+    assert await holder.acquire()
+    p = await cli(ha.edge, "failover", SERVICE)
+    assert p.returncode == 75, p.stdout + p.stderr
+    assert "is held by az-b" in p.stderr and "only its holder runs plans" in p.stderr
+    assert proxy.count("ec2:StartInstances") == 0
+
+    await holder.release()
+    p = await cli(ha.edge, "failover", SERVICE)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert mutations(proxy) == ONCE
+    index = await asyncio.to_thread(item, ha.ddb, OPEN_KEY)
+    assert index.get("plans", {}).get("SS", []) == []  # journaled in the table, and done
+    assert not (ha.edge.path.parent / "state" / "journal.jsonl").exists()
+    rec = await holder.read()
+    assert rec is not None and rec.owner is None and rec.token == 2  # taken, then released

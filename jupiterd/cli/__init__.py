@@ -24,6 +24,7 @@ from jupiterd.cli.common import (
     Parser,
     UsageError,
 )
+from jupiterd.cli.executor import EXIT_LEADER_BUSY, LeaderBusy
 
 __all__ = ["DEFAULT_CONFIG", "EXIT_CONFIG", "EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -78,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"jupiterd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LeaderBusy as exc:
+        print(f"jupiterd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LEADER_BUSY
     except ConfigError as exc:
         print(f"jupiterd: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -119,11 +119,10 @@ def _cmd_failover(args: argparse.Namespace) -> int:
 async def _failover(
     cfg: Any, services: list[str], to_role: Any, dry_run: bool, reason: str
 ) -> list[tuple[Any, bool]]:
-    from jupiterd.aws.executor import AwsExecutor
+    from jupiterd.cli.executor import executor_for
     from jupiterd.core.execution import FailoverRequest
 
-    ex = AwsExecutor(cfg, dry_run=dry_run, progress_interval=5.0)
-    try:
+    async with executor_for(cfg, dry_run=dry_run, progress_interval=5.0) as ex:
         out: list[tuple[Any, bool]] = []
         resumed = await ex.resume_pending()
         out += [(o, True) for o in resumed]
@@ -148,8 +147,6 @@ async def _failover(
         by_name = {o.service: o for group in ran for o in group}
         out += [(by_name[s], False) for s in todo]
         return out
-    finally:
-        ex.close()
 
 
 def _format_outcome(o: Any, resumed: bool) -> str:

@@ -56,16 +56,13 @@ def _cmd_drill_standby(args: argparse.Namespace) -> int:
 
 
 async def _drill(cfg: Any, service: str, reason: str) -> Any:
-    from jupiterd.aws.executor import AwsExecutor
     from jupiterd.aws.executor.warm import StandbyWarmer
+    from jupiterd.cli.executor import executor_for
     from jupiterd.state import readiness
 
-    ex = AwsExecutor(cfg, progress_interval=5.0)
-    try:
+    async with executor_for(cfg, progress_interval=5.0) as ex:
         await ex.resume_pending()
         res = await StandbyWarmer(ex).drill(service, reason=reason, by="cli")
-    finally:
-        ex.close()
     if res.result != "refused":
         try:
             readiness.save(cfg.state_dir, service, res.to_dict())

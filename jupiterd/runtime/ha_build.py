@@ -6,6 +6,7 @@ lease) and its plan lock the lease itself: only the leader runs plans."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from jupiterd.aws.client import Aws
 from jupiterd.aws.executor import AwsExecutor
@@ -22,7 +23,9 @@ from jupiterd.telemetry.metrics import Metrics
 class HaExecutor(AwsExecutor):
     """An executor on the replicas' table, with the lease it is fenced by."""
 
-    def __init__(self, config: Config, *, dry_run: bool, metrics: Metrics | None) -> None:
+    def __init__(
+        self, config: Config, *, dry_run: bool, metrics: Metrics | None, **kw: Any
+    ) -> None:
         ha = config.ha
         assert ha is not None
         clock = SystemClock()
@@ -44,6 +47,7 @@ class HaExecutor(AwsExecutor):
             journal=journal,
             lock=LeaseLock(self.lease, journal=journal),
             clock=clock,
+            **kw,
         )
         self._own_aws = True  # built here: closed with the executor
 
