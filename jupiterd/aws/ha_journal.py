@@ -60,7 +60,15 @@ from jupiterd.aws.ha_reader import TableReader, _sync
 from jupiterd.aws.lease import Lease
 from jupiterd.state.journal import KILL_ENV
 from jupiterd.state.planlock import Fenced, JournalError
-from jupiterd.state.records import PlanRecord
+from jupiterd.state.records import (
+    PlanRecord,
+    begin_record,
+    done_record,
+    end_record,
+    new_plan,
+    result_record,
+    rollback_record,
+)
 
 __all__ = ["Fenced", "LeaseLock", "NotLeader", "TableJournal"]
 
@@ -104,30 +112,9 @@ class TableJournal(TableReader):
         standby_state: str,
         kind: str = "failover",
     ) -> PlanRecord:
-        rec = PlanRecord(
-            id=uuid.uuid4().hex,
-            service=service,
-            from_role=from_role,
-            to_role=to_role,
-            reason=reason,
-            requested_by=requested_by,
-            started_at=time.time(),
-            standby_state=standby_state,
-            kind=kind,
+        rec, first = new_plan(
+            service, from_role, to_role, reason, requested_by, standby_state, kind
         )
-        first = {
-            **({} if kind == "failover" else {"kind": kind}),
-            "t": "plan",
-            "id": rec.id,
-            "service": service,
-            "from": from_role,
-            "to": to_role,
-            "reason": reason,
-            "by": requested_by,
-            "standby_state": standby_state,
-            "at": rec.started_at,
-            "pid": os.getpid(),
-        }
         token = self._pin(rec.id)
         plan = {
             "Update": {
@@ -160,7 +147,7 @@ class TableJournal(TableReader):
         return rec
 
     def begin(self, plan_id: str, step: str) -> None:
-        self._append(plan_id, {"t": "begin", "id": plan_id, "step": step, "at": time.time()})
+        self._append(plan_id, begin_record(plan_id, step))
 
     def end(
         self,
@@ -171,30 +158,16 @@ class TableJournal(TableReader):
         detail: str,
         data: dict[str, Any] | None = None,
     ) -> None:
-        rec: dict[str, Any] = {
-            "t": "end",
-            "id": plan_id,
-            "step": step,
-            "ok": ok,
-            "seconds": round(seconds, 6),
-            "detail": detail,
-            "at": time.time(),
-        }
-        if data:
-            rec["data"] = data
-        self._append(plan_id, rec)
+        self._append(plan_id, end_record(plan_id, step, ok, seconds, detail, data))
 
     def rollback(self, plan_id: str, reason: str) -> None:
-        self._append(plan_id, {"t": "rollback", "id": plan_id, "reason": reason, "at": time.time()})
+        self._append(plan_id, rollback_record(plan_id, reason))
 
     def result(self, plan_id: str, result: str, detail: str) -> None:
-        self._append(
-            plan_id,
-            {"t": "result", "id": plan_id, "result": result, "detail": detail, "at": time.time()},
-        )
+        self._append(plan_id, result_record(plan_id, result, detail))
 
     def done(self, plan_id: str) -> None:
-        now = time.time()
+        last = done_record(plan_id)
         index = {
             "Update": {
                 "TableName": self.table,
@@ -206,8 +179,8 @@ class TableJournal(TableReader):
         }
         self._append(
             plan_id,
-            {"t": "done", "id": plan_id, "at": now},
-            finished_at=now,
+            last,
+            finished_at=last["at"],
             also=[index],
         )
         with self._mutex:

@@ -47,8 +47,6 @@ import json
 import os
 import signal
 import threading
-import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +66,13 @@ from .records import (
     PlanRecord,
     StepRecord,
     _apply_checked,
+    begin_record,
+    done_record,
+    end_record,
+    new_plan,
     parse_journal,
+    result_record,
+    rollback_record,
 )
 
 __all__ = [
@@ -203,36 +207,14 @@ class Journal:
     ) -> PlanRecord:
         """``kind``: "failover", or the warm-up of a standby ("readiness",
         "prewarm"), written only when not a failover."""
-        rec = PlanRecord(
-            id=uuid.uuid4().hex,
-            service=service,
-            from_role=from_role,
-            to_role=to_role,
-            reason=reason,
-            requested_by=requested_by,
-            started_at=time.time(),
-            standby_state=standby_state,
-            kind=kind,
+        rec, first = new_plan(
+            service, from_role, to_role, reason, requested_by, standby_state, kind
         )
-        self.append(
-            {
-                **({} if kind == "failover" else {"kind": kind}),
-                "t": "plan",
-                "id": rec.id,
-                "service": service,
-                "from": from_role,
-                "to": to_role,
-                "reason": reason,
-                "by": requested_by,
-                "standby_state": standby_state,
-                "at": rec.started_at,
-                "pid": os.getpid(),
-            }
-        )
+        self.append(first)
         return rec
 
     def begin(self, plan_id: str, step: str) -> None:
-        self.append({"t": "begin", "id": plan_id, "step": step, "at": time.time()})
+        self.append(begin_record(plan_id, step))
 
     def end(
         self,
@@ -243,29 +225,16 @@ class Journal:
         detail: str,
         data: dict[str, Any] | None = None,
     ) -> None:
-        rec: dict[str, Any] = {
-            "t": "end",
-            "id": plan_id,
-            "step": step,
-            "ok": ok,
-            "seconds": round(seconds, 6),
-            "detail": detail,
-            "at": time.time(),
-        }
-        if data:
-            rec["data"] = data
-        self.append(rec)
+        self.append(end_record(plan_id, step, ok, seconds, detail, data))
 
     def rollback(self, plan_id: str, reason: str) -> None:
-        self.append({"t": "rollback", "id": plan_id, "reason": reason, "at": time.time()})
+        self.append(rollback_record(plan_id, reason))
 
     def result(self, plan_id: str, result: str, detail: str) -> None:
-        self.append(
-            {"t": "result", "id": plan_id, "result": result, "detail": detail, "at": time.time()}
-        )
+        self.append(result_record(plan_id, result, detail))
 
     def done(self, plan_id: str) -> None:
-        self.append({"t": "done", "id": plan_id, "at": time.time()})
+        self.append(done_record(plan_id))
 
     # -- reading
 

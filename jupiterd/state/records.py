@@ -4,7 +4,10 @@ listed as a problem with the services it may concern, never raised."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,3 +188,83 @@ def _apply_checked(plans: dict[str, PlanRecord], rec: Any, *, fresh: bool = Fals
             plan.result = (result, detail)
     elif plan is not None:  # done
         plan.done = True
+
+
+# --------------------------------------------------------------------------- writing
+# One shape for every journal's records, the file's and the replicas' table's.
+
+
+def new_plan(
+    service: str,
+    from_role: str,
+    to_role: str,
+    reason: str,
+    requested_by: str,
+    standby_state: str,
+    kind: str = "failover",
+) -> tuple[PlanRecord, dict[str, Any]]:
+    """A plan that begins, and its ``plan`` record (``kind`` written only
+    when not a failover, so that older readers read failovers unchanged)."""
+    rec = PlanRecord(
+        id=uuid.uuid4().hex,
+        service=service,
+        from_role=from_role,
+        to_role=to_role,
+        reason=reason,
+        requested_by=requested_by,
+        started_at=time.time(),
+        standby_state=standby_state,
+        kind=kind,
+    )
+    first = {
+        **({} if kind == "failover" else {"kind": kind}),
+        "t": "plan",
+        "id": rec.id,
+        "service": service,
+        "from": from_role,
+        "to": to_role,
+        "reason": reason,
+        "by": requested_by,
+        "standby_state": standby_state,
+        "at": rec.started_at,
+        "pid": os.getpid(),
+    }
+    return rec, first
+
+
+def begin_record(plan_id: str, step: str) -> dict[str, Any]:
+    return {"t": "begin", "id": plan_id, "step": step, "at": time.time()}
+
+
+def end_record(
+    plan_id: str,
+    step: str,
+    ok: bool,
+    seconds: float,
+    detail: str,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "t": "end",
+        "id": plan_id,
+        "step": step,
+        "ok": ok,
+        "seconds": round(seconds, 6),
+        "detail": detail,
+        "at": time.time(),
+    }
+    if data:
+        rec["data"] = data
+    return rec
+
+
+def rollback_record(plan_id: str, reason: str) -> dict[str, Any]:
+    return {"t": "rollback", "id": plan_id, "reason": reason, "at": time.time()}
+
+
+def result_record(plan_id: str, result: str, detail: str) -> dict[str, Any]:
+    return {"t": "result", "id": plan_id, "result": result, "detail": detail, "at": time.time()}
+
+
+def done_record(plan_id: str) -> dict[str, Any]:
+    return {"t": "done", "id": plan_id, "at": time.time()}
