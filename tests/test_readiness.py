@@ -277,3 +277,23 @@ async def test_a_drill_hibernates_only_a_standby_that_can_hibernate(
         ex.close()
     stop = next(s for s in res.steps if s.name == "stop_standby")
     assert stop.detail.startswith("hibernation requested"), (res.detail, stop.detail)
+
+
+async def test_a_failover_decided_while_a_prewarm_runs_takes_the_standby(stack: Stack) -> None:
+    """The pre-warm's record is still open (it ends when the failover takes
+    the standby over): the failover's preflight must not mistake it for an
+    interrupted plan and abort."""
+    ex = make_executor(stack)
+    try:
+        warmer = StandbyWarmer(ex)
+        started = await warmer.start_prewarm(SERVICE, Role.PRIMARY, "the primary is suspect")
+        assert started.result == "started", started.detail
+        [open_rec] = [p for p in Journal(stack.config.state_dir).read() if not p.done]
+        assert open_rec.kind == "prewarm"
+        out = await ex.run(FailoverRequest(SERVICE, Role.PRIMARY, Role.BACKUP, "down", "daemon"))
+        assert out.result == "success", out.detail
+        handed = await warmer.end_prewarm(SERVICE, "a failover started")
+        assert handed is not None and handed.result == "handed_over"
+    finally:
+        ex.close()
+    assert (await states(make_executor(stack)))[1] == "running"

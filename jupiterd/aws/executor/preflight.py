@@ -214,7 +214,11 @@ async def preflight(ctx: StepContext, journal: PlanJournal, run: _Run) -> str | 
         if run.record is None and not ctx.dry_run:
             try:
                 unfinished = await asyncio.to_thread(journal.unfinished)
-                others = [p for p in unfinished if p.service == req.service]
+                # A warm-up (readiness drill, pre-warm) of the standby never
+                # holds a failover: the failover takes the standby over.
+                others = [
+                    p for p in unfinished if p.service == req.service and p.kind == "failover"
+                ]
             except JournalError as exc:
                 others = []
                 problems.append(str(exc))
