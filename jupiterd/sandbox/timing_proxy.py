@@ -21,7 +21,6 @@ change ids; an error from moto passes through unchanged.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import re
 import threading
 import xml.etree.ElementTree as ET
@@ -29,19 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .peers.http_proxy import ThreadedProxy, reply
 from .timing import TimingModel
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
-_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-}
 _CHANGE = re.compile(r"/change/([A-Za-z0-9]+)$")
 
 
@@ -82,7 +72,7 @@ def _members(fields: dict[str, list[str]], prefix: str, suffix: str = "") -> lis
     return [v[0] for k, v in fields.items() if pat.match(k)]
 
 
-class TimingProxy:
+class TimingProxy(ThreadedProxy):
     def __init__(self, upstream: str, model: TimingModel, *, host: str = "127.0.0.1") -> None:
         u = urlsplit(upstream)
         self.upstream_url = upstream
@@ -94,41 +84,12 @@ class TimingProxy:
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> TimingProxy:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> TimingProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------ upstream
 
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
-        try:
-            out = {k: v for k, v in headers.items() if k.lower() not in _HOP}
-            conn.request(method, path, body=body or None, headers=out)
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read()
-        finally:
-            conn.close()
+        return self.forward(method, path, headers, body)
 
     def health_check(self, arn: str, region: str) -> tuple[float, int]:
         """The target group's interval and healthy threshold, from moto."""
@@ -266,13 +227,7 @@ class TimingProxy:
                 pass
 
             def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
-                self.send_response(status)
-                for k, v in headers:
-                    if k.lower() not in _HOP:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, headers, data)
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -57,7 +57,6 @@ service) cuts a service off or back.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import random
 import re
@@ -72,17 +71,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from .http_proxy import ThreadedProxy, reply
+
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
-_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-}
 # A scripted error: (code, HTTP status, message).
 Fault = tuple[str, int, str]
 Hook = Callable[[dict[str, str]], Fault | None]
@@ -205,7 +196,7 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
-class FaultProxy:
+class FaultProxy(ThreadedProxy):
     def __init__(
         self,
         upstream: str,
@@ -246,11 +237,6 @@ class FaultProxy:
         self._server = _Server((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def count(self, action: str) -> int:
         return self.forwarded[action]
@@ -305,23 +291,6 @@ class FaultProxy:
         with self._lock:
             return dict(self.forwarded)
 
-    def start(self) -> FaultProxy:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _decide(
         self, service: str, action: str, fields: dict[str, str]
     ) -> tuple[int, bytes, str] | None:
@@ -355,15 +324,7 @@ class FaultProxy:
         delay = self.latency + self.action_latency.get(key, 0.0)
         if delay:
             time.sleep(delay)
-        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
-        try:
-            out = {k: v for k, v in headers.items() if k.lower() not in _HOP}
-            conn.request(method, path, body=body or None, headers=out)
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, resp.getheaders(), data
-        finally:
-            conn.close()
+        return self.forward(method, path, headers, body)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -438,13 +399,7 @@ class FaultProxy:
                         proxy.requests[(f"{service}:{action}", digest[:16])] += 1
                     proxy.log.append((started, f"{service}:{action}", time.monotonic() - started))
                     proxy.calls.append((f"{service}:{action}", fields))
-                self.send_response(status)
-                for k, v in resp_headers:
-                    if k.lower() not in _HOP:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, resp_headers, data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
