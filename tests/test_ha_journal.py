@@ -597,9 +597,15 @@ async def test_kill_mid_attach_then_another_replica_finishes(
     await _kill_then_take_over(ha, proxy, dproxy, 14)
 
 
+# Every journal point is swept with the file journal (test_executor_crash:
+# the executor's resumption is the same); here a spread of them, from the
+# plan record to the last, keeps the suite short.
+SPREAD = sorted({1, 2, *range(4, TOTAL_RECORDS, 4), TOTAL_RECORDS - 1, TOTAL_RECORDS})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("n", range(1, TOTAL_RECORDS + 1))
-async def test_kill_at_every_journal_point_then_another_replica_finishes(
+@pytest.mark.parametrize("n", SPREAD)
+async def test_kill_at_journal_points_then_another_replica_finishes(
     ha: Ha, proxy: FaultProxy, dproxy: FaultProxy, n: int
 ) -> None:
     await _kill_then_take_over(ha, proxy, dproxy, n)
