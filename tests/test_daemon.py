@@ -300,3 +300,35 @@ async def test_aws_unreachable_holds_retries_soon_and_acts_when_aws_answers(stac
     await wait_for(lambda: executor.requests, what="the failover once AWS answers")
     assert sup.status()["aws_unreachable"] is None
     assert reg.get_sample_value("jupiterd_hold_active", held) == 0
+
+
+async def test_a_reload_says_which_changes_wait_for_a_restart(tmp_path):
+    """ha: and the readiness schedules are read at start only: a reload
+    that changes them keeps running and says so, once per change."""
+    from structlog.testing import capture_logs
+
+    from tests.daemon_helpers import supervisor_for
+
+    svc = {"probe": {"kind": "tcp", "port": 9}, "primary": {"address": "127.0.0.1"}}
+    cfg = config_for({"signaling": svc}, str(tmp_path))
+    sup = supervisor_for(cfg, FakeExecutor())
+    await sup.start()
+    try:
+        same = config_for({"signaling": svc}, str(tmp_path))
+        with capture_logs() as quiet:
+            await sup.reload(same)
+        assert not [e for e in quiet if "next restart" in e["event"]]
+        changed = config_for(
+            {"signaling": {**svc, "readiness": {"schedule": "0 3 * * 1"}}},
+            str(tmp_path),
+            ha={"table": "jupiterd-ha", "replica_id": "az-a"},
+        )
+        with capture_logs() as logs:
+            await sup.reload(changed)
+        said = [e["event"] for e in logs if "next restart" in e["event"]]
+        assert len(said) == 2
+        assert any(w.startswith("ha: ") for w in said)
+        assert any("readiness:" in w for w in said)
+        assert sup.ha is None  # still deciding alone until restarted
+    finally:
+        await sup.stop()

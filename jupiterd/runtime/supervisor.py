@@ -85,6 +85,19 @@ INITIAL_INVENTORY_SECONDS = 1.0  # how long start-up waits for AWS before probin
 AWS_RETRY_SECONDS = (1.0, 10.0)
 
 
+def _restart_only(old: Config, new: Config) -> list[str]:
+    """What a reload changed that only a restart applies."""
+    out = []
+    if new.http.listener_settings() != old.http.listener_settings():
+        out.append("http.listen or its connection limits")
+    if new.ha != old.ha:
+        out.append("ha: (the replicas' table, lease and views)")
+    schedules = {n: s.readiness for n, s in new.services.items()}
+    if schedules != {n: s.readiness for n, s in old.services.items()}:
+        out.append("a service's readiness: (the standby drills' schedule)")
+    return out
+
+
 def policy_of(config: Config) -> Policy:
     return Policy(
         thresholds={n: config.thresholds(n) for n in config.services},
@@ -361,10 +374,8 @@ class Supervisor:
                     self.probes.add(name, role)
             self.effects.sync_service(name)
         self.metrics.targets.set(len(self.targets))
-        if config.http.listener_settings() != old.http.listener_settings():
-            self.log.warning(
-                "http.listen or its connection limits changed: they take effect at the next restart"
-            )
+        for what in _restart_only(old, config):
+            self.log.warning(f"{what} changed: the change takes effect at the next restart")
         now = self.clock.time()
         self.last_reload = {"ok": True, "at": now, "error": None}
         self.metrics.reload_success.set(1)
