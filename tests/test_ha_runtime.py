@@ -8,8 +8,9 @@ an address where nothing listens."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,14 @@ from jupiterd.aws.ha_table import create_table
 from jupiterd.aws.lease import Lease
 from jupiterd.config import AwsConfig
 from jupiterd.core.health import Guard
-from jupiterd.core.inventory import StaticInventory
-from jupiterd.core.types import Status
+from jupiterd.core.inventory import ServiceView, StaticInventory
+from jupiterd.core.types import Role, Status
 from jupiterd.runtime.ha import HaParts
 from jupiterd.runtime.supervisor import Supervisor
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
 from jupiterd.telemetry.clock import SystemClock
 from jupiterd.telemetry.metrics import Metrics
-from tests.daemon_helpers import B, FakeExecutor, config_for, wait_for
+from tests.daemon_helpers import B, FakeExecutor, P, config_for, wait_for
 from tests.ha_fakes import FakeViews, FakeWitness, SharedTable
 from tests.peers.fault_proxy import FaultProxy
 from tests.test_daemon import Listener
@@ -54,6 +55,21 @@ NAMES = ("sig", "turn", "frp")
 def moto() -> Iterator[MotoServer]:
     with moto_server(patch_env=True) as server:
         yield server
+
+
+class AwsSays(StaticInventory):
+    """The configured instances, and where AWS sends each service's traffic
+    once a test says so (``active``)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.active: dict[str, Role] = {}
+
+    async def snapshot(self) -> Mapping[str, ServiceView]:
+        out = dict(await super().snapshot())
+        for name, role in self.active.items():
+            out[name] = dataclasses.replace(out[name], active=role)
+        return out
 
 
 @dataclass
@@ -88,7 +104,7 @@ class Fleet:
         sup = Supervisor(
             cfg,
             executor=ex,
-            inventory=StaticInventory(cfg),
+            inventory=AwsSays(cfg),
             metrics=Metrics(CollectorRegistry()),
             rng=random.Random(1),
             tick_seconds=0.1,
@@ -282,3 +298,27 @@ async def test_stop_releases_the_lease_and_another_leads_at_once(fleet: Fleet) -
         timeout=3,  # well under the 2 s lease's takeover wait plus renewals
         what="a new leader",
     )
+
+
+async def test_a_follower_reads_aws_at_once_when_the_leader_moved_a_service(
+    fleet: Fleet,
+) -> None:
+    """After the leader's failover, a follower whose periodic refresh is far
+    off learns the new active from the leader's view and re-reads AWS at
+    once: it then votes on the instance that serves."""
+    a = await leader_first(fleet, a={"cut": ("sig",), "delay": 0.2}, b={"cut": ("sig",)})
+    await wait_for(lambda: a.state.services["sig"].active is B, what="az-a moved it")
+    for rid in ("az-b", "az-c"):  # what AWS says now, for whoever asks
+        inv = fleet.sups[rid].inventory
+        assert isinstance(inv, AwsSays)
+        inv.set_state("sig", P, "stopped")
+        inv.set_state("sig", B, "running")
+        inv.active["sig"] = B
+    for rid in ("az-b", "az-c"):
+        sup = fleet.sups[rid]
+        assert sup.refresh_seconds >= 30  # the periodic refresh would come much later
+        await wait_for(
+            lambda sup=sup: sup.state.services["sig"].active is B,
+            timeout=8,
+            what=f"{rid} sees the backup active",
+        )

@@ -115,6 +115,7 @@ class HaRunner:
         self._witness_at: dict[str, float] = {}
         self.resuming = False  # finishing a previous leader's plans first
         self._resume_due = False  # a plan of ours stopped when its journal failed
+        self._followed_at = -1e9  # monotonic: when a peer's view last made us re-read AWS
         self._led = False  # was leader and has seen no other holder since
         self._known = False  # the lease item was read at least once
         self._key: tuple[Any, ...] | None = None
@@ -268,8 +269,16 @@ class HaRunner:
                 if v.age is not None:
                     self._seen_at[r] = now - v.age
             self.seen = dict(views)
+            self._follow_peers(views)
         await self._ask_witness()
         self._update()
+
+    def _follow_peers(self, views: Mapping[str, ReplicaView]) -> None:
+        """A peer that moved a service: re-read AWS now (``ha_view.moved``)."""
+        now = self.sup.clock.monotonic()
+        if now - self._followed_at >= 2.0 and ha_view.moved(self.sup, self.cfg.replica_id, views):
+            self._followed_at = now
+            self.sup.spawn(self.sup.refresh_inventory(), "ha-follow")
 
     def _table_error(self, exc: Exception) -> None:
         self.sup.metrics.ha_dynamodb_errors.inc()

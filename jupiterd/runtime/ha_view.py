@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from jupiterd.core.health import Guard, MachineState, TargetState
-from jupiterd.core.quorum import ServiceVerdicts, Tally, TargetVerdict, WitnessVote
+from jupiterd.core.quorum import ReplicaView, ServiceVerdicts, Tally, TargetVerdict, WitnessVote
 from jupiterd.core.types import Status
 
 if TYPE_CHECKING:
@@ -113,3 +113,17 @@ def status_json(ha: HaRunner) -> dict[str, Any]:
         "isolated": ha.isolated or None,
         "services": {name: tally_json(t) for name, t in tallies.items()},
     }
+
+
+def moved(sup: Supervisor, me: str, views: Mapping[str, ReplicaView]) -> bool:
+    """Whether a fresh peer believes another instance active than this
+    replica does (the leader after its failover): AWS changed, and this
+    replica should read it now rather than at the next periodic refresh, so
+    that it votes on the instance that serves."""
+    mine = sup.state.services
+    return any(
+        (s := mine.get(name)) is not None and s.in_flight is None and sv.active != s.active
+        for v in views.values()
+        if v.fresh and v.replica != me
+        for name, sv in v.services.items()
+    )
