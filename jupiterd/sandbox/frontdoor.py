@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 Route = Callable[[], tuple[str, int] | None]
 
 IDLE_UDP_SECONDS = 30.0
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    wait: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Copy one direction of a connection until either side closes; with
+    ``wait``, each chunk waits for it first (a cut relay holds its bytes)."""
     try:
         while data := await reader.read(65536):
+            if wait is not None:
+                await wait()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -54,7 +63,7 @@ class TcpFrontDoor:
             return
         self._conns.update((writer, up_writer))
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             self._conns.difference_update((writer, up_writer))
 
@@ -67,9 +76,21 @@ class TcpFrontDoor:
             self.server = None
 
 
-class _Upstream(asyncio.DatagramProtocol):
-    def __init__(self, door: UdpFrontDoor, client: tuple[str, int]) -> None:
-        self.door, self.client = door, client
+class _Downstream(Protocol):
+    transport: asyncio.DatagramTransport | None
+
+
+class Upstream(asyncio.DatagramProtocol):
+    """One client's socket to the backend: answers go back to the client
+    through ``door``'s socket (while ``passes()``, when given)."""
+
+    def __init__(
+        self,
+        door: _Downstream,
+        client: tuple[str, int],
+        passes: Callable[[], bool] | None = None,
+    ) -> None:
+        self.door, self.client, self.passes = door, client, passes
         self.transport: asyncio.DatagramTransport | None = None
         self.last = asyncio.get_running_loop().time()
 
@@ -78,7 +99,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.last = asyncio.get_running_loop().time()
-        if self.door.transport is not None:
+        if self.door.transport is not None and (self.passes is None or self.passes()):
             self.door.transport.sendto(data, self.client)
 
     def error_received(self, exc: Exception) -> None:
@@ -91,7 +112,7 @@ class UdpFrontDoor(asyncio.DatagramProtocol):
     def __init__(self, host: str, port: int, route: Route) -> None:
         self.host, self.port, self.route = host, port, route
         self.transport: asyncio.DatagramTransport | None = None
-        self.flows: dict[tuple[str, int], tuple[tuple[str, int], _Upstream]] = {}
+        self.flows: dict[tuple[str, int], tuple[tuple[str, int], Upstream]] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,7 +137,7 @@ class UdpFrontDoor(asyncio.DatagramProtocol):
         if flow is None:
             loop = asyncio.get_running_loop()
             _, proto = await loop.create_datagram_endpoint(
-                lambda: _Upstream(self, client), remote_addr=backend
+                lambda: Upstream(self, client), remote_addr=backend
             )
             flow = (backend, proto)
             self.flows[client] = flow

@@ -22,6 +22,8 @@ import contextlib
 
 from jupiterd.core.types import Role
 
+from .frontdoor import Upstream, pipe
+
 IDLE_UDP_SECONDS = 30.0
 
 
@@ -49,19 +51,6 @@ class Gate:
 
     async def wait(self) -> None:
         await self._open.wait()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: Gate) -> None:
-    try:
-        while data := await reader.read(65536):
-            await gate.wait()
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
 
 
 class TcpRelay:
@@ -92,7 +81,7 @@ class TcpRelay:
                 return
             self._conns.add(up_writer)
             await asyncio.gather(
-                _pipe(reader, up_writer, self.gate), _pipe(up_reader, writer, self.gate)
+                pipe(reader, up_writer, self.gate.wait), pipe(up_reader, writer, self.gate.wait)
             )
         except asyncio.CancelledError:
             # stop(): the stream's callback would report a cancelled handler as an error
@@ -114,31 +103,13 @@ class TcpRelay:
             self.server = None
 
 
-class _Upstream(asyncio.DatagramProtocol):
-    def __init__(self, relay: UdpRelay, client: tuple[str, int]) -> None:
-        self.relay, self.client = relay, client
-        self.transport: asyncio.DatagramTransport | None = None
-        self.last = asyncio.get_running_loop().time()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.last = asyncio.get_running_loop().time()
-        if self.relay.gate.is_open and self.relay.transport is not None:
-            self.relay.transport.sendto(data, self.client)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-
 class UdpRelay(asyncio.DatagramProtocol):
     """One upstream socket per client (the instance sees one peer per flow)."""
 
     def __init__(self, host: str, port: int, upstream: tuple[str, int], gate: Gate) -> None:
         self.host, self.port, self.upstream, self.gate = host, port, upstream, gate
         self.transport: asyncio.DatagramTransport | None = None
-        self.flows: dict[tuple[str, int], _Upstream] = {}
+        self.flows: dict[tuple[str, int], Upstream] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,7 +134,7 @@ class UdpRelay(asyncio.DatagramProtocol):
             flow = None
         if flow is None:
             _, flow = await loop.create_datagram_endpoint(
-                lambda: _Upstream(self, client), remote_addr=self.upstream
+                lambda: Upstream(self, client, lambda: self.gate.is_open), remote_addr=self.upstream
             )
             self.flows[client] = flow
         if flow.transport is not None:
