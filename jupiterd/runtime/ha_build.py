@@ -47,9 +47,9 @@ class HaExecutor(AwsExecutor):
             journal=journal,
             lock=LeaseLock(self.lease, journal=journal),
             clock=clock,
+            own_aws=True,
             **kw,
         )
-        self._own_aws = True  # built here: closed with the executor
 
     def parts(self) -> HaParts:
         """The lease, views and witness the supervisor's ``HaRunner`` drives."""

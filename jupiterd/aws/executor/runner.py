@@ -103,11 +103,12 @@ class AwsExecutor:
         lock: PlanLocker | None = None,
         on_step: StepHook | None = None,
         clock: Clock | None = None,
+        own_aws: bool = False,  # close ``aws`` with the executor (it was built for it)
     ) -> None:
         self.config = config
         self.dry_run = dry_run
         self.metrics = metrics
-        self._own_aws = aws is None
+        self._own_aws = aws is None or own_aws
         self.aws = (
             aws if aws is not None else Aws(config.aws, metrics, cache_dir=Path(config.state_dir))
         )
