@@ -9,6 +9,7 @@ a full lease without the holder renewing; a pause is the holder's task (or
 thread) blocked while that happens.
 """
 
+# ruff: noqa: F811  (tests take the imported fixtures by their names)
 from __future__ import annotations
 
 import asyncio
@@ -35,20 +36,26 @@ from jupiterd.aws.lease import Lease
 from jupiterd.config import AwsConfig
 from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.types import Role
-from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
+from jupiterd.sandbox.peers.moto_server import MotoServer, client_env
 from jupiterd.sandbox.seed import read_notifications
 from jupiterd.state.journal import KILL_ENV, Journal, JournalError
 from tests.clock import FakeClock
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Listeners
-from tests.test_executor_crash import (
+
+# The same moto, fault proxy and service listeners (fixtures: F401) as the
+# file journal's tests.
+from tests.test_executor_crash import (  # noqa: F401
     ONCE,
     SERVICE,
     TOTAL_RECORDS,
     Edge,
     _edge,
     cli,
+    listeners,
+    moto,
     mutations,
+    proxy,
     where,
 )
 
@@ -61,30 +68,10 @@ REQ = FailoverRequest(SERVICE, Role.PRIMARY, Role.BACKUP, "test", "daemon")
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server(patch_env=True) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(moto: MotoServer) -> Iterator[FaultProxy]:
-    with FaultProxy(moto.url) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
 def dproxy(moto: MotoServer) -> Iterator[FaultProxy]:
     """DynamoDB's own proxy: cutting it off leaves EC2 and the rest alone."""
     with FaultProxy(moto.url) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def listeners() -> Iterator[Listeners]:
-    ls = Listeners([SERVICE])
-    ls.start()
-    yield ls
-    ls.stop()
 
 
 def _ddb(url: str, region: str) -> Aws:
