@@ -29,6 +29,7 @@ from jupiterd.state.journal import PlanLock
 from jupiterd.telemetry.metrics import Metrics
 from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
+from tests.peers.aws_clients import moto_client
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
 
@@ -61,10 +62,9 @@ def request(service: str, to: Role = Role.BACKUP, reason: str = "test") -> Failo
 
 def aws_state(topo: Topology) -> dict[str, Any]:
     """Everything a plan could change, read straight from moto."""
-    s = boto3.session.Session(region_name=topo.region)
-    ec2 = s.client("ec2", endpoint_url=topo.endpoint_url)
-    elb = s.client("elbv2", endpoint_url=topo.endpoint_url)
-    r53 = s.client("route53", endpoint_url=topo.endpoint_url)
+    ec2, elb, r53 = (
+        moto_client(n, topo.region, topo.endpoint_url) for n in ("ec2", "elbv2", "route53")
+    )
     inst = {
         i["InstanceId"]: (i["State"]["Name"], i.get("SourceDestCheck"))
         for r in ec2.describe_instances()["Reservations"]
@@ -464,6 +464,10 @@ async def test_access_denied_at_the_first_change_changed_nothing(proxied):
 async def test_aws_unreachable_at_preflight_changed_nothing(proxied):
     stack, proxy = proxied
     proxy.unreachable = True
+    # Two attempts a call, not the default eight: botocore's backoff between
+    # them is real time, and what is tested is the answer once they fail.
+    aws = stack.config.aws.model_copy(update={"max_attempts": 2})
+    stack.config = stack.config.model_copy(update={"aws": aws})
     ex = make_executor(stack)
     try:
         out = await ex.run(request("signaling"))

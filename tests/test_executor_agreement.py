@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from jupiterd.aws.executor import AwsExecutor
@@ -17,6 +16,7 @@ from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
 from jupiterd.sandbox.seed import SERVICES
+from tests.peers.aws_clients import moto_client
 from tests.peers.jupiter_aws import FAST, Stack, jupiter_stack
 
 
@@ -66,8 +66,9 @@ def reconfigure(stack: Stack, edit: Callable[[dict[str, Any]], None]) -> None:
 
 def clients(stack: Stack) -> tuple[Any, Any, Any]:
     topo = stack.topology
-    s = boto3.session.Session(region_name=topo.region)
-    return tuple(s.client(n, endpoint_url=topo.endpoint_url) for n in ("ec2", "elbv2", "route53"))  # type: ignore[return-value]
+    return tuple(
+        moto_client(n, topo.region, topo.endpoint_url) for n in ("ec2", "elbv2", "route53")
+    )  # type: ignore[return-value]
 
 
 async def both_fail_at_preflight(stack: Stack, service: str, *needles: str) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from jupiterd.aws.executor import AwsExecutor
@@ -27,6 +26,7 @@ from jupiterd.state.journal import Journal
 from jupiterd.telemetry.metrics import Metrics
 from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
+from tests.peers.aws_clients import moto_client
 from tests.peers.fault_proxy import Fault, FaultProxy
 from tests.peers.jupiter_aws import HOSTS, Stack, jupiter_stack
 
@@ -91,9 +91,7 @@ def request(service: str, to: Role = Role.BACKUP) -> FailoverRequest:
 
 
 def ec2(stack: Stack) -> Any:
-    return boto3.client(
-        "ec2", region_name=stack.topology.region, endpoint_url=stack.topology.endpoint_url
-    )
+    return moto_client("ec2", stack.topology.region, stack.topology.endpoint_url)
 
 
 def describe(stack: Stack, iid: str) -> dict[str, Any]:
@@ -104,7 +102,7 @@ def describe(stack: Stack, iid: str) -> dict[str, Any]:
 def hibernating_backup(stack: Stack, service: str, moto_url: str) -> str:
     """A stopped stand-in for ``service``'s backup, launched with hibernation
     configured (moto takes HibernationOptions only at launch, as EC2 does)."""
-    client = boto3.client("ec2", region_name=stack.topology.region, endpoint_url=moto_url)
+    client = moto_client("ec2", stack.topology.region, moto_url)
     old = describe(stack, stack.topology.instances[service]["backup"])
     iid = client.run_instances(
         ImageId=old["ImageId"],
@@ -347,7 +345,7 @@ async def test_preflight_warns_of_missing_hibernation_and_reports_health_check_t
     stack, proxy = proxied
     backup = stack.topology.instances["thingsboard"]["backup"]
     tg = stack.topology.target_groups["jupiter-thingsboard"]
-    elb = boto3.client("elbv2", region_name=stack.topology.region, endpoint_url=moto.url)
+    elb = moto_client("elbv2", stack.topology.region, moto.url)
     elb.modify_target_group(
         TargetGroupArn=tg, HealthCheckIntervalSeconds=10, HealthyThresholdCount=3
     )
@@ -411,7 +409,7 @@ def _starting_app(stack: Stack, moto_url: str, service: str, tg: str) -> tuple[A
     the load balancer knows it: its listener starts when moto first shows
     the standby registered in ``tg``."""
     backup = stack.topology.instances[service]["backup"]
-    elb = boto3.client("elbv2", region_name=stack.topology.region, endpoint_url=moto_url)
+    elb = moto_client("elbv2", stack.topology.region, moto_url)
     stack.listeners.stop(service, "backup")  # still starting
     seen: list[str] = []
 
@@ -490,7 +488,7 @@ async def test_an_aborted_plan_deregisters_the_early_registration(proxied, moto:
     assert "rollback:standby_healthy" not in names  # nothing had moved off the primary
     assert proxy.count("elasticloadbalancing:RegisterTargets") == 1
     assert proxy.count("elasticloadbalancing:DeregisterTargets") == 1
-    elb = boto3.client("elbv2", region_name=stack.topology.region, endpoint_url=moto.url)
+    elb = moto_client("elbv2", stack.topology.region, moto.url)
     health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
     assert [(d["Target"]["Id"], d["TargetHealth"]["State"]) for d in health] == [
         (primary, "healthy")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import yaml
 
 from jupiterd.config import Config, parse_config
 from jupiterd.sandbox.seed import Topology, seed
+from tests.peers.aws_clients import moto_client
 from tests.peers.jupiter_aws import FAST, _Listener
 
 MEMBERS = ("nat-a", "nat-b")
@@ -44,12 +44,11 @@ class NatPool:
     config_path: Path
 
     def clients(self) -> tuple[Any, Any, Any]:
-        s = boto3.session.Session(region_name=self.topology.region)
-        url = self.topology.endpoint_url
+        region, url = self.topology.region, self.topology.endpoint_url
         return (
-            s.client("ec2", endpoint_url=url),
-            s.client("elbv2", endpoint_url=url),
-            s.client("route53", endpoint_url=url),
+            moto_client("ec2", region, url),
+            moto_client("elbv2", region, url),
+            moto_client("route53", region, url),
         )
 
 
@@ -73,10 +72,9 @@ def nat_pool(endpoint_url: str, tmp: Path) -> Iterator[NatPool]:
     """Seed ``endpoint_url`` (moto, freshly reset by the caller), add the
     second NAT and the pool's attachments, start the listeners."""
     topo = seed(endpoint_url)
-    s = boto3.session.Session(region_name=topo.region)
-    ec2 = s.client("ec2", endpoint_url=endpoint_url)
-    elb = s.client("elbv2", endpoint_url=endpoint_url)
-    r53 = s.client("route53", endpoint_url=endpoint_url)
+    ec2 = moto_client("ec2", topo.region, endpoint_url)
+    elb = moto_client("elbv2", topo.region, endpoint_url)
+    r53 = moto_client("route53", topo.region, endpoint_url)
     ids = {"nat-a": topo.instances["nat"]["primary"], "standby": topo.instances["nat"]["backup"]}
     subnet = ec2.describe_instances(InstanceIds=[ids["nat-a"]])["Reservations"][0]["Instances"][0][
         "SubnetId"
