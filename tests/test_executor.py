@@ -24,12 +24,11 @@ from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.plan import service_status
 from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, client_env, moto_server
-from jupiterd.sandbox.seed import SERVICES, Topology, read_notifications
+from jupiterd.sandbox.seed import SERVICES, Topology, moto_client, read_notifications
 from jupiterd.state.journal import PlanLock
 from jupiterd.telemetry.metrics import Metrics
 from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
-from tests.peers.aws_clients import moto_client
 from tests.peers.fault_proxy import FaultProxy
 from tests.peers.jupiter_aws import Stack, jupiter_stack
 
@@ -63,7 +62,7 @@ def request(service: str, to: Role = Role.BACKUP, reason: str = "test") -> Failo
 def aws_state(topo: Topology) -> dict[str, Any]:
     """Everything a plan could change, read straight from moto."""
     ec2, elb, r53 = (
-        moto_client(n, topo.region, topo.endpoint_url) for n in ("ec2", "elbv2", "route53")
+        moto_client(topo.endpoint_url, topo.region, n) for n in ("ec2", "elbv2", "route53")
     )
     inst = {
         i["InstanceId"]: (i["State"]["Name"], i.get("SourceDestCheck"))

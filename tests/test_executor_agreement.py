@@ -15,8 +15,7 @@ from jupiterd.config import parse_config
 from jupiterd.core.execution import FailoverOutcome, FailoverRequest
 from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
-from jupiterd.sandbox.seed import SERVICES
-from tests.peers.aws_clients import moto_client
+from jupiterd.sandbox.seed import SERVICES, moto_client
 from tests.peers.jupiter_aws import FAST, Stack, jupiter_stack
 
 
@@ -67,7 +66,7 @@ def reconfigure(stack: Stack, edit: Callable[[dict[str, Any]], None]) -> None:
 def clients(stack: Stack) -> tuple[Any, Any, Any]:
     topo = stack.topology
     return tuple(
-        moto_client(n, topo.region, topo.endpoint_url) for n in ("ec2", "elbv2", "route53")
+        moto_client(topo.endpoint_url, topo.region, n) for n in ("ec2", "elbv2", "route53")
     )  # type: ignore[return-value]
 
 

@@ -21,12 +21,11 @@ from jupiterd.config import Config
 from jupiterd.core.execution import FailoverRequest, StepReport
 from jupiterd.core.types import Role
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
-from jupiterd.sandbox.seed import read_notifications
+from jupiterd.sandbox.seed import moto_client, read_notifications
 from jupiterd.state.journal import Journal
 from jupiterd.telemetry.metrics import Metrics
 from tests.clock import FakeClock
 from tests.executor_helpers import check_invariant
-from tests.peers.aws_clients import moto_client
 from tests.peers.fault_proxy import Fault, FaultProxy
 from tests.peers.jupiter_aws import HOSTS, Stack, jupiter_stack
 
@@ -91,7 +90,7 @@ def request(service: str, to: Role = Role.BACKUP) -> FailoverRequest:
 
 
 def ec2(stack: Stack) -> Any:
-    return moto_client("ec2", stack.topology.region, stack.topology.endpoint_url)
+    return moto_client(stack.topology.endpoint_url, stack.topology.region, "ec2")
 
 
 def describe(stack: Stack, iid: str) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def describe(stack: Stack, iid: str) -> dict[str, Any]:
 def hibernating_backup(stack: Stack, service: str, moto_url: str) -> str:
     """A stopped stand-in for ``service``'s backup, launched with hibernation
     configured (moto takes HibernationOptions only at launch, as EC2 does)."""
-    client = moto_client("ec2", stack.topology.region, moto_url)
+    client = moto_client(moto_url, stack.topology.region, "ec2")
     old = describe(stack, stack.topology.instances[service]["backup"])
     iid = client.run_instances(
         ImageId=old["ImageId"],
@@ -345,7 +344,7 @@ async def test_preflight_warns_of_missing_hibernation_and_reports_health_check_t
     stack, proxy = proxied
     backup = stack.topology.instances["thingsboard"]["backup"]
     tg = stack.topology.target_groups["jupiter-thingsboard"]
-    elb = moto_client("elbv2", stack.topology.region, moto.url)
+    elb = moto_client(moto.url, stack.topology.region, "elbv2")
     elb.modify_target_group(
         TargetGroupArn=tg, HealthCheckIntervalSeconds=10, HealthyThresholdCount=3
     )
@@ -409,7 +408,7 @@ def _starting_app(stack: Stack, moto_url: str, service: str, tg: str) -> tuple[A
     the load balancer knows it: its listener starts when moto first shows
     the standby registered in ``tg``."""
     backup = stack.topology.instances[service]["backup"]
-    elb = moto_client("elbv2", stack.topology.region, moto_url)
+    elb = moto_client(moto_url, stack.topology.region, "elbv2")
     stack.listeners.stop(service, "backup")  # still starting
     seen: list[str] = []
 
@@ -488,7 +487,7 @@ async def test_an_aborted_plan_deregisters_the_early_registration(proxied, moto:
     assert "rollback:standby_healthy" not in names  # nothing had moved off the primary
     assert proxy.count("elasticloadbalancing:RegisterTargets") == 1
     assert proxy.count("elasticloadbalancing:DeregisterTargets") == 1
-    elb = moto_client("elbv2", stack.topology.region, moto.url)
+    elb = moto_client(moto.url, stack.topology.region, "elbv2")
     health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
     assert [(d["Target"]["Id"], d["TargetHealth"]["State"]) for d in health] == [
         (primary, "healthy")

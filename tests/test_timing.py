@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jupiterd.sandbox.peers.moto_server import MotoServer, moto_server
-from jupiterd.sandbox.seed import Topology, _client, seed
+from jupiterd.sandbox.seed import Topology, moto_client, seed
 from jupiterd.sandbox.timing import (
     BOOT_SECONDS,
     OS_BOOT_SECONDS,
@@ -62,17 +62,17 @@ def layer(moto: MotoServer) -> Iterator[tuple[TimingModel, TimingProxy, Topology
 
 
 def _state(url: str, iid: str) -> str:
-    ec2 = _client(url, REGION, "ec2")
+    ec2 = moto_client(url, REGION, "ec2")
     inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     return str(inst["State"]["Name"])
 
 
 def _start(url: str, iid: str) -> None:
-    _client(url, REGION, "ec2").start_instances(InstanceIds=[iid])
+    moto_client(url, REGION, "ec2").start_instances(InstanceIds=[iid])
 
 
 def _health(url: str, arn: str, iid: str) -> dict[str, Any]:
-    elb = _client(url, REGION, "elbv2")
+    elb = moto_client(url, REGION, "elbv2")
     d = elb.describe_target_health(TargetGroupArn=arn, Targets=[{"Id": iid}])
     return dict(d["TargetHealthDescriptions"][0]["TargetHealth"])
 
@@ -117,7 +117,7 @@ def test_a_resume_from_hibernation_skips_the_os_boot_and_the_application_start(
 ) -> None:
     model, proxy, topo, clock = layer
     tb = topo.instances["thingsboard"]["backup"]
-    ec2 = _client(proxy.url, REGION, "ec2")
+    ec2 = moto_client(proxy.url, REGION, "ec2")
     _start(proxy.url, tb)
     clock.now += 500
     ec2.stop_instances(InstanceIds=[tb], Hibernate=True)
@@ -136,7 +136,7 @@ def test_a_resume_from_hibernation_skips_the_os_boot_and_the_application_start(
 
 def test_a_target_is_healthy_after_interval_times_threshold_of_its_group(layer: Any) -> None:
     _model, proxy, topo, clock = layer
-    elb = _client(proxy.url, REGION, "elbv2")
+    elb = moto_client(proxy.url, REGION, "elbv2")
     arn = topo.service_target_groups["signaling"][0]
     elb.modify_target_group(
         TargetGroupArn=arn, HealthCheckIntervalSeconds=10, HealthyThresholdCount=3
@@ -167,7 +167,7 @@ def test_target_checks_pass_only_once_the_application_answers(layer: Any) -> Non
     the service answers (reported by the fleet), not after registration."""
     model, proxy, topo, clock = layer
     model.follow_apps = True
-    elb = _client(proxy.url, REGION, "elbv2")
+    elb = moto_client(proxy.url, REGION, "elbv2")
     arn = topo.service_target_groups["signaling"][0]
     elb.modify_target_group(
         TargetGroupArn=arn, HealthCheckIntervalSeconds=10, HealthyThresholdCount=3
@@ -186,7 +186,7 @@ def test_target_checks_pass_only_once_the_application_answers(layer: Any) -> Non
 
 def test_a_route53_change_is_pending_then_insync(layer: Any) -> None:
     _model, proxy, topo, clock = layer
-    r53 = _client(proxy.url, REGION, "route53")
+    r53 = moto_client(proxy.url, REGION, "route53")
     batch = {
         "Changes": [
             {
@@ -252,7 +252,7 @@ def test_nothing_changes_until_armed(moto: MotoServer) -> None:
         _start(proxy.url, backup)
         assert _state(proxy.url, backup) == "running"
         arn = topo.service_target_groups["signaling"][0]
-        _client(proxy.url, REGION, "elbv2").register_targets(
+        moto_client(proxy.url, REGION, "elbv2").register_targets(
             TargetGroupArn=arn, Targets=[{"Id": backup}]
         )
         assert _health(proxy.url, arn, backup)["State"] == "healthy"

@@ -51,9 +51,9 @@ class Fleet:
         return peer
 
     def _describe(self) -> dict[str, str]:
-        from jupiterd.sandbox.seed import _client
+        from jupiterd.sandbox.seed import moto_client
 
-        ec2 = _client(self.endpoint, "ap-southeast-2", "ec2")
+        ec2 = moto_client(self.endpoint, "ap-southeast-2", "ec2")
         ids = list(dict.fromkeys(i.instance_id for i in self.instances.values()))
         resp = ec2.describe_instances(InstanceIds=ids)
         return {

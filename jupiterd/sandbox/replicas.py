@@ -307,9 +307,9 @@ class ReplicaSet:
 
     def lease(self) -> dict[str, Any] | None:
         """The lease item as moto holds it (read past the proxies)."""
-        from .seed import _client
+        from .seed import moto_client
 
-        ddb = _client(self.stack.endpoint, self.stack.topology.region, "dynamodb")
+        ddb = moto_client(self.stack.endpoint, self.stack.topology.region, "dynamodb")
         item = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "lease"}}, ConsistentRead=True)
         raw = item.get("Item")
         if raw is None:

@@ -158,7 +158,7 @@ def seed(
     backup (see the module's docstring)."""
     check_loopback(endpoint_url)
     ec2, elb, r53, sns, sqs = (
-        _client(endpoint_url, region, n) for n in ("ec2", "elbv2", "route53", "sns", "sqs")
+        moto_client(endpoint_url, region, n) for n in ("ec2", "elbv2", "route53", "sns", "sqs")
     )
     az = [f"{region}a", f"{region}b"]
 
@@ -375,7 +375,7 @@ def _second_nat(ec2: Any, subnet: str, project_tag: str, prefix: str) -> dict[st
 _clients: dict[tuple[str, str, str], Any] = {}
 
 
-def _client(endpoint_url: str, region: str, service: str) -> Any:
+def moto_client(endpoint_url: str, region: str, service: str) -> Any:
     """Clients are cached: making one loads its service model (~0.1 s), and
     tests seed a fresh topology for every test."""
     key = (endpoint_url, region, service)
@@ -391,7 +391,7 @@ def read_notifications(topology: Topology, *, wait: float = 0.0) -> list[dict[st
     """Drain the SQS queue subscribed to the topic: the published messages
     (subject and parsed JSON message), oldest first."""
     check_loopback(topology.endpoint_url)
-    sqs = _client(topology.endpoint_url, topology.region, "sqs")
+    sqs = moto_client(topology.endpoint_url, topology.region, "sqs")
     out: list[dict[str, Any]] = []
     while True:
         resp = sqs.receive_message(

@@ -43,11 +43,11 @@ def arm(stack: Any) -> None:
     """Tune the target groups' health checks, tell the model which service
     each instance runs, let the fleet follow it, and from now on delay what
     AWS delays."""
-    from jupiterd.sandbox.seed import _client
+    from jupiterd.sandbox.seed import moto_client
 
     model: TimingModel = stack.timing
     topo = stack.topology
-    elb = _client(stack.endpoint, topo.region, "elbv2")
+    elb = moto_client(stack.endpoint, topo.region, "elbv2")
     interval, threshold = SANDBOX_HEALTH_CHECK
     for arn in topo.target_groups.values():
         elb.modify_target_group(

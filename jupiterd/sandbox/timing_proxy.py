@@ -96,9 +96,9 @@ class TimingProxy(ThreadedProxy):
         with self._lock:
             if arn in self._health_checks:
                 return self._health_checks[arn]
-        from jupiterd.sandbox.seed import _client
+        from jupiterd.sandbox.seed import moto_client
 
-        tg = _client(self.upstream_url, region, "elbv2").describe_target_groups(
+        tg = moto_client(self.upstream_url, region, "elbv2").describe_target_groups(
             TargetGroupArns=[arn]
         )["TargetGroups"][0]
         got = (

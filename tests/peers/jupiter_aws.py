@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import yaml
 
 from jupiterd.config import Config, parse_config
-from jupiterd.sandbox.seed import SERVICES, Topology, seed
+from jupiterd.sandbox.seed import SERVICES, Topology, moto_client, seed
 
 HOSTS = {"primary": "127.0.0.2", "backup": "127.0.0.3"}
 
@@ -191,10 +190,9 @@ def edge_service(
     """Give the seeded NAT pair an attachment of every kind and return a
     configuration with the single service ``edge`` on it (``ls`` must have
     listeners for ``edge``)."""
-    s = boto3.session.Session(region_name=topo.region)
-    ec2 = s.client("ec2", endpoint_url=topo.endpoint_url)
-    elb = s.client("elbv2", endpoint_url=topo.endpoint_url)
-    r53 = s.client("route53", endpoint_url=topo.endpoint_url)
+    ec2, elb, r53 = (
+        moto_client(topo.endpoint_url, topo.region, n) for n in ("ec2", "elbv2", "route53")
+    )
     primary, backup = topo.instances["nat"]["primary"], topo.instances["nat"]["backup"]
     tg = elb.create_target_group(
         Name="edge-tcp", Protocol="TCP", Port=7000, VpcId=topo.vpc_id, TargetType="instance"

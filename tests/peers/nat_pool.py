@@ -21,8 +21,7 @@ from typing import Any
 import yaml
 
 from jupiterd.config import Config, parse_config
-from jupiterd.sandbox.seed import Topology, seed
-from tests.peers.aws_clients import moto_client
+from jupiterd.sandbox.seed import Topology, moto_client, seed
 from tests.peers.jupiter_aws import FAST, _Listener
 
 MEMBERS = ("nat-a", "nat-b")
@@ -46,9 +45,9 @@ class NatPool:
     def clients(self) -> tuple[Any, Any, Any]:
         region, url = self.topology.region, self.topology.endpoint_url
         return (
-            moto_client("ec2", region, url),
-            moto_client("elbv2", region, url),
-            moto_client("route53", region, url),
+            moto_client(url, region, "ec2"),
+            moto_client(url, region, "elbv2"),
+            moto_client(url, region, "route53"),
         )
 
 
@@ -72,9 +71,9 @@ def nat_pool(endpoint_url: str, tmp: Path) -> Iterator[NatPool]:
     """Seed ``endpoint_url`` (moto, freshly reset by the caller), add the
     second NAT and the pool's attachments, start the listeners."""
     topo = seed(endpoint_url)
-    ec2 = moto_client("ec2", topo.region, endpoint_url)
-    elb = moto_client("elbv2", topo.region, endpoint_url)
-    r53 = moto_client("route53", topo.region, endpoint_url)
+    ec2 = moto_client(endpoint_url, topo.region, "ec2")
+    elb = moto_client(endpoint_url, topo.region, "elbv2")
+    r53 = moto_client(endpoint_url, topo.region, "route53")
     ids = {"nat-a": topo.instances["nat"]["primary"], "standby": topo.instances["nat"]["backup"]}
     subnet = ec2.describe_instances(InstanceIds=[ids["nat-a"]])["Reservations"][0]["Instances"][0][
         "SubnetId"
