@@ -108,6 +108,23 @@ def test_undone_after_the_hold_when_the_active_recovers() -> None:
     assert r.s.warm is None
 
 
+def test_a_standby_a_drill_kept_warm_is_stopped_after_the_service_s_hold() -> None:
+    """Without ``prewarm: true``: the drill hands the daemon a pre-warm, and
+    the service's own ``prewarm_hold`` (``warm_hold``) times it out."""
+    pol = replace(policy(prewarm=False), warm_hold={"sig": 60.0})
+    r = up(pol)
+    r.probe(P, False, 10.0)  # the active fails mid-drill
+    r(StandbyWarming("sig", B, "prewarm", True, 10.5))
+    assert r.of(Prewarm) == [] and r.s.warm is not None
+    r.probe(P, True, 11.0)  # recovered: no failover will come
+    assert r.s.warm.undo_at == 11.0 + 60.0
+    r(Tick(11.0 + 59.0))
+    assert r.of(PrewarmUndo) == []
+    r(Tick(11.0 + 60.0))
+    [undo] = r.of(PrewarmUndo)
+    assert undo.role is B and r.s.warm is None
+
+
 def test_failing_again_during_the_hold_keeps_the_standby() -> None:
     r = up(policy())
     r.probe(P, False, 10.0)

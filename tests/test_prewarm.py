@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from jupiterd.aws.executor import AwsExecutor
+from jupiterd.aws.executor import AwsExecutor, default_prober
 from jupiterd.aws.inventory import AwsInventory
 from jupiterd.config import parse_config
 from jupiterd.core.types import Status
@@ -39,14 +39,20 @@ def moto() -> Iterator[MotoServer]:
 
 @contextlib.asynccontextmanager
 async def daemon(
-    moto: MotoServer, tmp: Path, defaults: dict[str, Any], **service: Any
+    moto: MotoServer,
+    tmp: Path,
+    defaults: dict[str, Any],
+    *,
+    prober: Any = None,
+    **service: Any,
 ) -> AsyncIterator[tuple[Supervisor, Stack]]:
     moto.reset()
     with jupiter_stack(moto.url, tmp, services=[SERVICE], defaults={**FAST, **defaults}) as stack:
         doc = yaml.safe_load(stack.config_path.read_text())
         doc["services"][SERVICE].update(service)
         cfg = parse_config(doc)
-        ex = AwsExecutor(cfg, poll_interval=0.05, progress_interval=0.5)
+        kw = {"prober": prober} if prober is not None else {}
+        ex = AwsExecutor(cfg, poll_interval=0.05, progress_interval=0.5, **kw)
         metrics = Metrics(CollectorRegistry())
         sup = Supervisor(
             cfg,
@@ -184,3 +190,80 @@ async def test_the_daemon_does_not_drill_while_the_active_is_down(
         assert sample(sup, "jupiterd_standby_drills_total", result="refused") == 1
         assert await backup_state(sup) == "stopped"
         assert svc(sup).target(P).status is Status.DOWN
+
+
+async def test_a_drill_whose_active_fails_keeps_the_standby_warm_until_it_recovers(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """The primary turns SUSPECT while the drill probes the standby, and no
+    failover comes: the standby is not left running for good. It stays warm
+    as a pre-warm and is stopped again once the primary is up."""
+    box: dict[str, Any] = {}
+
+    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
+        sup, stack = box["sup"], box["stack"]
+        if target.startswith(stack.config.services[SERVICE].backup.address or "?") and (
+            "failed" not in box
+        ):
+            box["failed"] = True  # the primary fails as the standby comes up
+            stack.listeners.stop(SERVICE, "primary")
+            await wait_for(lambda: svc(sup).primary.status is Status.SUSPECT, what="suspect")
+        return await default_prober(kind, target, options, timeout)
+
+    async with daemon(moto, tmp_path, SUSPECT_ONLY, prober=prober, prewarm_hold=0.3) as (
+        sup,
+        stack,
+    ):
+        box.update(sup=sup, stack=stack)
+        res = await sup.standbys.drill(SERVICE)
+        assert res is not None and res.result == "passed" and not res.stopped, res
+        assert "kept running as a pre-warm (the primary is suspect" in res.detail
+        assert await backup_state(sup) == "running"
+        assert sample(sup, "jupiterd_prewarm_active") == 1
+        assert svc(sup).warm is not None and svc(sup).warm.kind == "prewarm"
+        assert sup.status()["standbys"][SERVICE]["prewarm_active"] is True
+        assert [p.done for p in Journal(stack.config.state_dir).read()] == [False]
+        stack.listeners.start(SERVICE, "primary")  # it recovers
+        await wait_for(
+            lambda: sample(sup, "jupiterd_prewarms_total", result="stopped") == 1,
+            what="the kept standby stopped",
+        )
+        assert await backup_state(sup) in ("stopped", "stopping")
+        assert sample(sup, "jupiterd_prewarm_active") == 0
+        assert svc(sup).warm is None and not sup.outcomes
+    [rec] = Journal(stack.config.state_dir).read()
+    assert rec.kind == "readiness" and rec.done
+
+
+async def test_a_failover_takes_over_the_standby_a_drill_kept_warm(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    box: dict[str, Any] = {}
+
+    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
+        sup, stack = box["sup"], box["stack"]
+        if target.startswith(stack.config.services[SERVICE].backup.address or "?") and (
+            "failed" not in box
+        ):
+            box["failed"] = True
+            stack.listeners.stop(SERVICE, "primary")
+            await wait_for(lambda: svc(sup).primary.status is not Status.UP, what="failing")
+        return await default_prober(kind, target, options, timeout)
+
+    # The failover comes 1 s after the first failure: after the drill ended.
+    async with daemon(moto, tmp_path, {"failover_after": 1.0}, prober=prober) as (sup, stack):
+        box.update(sup=sup, stack=stack)
+        res = await sup.standbys.drill(SERVICE)
+        assert res is not None and "kept running as a pre-warm" in res.detail, res
+        await wait_for(lambda: sup.outcomes, what="the failover's outcome", timeout=20)
+        [plan] = sup.outcomes
+        assert plan["result"] == "success", plan["detail"]
+        start = next(s for s in plan["steps"] if s["name"] == "start_standby")
+        assert "already running" in start["detail"], start
+        await wait_for(
+            lambda: sample(sup, "jupiterd_prewarms_total", result="handed_over") == 1,
+            what="the kept standby handed over",
+        )
+        assert svc(sup).active is B and svc(sup).warm is None
+        assert await backup_state(sup) == "running"
+    assert all(p.done for p in Journal(stack.config.state_dir).read())

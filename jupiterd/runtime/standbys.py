@@ -4,9 +4,10 @@ carried out by ``aws.executor.warm.StandbyWarmer`` on the daemon's executor.
 - **Readiness drills** run at each service's ``readiness.schedule``
   (crontab, UTC), never while jupiterd is paused, the active is not UP or a
   plan of the service runs. While a drill runs the machine knows the
-  standby is warming (``StandbyWarming``); if the active stops being UP or a
-  failover starts, the drill hands the warm standby over instead of
-  stopping it. Each result is kept in ``state_dir/readiness.json``,
+  standby is warming (``StandbyWarming``); if a failover starts, the drill
+  hands the warm standby over instead of stopping it; if the active only
+  stops being UP, the standby stays warm as a pre-warm (below), so that it
+  is stopped again should no failover come. Each result is kept in ``state_dir/readiness.json``,
   exported (``jupiterd_standby_*``), logged and mailed (SNS).
 - **Pre-warms**: the machine's ``Prewarm`` starts the standby,
   ``PrewarmUndo`` stops it again, a ``StartFailover`` of the service hands it
@@ -163,7 +164,7 @@ class Standbys:
         try:
             res = await self.warmer.drill(
                 name, reason="scheduled readiness drill", by="daemon",
-                active=s.active, watch=self._watch(name),
+                active=s.active, watch=self._watch(name), keep_warm=True,
             )  # fmt: skip
         finally:
             self.drilling.discard(name)
@@ -171,7 +172,26 @@ class Standbys:
         self.record(res)
         if res.stopped:
             sup.dispatch(InstanceRunning(name, role, False, sup.now()))
+        elif name in self.warmer.ops:
+            self._kept_warm(name, role)
         return res
+
+    def _kept_warm(self, name: str, role: Role) -> None:
+        """The drill ended while its active failed and no failover ran: the
+        standby is a pre-warm from now on. The machine stops it once the
+        active is up again (``PrewarmUndo``, after ``prewarm_hold``), or a
+        failover takes it (``failover_started``)."""
+        sup = self.sup
+        s = sup.state.services.get(name)
+        if s is None or s.in_flight is not None:
+            # No longer configured: stopped again. A failover decided as the
+            # drill ended: it owns the standby.
+            handed = None if s is None else "a failover started"
+            sup.spawn(self._end(name, role, handed), f"prewarm-end:{name}")
+            return
+        sup.metrics.standby.prewarm_active.labels(name).set(1)
+        sup.dispatch(StandbyWarming(name, role, "prewarm", True, sup.now()))
+        sup.dispatch(InstanceRunning(name, role, True, sup.now()))  # probe it from now on
 
     def _watch(self, name: str) -> Any:
         sup = self.sup

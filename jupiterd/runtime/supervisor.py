@@ -114,6 +114,7 @@ def policy_of(config: Config) -> Policy:
             for n, s in config.services.items()
             if s.prewarm
         },
+        warm_hold={n: s.prewarm_hold for n, s in config.services.items()},
     )
 
 

@@ -22,7 +22,10 @@ damaged journal holds the service, while the standby is not stopped or
 serves another pool member, and while the active is not healthy. A
 failover that starts during a drill takes the warm standby over: the drill
 ends ``handed_over`` and leaves it running; the failover's start step finds
-it running. The standby is never stopped while the active is not running.
+it running. In the daemon (``keep_warm``), an active that fails mid-drill
+with no failover running keeps the standby warm as a pre-warm (``ops``):
+the daemon stops it with ``end_prewarm`` once the active is healthy again,
+or hands it to the failover. The standby is never stopped while the active is not running.
 
 ``start_standby`` and ``stop_standby`` are the two AWS actions: the one
 place to change how a standby is started or stopped.
@@ -88,8 +91,14 @@ class StandbyWarmer:
         by: Literal["daemon", "cli", "drill"] = "cli",
         active: Role | None = None,
         watch: Watch | None = None,
+        keep_warm: bool = False,
     ) -> WarmResult:
-        """Start the standby, prove it healthy, stop it again."""
+        """Start the standby, prove it healthy, stop it again. With
+        ``keep_warm`` (the daemon), a standby whose active stopped being
+        healthy during the drill, with no failover running, stays warm as a
+        pre-warm (in ``ops``, the record and the plan lock open): the
+        daemon stops it with ``end_prewarm`` once the active is healthy
+        again, or hands it to the failover."""
         run: _Run | None = None
         began, t0 = self.ex.clock.time(), self.ex.clock.monotonic()
         try:
@@ -103,11 +112,14 @@ class StandbyWarmer:
             self._end_lock(run)
             return self._refused(service, READINESS, str(exc), began, t0)
         try:
-            return await self._drill(run, rec, watch, began)
+            return await self._drill(run, rec, watch, began, keep_warm)
         finally:
-            self._end_lock(run)
+            if self.ops.get(service, (None,))[0] is not run:
+                self._end_lock(run)
 
-    async def _drill(self, run: _Run, rec: PlanRecord, watch: Watch, began: float) -> WarmResult:
+    async def _drill(
+        self, run: _Run, rec: PlanRecord, watch: Watch, began: float, keep_warm: bool
+    ) -> WarmResult:
         standby = run.request.to_role
         iid = self._iid(run, standby)
         start = await run_step(self.ex, run, warm_step(run, standby))
@@ -119,9 +131,12 @@ class StandbyWarmer:
             ok = health.ok
             healthy_s = health.seconds if ok else None
         handed = await watch()
-        if handed is None and run.service in self.ex._in_flight:
+        failover = run.service in self.ex._in_flight
+        if handed is None and failover:
             handed = f"a failover of {run.service} started"
         stopped = False
+        if handed is not None and keep_warm and not failover and boot is not None:
+            return self._keep(run, rec, handed, began, boot, healthy_s, ok)
         if handed is not None:
             result = "handed_over"
             detail = f"the standby is left running for the failover ({handed})"
@@ -141,6 +156,44 @@ class StandbyWarmer:
                 if failed is not stop:
                     detail += "; stopped again" if stopped else f"; NOT stopped: {stop.detail}"
         return await self._finish(run, rec, result, detail, began, boot, healthy_s, stopped)
+
+    def _keep(
+        self,
+        run: _Run,
+        rec: PlanRecord,
+        why: str,
+        began: float,
+        boot: float | None,
+        healthy_s: float | None,
+        ok: bool,
+    ) -> WarmResult:
+        """The drill's standby stays warm as a pre-warm: its active fails,
+        but no failover runs (yet; or a guard holds it)."""
+        iid = self._iid(run, run.request.to_role)
+        self.ops[run.service] = (run, rec)
+        if ok:
+            assert boot is not None and healthy_s is not None
+            found = f"{iid} booted in {boot:.1f}s and passed its probes {healthy_s:.1f}s later"
+        else:
+            failed = next(r for r in run.reports if not r.ok)
+            found = f"{failed.name}: {failed.detail}"
+        detail = (
+            f"{found}; kept running as a pre-warm ({why}): stopped again once the "
+            f"{run.request.from_role} is healthy, unless a failover takes it"
+        )
+        log.warning("readiness_kept_warm", service=run.service, reason=why)
+        return WarmResult(
+            run.service,
+            READINESS,
+            "passed" if ok else "failed",
+            detail,
+            began,
+            run.elapsed(),
+            iid,
+            boot_seconds=boot,
+            healthy_seconds=healthy_s,
+            steps=tuple(run.reports),
+        )
 
     # ------------------------------------------------------------------ pre-warm
 

@@ -58,7 +58,7 @@ def decide(
         if pp is not None and active.status in _FAILING and s.in_flight is None:
             s, actions = _start(state, s, at, policy, pp.max_per_hour)
     elif w.kind == PREWARM:
-        hold = pp.hold if pp is not None else 0.0
+        hold = pp.hold if pp is not None else policy.warm_hold.get(name, 0.0)
         if active.status is Status.UP and w.undo_at is None:
             s = replace(s, warm=replace(w, undo_at=at + hold))
             why = (

@@ -179,3 +179,6 @@ class Policy:
     peer_fallback: frozenset[str] = frozenset()
     ha: bool = False  # replicated deciders: only the leader acts, on a quorum of views
     prewarm: Mapping[str, PrewarmPolicy] = field(default_factory=dict)  # prewarm: true
+    # Every service's prewarm_hold: how long a standby a drill kept warm
+    # outlives its active's recovery (a prewarm: true service's is above).
+    warm_hold: Mapping[str, float] = field(default_factory=dict)
