@@ -41,6 +41,7 @@ import structlog
 from jupiterd.aws.client import AwsError
 from jupiterd.aws.executor.context import StepContext
 from jupiterd.aws.executor.run import _Run
+from jupiterd.aws.executor.warm_resume import resume_warmups
 from jupiterd.aws.executor.warm_steps import (
     PREWARM,
     READINESS,
@@ -55,7 +56,6 @@ from jupiterd.aws.executor.warm_steps import (
 )
 from jupiterd.core.execution import FailoverRequest
 from jupiterd.core.plan import GONE_STATES, ServiceFacts, StepKind
-from jupiterd.core.plan import service_status as _service_status
 from jupiterd.core.types import Role
 from jupiterd.state.journal import JournalError, LockBusy, PlanRecord
 
@@ -258,57 +258,8 @@ class StandbyWarmer:
     # ------------------------------------------------------------------ resume
 
     async def resume(self, records: list[PlanRecord]) -> list[WarmResult]:
-        """Warm-ups a crash interrupted: the standby is stopped again,
-        unless a failover has taken it over since."""
-        out = []
-        for rec in records:
-            if rec.service not in self.ex.config.services:
-                await asyncio.to_thread(self.ex.journal.done, rec.id)
-                continue
-            run = _Run(
-                FailoverRequest(
-                    rec.service, Role(rec.from_role), Role(rec.to_role), rec.reason, "resume"
-                ),
-                self.ex.clock,
-                record=rec,
-                resumed=True,
-                began_at=rec.started_at,
-            )
-            try:
-                run.facts = (await self.ex.inventory.facts([rec.service]))[rec.service]
-            except AwsError as exc:
-                log.error("warm_resume_failed", service=rec.service, reason=str(exc))
-                continue
-            handed = await self._taken_over(run, rec)
-            if handed is not None:
-                result, detail, stopped = "handed_over", handed, False
-            else:
-                stop = await run_step(self.ex, run, stop_step(run, run.request.to_role))
-                stopped = stop.ok
-                result = "stopped" if stop.ok else "failed"
-                detail = f"interrupted {rec.kind} resumed: " + (
-                    "the standby was stopped again" if stop.ok else f"not stopped: {stop.detail}"
-                )
-            res = await self._finish(run, rec, result, detail, rec.started_at, None, None, stopped)
-            log.warning("warm_resumed", service=rec.service, kind=rec.kind, result=result)
-            out.append(res)
-        return out
-
-    async def _taken_over(self, run: _Run, rec: PlanRecord) -> str | None:
-        assert run.facts is not None
-        standby = Role(rec.to_role)
-        st = _service_status(self.ex.config, rec.service, run.facts)
-        if st.agree and st.active is standby:
-            return f"a failover moved the traffic to the {standby} since"
-        plans = await asyncio.to_thread(self.ex.journal.read)
-        later = [
-            p
-            for p in plans
-            if p.service == rec.service and p.kind == "failover" and p.started_at > rec.started_at
-        ]
-        if later:
-            return f"a failover of {rec.service} began after the {rec.kind}"
-        return None
+        """Warm-ups a crash interrupted (``warm_resume``)."""
+        return await resume_warmups(self, records)
 
     # ------------------------------------------------------------------ parts
 
