@@ -20,6 +20,7 @@ probe them while the test itself blocks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -135,8 +136,18 @@ class Listeners:
 
 @contextlib.contextmanager
 def listeners(services: Iterable[str] = SERVICES) -> Iterator[Listeners]:
-    ls = Listeners(services)
-    ls.start()
+    services = list(services)
+    for attempt in range(5):
+        ls = Listeners(services)
+        try:
+            ls.start()
+            break
+        except OSError as exc:
+            # A port found free was taken before the bind (the other test
+            # worker, or an ephemeral port): new ports, not a failed test.
+            ls.stop()
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
     try:
         yield ls
     finally:
