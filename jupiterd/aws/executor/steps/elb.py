@@ -78,15 +78,7 @@ async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, 
         f"while its application starts{_checks(tg)}"
     )
     if ctx.dry_run:  # the standby was not started: say what would be done
-        await ctx.aws._mutate(
-            run,
-            "elbv2",
-            "RegisterTargets",
-            arn,
-            would=would,
-            TargetGroupArn=arn,
-            Targets=[_target(tid, port)],
-        )
+        await _register_target(ctx, run, arn, tid, port, would)
     state, reason, _ = await _target_state(ctx, arn, tid, port)
     if target_registered((state, reason)):
         return f"{tid} is already registered ({state}) in {tg.name}", {}
@@ -96,20 +88,28 @@ async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, 
     if tg.target_type == "instance" and running != "running":
         return f"{tid} is {running}: registered after its probes pass instead", {}
     try:
-        await ctx.aws._mutate(
-            run,
-            "elbv2",
-            "RegisterTargets",
-            arn,
-            TargetGroupArn=arn,
-            Targets=[_target(tid, port)],
-        )
+        await _register_target(ctx, run, arn, tid, port)
     except AwsError as exc:
         log.warning("register_early_failed", service=run.service, step=step.name, reason=str(exc))
         return f"not registered early ({exc}): registered after its probes pass instead", {}
     return (
         f"{tid}:{port} registered in {tg.name} while its application starts{_checks(tg)}",
         {"registered": True},
+    )
+
+
+async def _register_target(
+    ctx: StepContext, run: _Run, arn: str, tid: str, port: int | None, would: str | None = None
+) -> None:
+    """RegisterTargets of one target (``would``: what a dry run reports)."""
+    await ctx.aws._mutate(
+        run,
+        "elbv2",
+        "RegisterTargets",
+        arn,
+        would=would,
+        TargetGroupArn=arn,
+        Targets=[_target(tid, port)],
     )
 
 
@@ -120,15 +120,7 @@ async def register(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[s
         return f"{tid} is already registered and {state} in {tg.name}", {}
     would = f"would register {tid}:{port} in {tg.name} and wait until healthy"
     if not target_registered((state, reason)):
-        await ctx.aws._mutate(
-            run,
-            "elbv2",
-            "RegisterTargets",
-            arn,
-            would=would,
-            TargetGroupArn=arn,
-            Targets=[_target(tid, port)],
-        )
+        await _register_target(ctx, run, arn, tid, port, would)
     th = ctx.thresholds(run)
     last = ["", "", ""]
 
