@@ -134,16 +134,7 @@ class TableJournal(TableReader):
                 },
             }
         }
-        index = {
-            "Update": {
-                "TableName": self.table,
-                "Key": {"pk": {"S": OPEN_KEY}},
-                "UpdateExpression": "ADD #p :ids",
-                "ExpressionAttributeNames": {"#p": "plans"},
-                "ExpressionAttributeValues": {":ids": {"SS": [rec.id]}},
-            }
-        }
-        self._write(rec.id, token, [plan, index], record=True)
+        self._write(rec.id, token, [plan, self._index("ADD", rec.id)], record=True)
         return rec
 
     def begin(self, plan_id: str, step: str) -> None:
@@ -168,24 +159,23 @@ class TableJournal(TableReader):
 
     def done(self, plan_id: str) -> None:
         last = done_record(plan_id)
-        index = {
-            "Update": {
-                "TableName": self.table,
-                "Key": {"pk": {"S": OPEN_KEY}},
-                "UpdateExpression": "DELETE #p :ids",
-                "ExpressionAttributeNames": {"#p": "plans"},
-                "ExpressionAttributeValues": {":ids": {"SS": [plan_id]}},
-            }
-        }
-        self._append(
-            plan_id,
-            last,
-            finished_at=last["at"],
-            also=[index],
-        )
+        self._append(plan_id, last, finished_at=last["at"], also=[self._index("DELETE", plan_id)])
         with self._mutex:
             self._tokens.pop(plan_id, None)
             self._sent.pop(plan_id, None)
+
+    def _index(self, op: str, *plan_ids: str) -> dict[str, Any]:
+        """The open-plans index's update in a transaction: ``op`` ADD (a
+        plan starts) or DELETE (it is done, or its item is gone)."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"pk": {"S": OPEN_KEY}},
+                "UpdateExpression": f"{op} #p :ids",
+                "ExpressionAttributeNames": {"#p": "plans"},
+                "ExpressionAttributeValues": {":ids": {"SS": list(plan_ids)}},
+            }
+        }
 
     def before_change(self, plan_id: str | None) -> None:
         """Called before each mutating AWS call of a plan: ``Fenced`` when
@@ -353,17 +343,8 @@ class TableJournal(TableReader):
             return
         for pid in ids:
             log.warning("journal_entry_without_item", plan=pid, table=self.table)
-        index = {
-            "Update": {
-                "TableName": self.table,
-                "Key": {"pk": {"S": OPEN_KEY}},
-                "UpdateExpression": "DELETE #p :ids",
-                "ExpressionAttributeNames": {"#p": "plans"},
-                "ExpressionAttributeValues": {":ids": {"SS": ids}},
-            }
-        }
         with contextlib.suppress(JournalError):
-            self._write(ids[0], token, [index], record=False)
+            self._write(ids[0], token, [self._index("DELETE", *ids)], record=False)
 
     def maybe_rotate(self) -> None:
         """Nothing to rotate: finished plans leave the index and expire."""
