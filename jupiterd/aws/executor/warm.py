@@ -114,7 +114,8 @@ class StandbyWarmer:
         try:
             return await self._drill(run, rec, watch, began, keep_warm)
         finally:
-            if self.ops.get(service, (None,))[0] is not run:
+            kept = self.ops.get(service)
+            if kept is None or kept[0] is not run:  # a kept standby keeps the lock
                 self._end_lock(run)
 
     async def _drill(
@@ -135,8 +136,9 @@ class StandbyWarmer:
         if handed is None and failover:
             handed = f"a failover of {run.service} started"
         stopped = False
+        found = _found(run, iid, boot, healthy_s)
         if handed is not None and keep_warm and not failover and boot is not None:
-            return self._keep(run, rec, handed, began, boot, healthy_s, ok)
+            return self._keep(run, rec, handed, found, began, boot, healthy_s, ok)
         if handed is not None:
             result = "handed_over"
             detail = f"the standby is left running for the failover ({handed})"
@@ -144,17 +146,8 @@ class StandbyWarmer:
             stop = await run_step(self.ex, run, stop_step(run, standby))
             stopped = stop.ok
             result = "passed" if ok else "failed"
-            failed = next((r for r in run.reports if not r.ok), None)
-            if ok:
-                detail = (
-                    f"{iid} booted in {boot:.1f}s and passed its probes {healthy_s:.1f}s later; "
-                    + ("stopped again" if stopped else f"NOT stopped again: {stop.detail}")
-                )
-            else:
-                assert failed is not None
-                detail = f"{failed.name}: {failed.detail}"
-                if failed is not stop:
-                    detail += "; stopped again" if stopped else f"; NOT stopped: {stop.detail}"
+            not_stopped = f"NOT stopped{' again' if ok else ''}: {stop.detail}"
+            detail = f"{found}; " + ("stopped again" if stopped else not_stopped)
         return await self._finish(run, rec, result, detail, began, boot, healthy_s, stopped)
 
     def _keep(
@@ -162,6 +155,7 @@ class StandbyWarmer:
         run: _Run,
         rec: PlanRecord,
         why: str,
+        found: str,
         began: float,
         boot: float | None,
         healthy_s: float | None,
@@ -169,14 +163,7 @@ class StandbyWarmer:
     ) -> WarmResult:
         """The drill's standby stays warm as a pre-warm: its active fails,
         but no failover runs (yet; or a guard holds it)."""
-        iid = self._iid(run, run.request.to_role)
         self.ops[run.service] = (run, rec)
-        if ok:
-            assert boot is not None and healthy_s is not None
-            found = f"{iid} booted in {boot:.1f}s and passed its probes {healthy_s:.1f}s later"
-        else:
-            failed = next(r for r in run.reports if not r.ok)
-            found = f"{failed.name}: {failed.detail}"
         detail = (
             f"{found}; kept running as a pre-warm ({why}): stopped again once the "
             f"{run.request.from_role} is healthy, unless a failover takes it"
@@ -189,7 +176,7 @@ class StandbyWarmer:
             detail,
             began,
             run.elapsed(),
-            iid,
+            self._iid(run, run.request.to_role),
             boot_seconds=boot,
             healthy_seconds=healthy_s,
             steps=tuple(run.reports),
@@ -383,3 +370,12 @@ class StandbyWarmer:
         log.warning("warm_refused", service=service, kind=kind, reason=why)
         seconds = self.ex.clock.monotonic() - t0
         return WarmResult(service, kind, "refused", f"refused: {why}", began, seconds)
+
+
+def _found(run: _Run, iid: str | None, boot: float | None, healthy_s: float | None) -> str:
+    """What a drill found of its standby: its boot and start times when it
+    passed (``healthy_s`` set), else the step that failed."""
+    if boot is not None and healthy_s is not None:
+        return f"{iid} booted in {boot:.1f}s and passed its probes {healthy_s:.1f}s later"
+    failed = next(r for r in run.reports if not r.ok)
+    return f"{failed.name}: {failed.detail}"
