@@ -183,15 +183,18 @@ class Standbys:
         failover takes it (``failover_started``)."""
         sup = self.sup
         s = sup.state.services.get(name)
-        if s is None or s.in_flight is not None:
-            # No longer configured: stopped again. A failover decided as the
-            # drill ended: it owns the standby.
-            handed = None if s is None else "a failover started"
-            sup.spawn(self._end(name, role, handed), f"prewarm-end:{name}")
-            return
-        sup.metrics.standby.prewarm_active.labels(name).set(1)
-        sup.dispatch(StandbyWarming(name, role, "prewarm", True, sup.now()))
-        sup.dispatch(InstanceRunning(name, role, True, sup.now()))  # probe it from now on
+        if s is None:  # no longer configured: stopped again
+            sup.spawn(self._end(name, role, None), f"prewarm-undo:{name}")
+        elif s.in_flight is not None:  # decided as the drill ended: it owns the standby
+            self.failover_started(name)
+        else:
+            sup.dispatch(StandbyWarming(name, role, "prewarm", True, sup.now()))
+            self._warm_running(name, role)
+
+    def _warm_running(self, name: str, role: Role) -> None:
+        """A pre-warmed standby runs: exported, and probed from now on."""
+        self.sup.metrics.standby.prewarm_active.labels(name).set(1)
+        self.sup.dispatch(InstanceRunning(name, role, True, self.sup.now()))
 
     def _watch(self, name: str) -> Any:
         sup = self.sup
@@ -273,9 +276,8 @@ class Standbys:
             sup.log.error("pre-warm failed", service=name, detail=detail)
             sup.dispatch(StandbyWarming(name, a.role, "prewarm", False, sup.now()))
             return
-        m.prewarm_active.labels(name).set(1)
         sup.log.info("pre-warmed standby running", service=name, detail=detail)
-        sup.dispatch(InstanceRunning(name, a.role, True, sup.now()))  # probe it from now on
+        self._warm_running(name, a.role)
         if name in self.handed:
             await self._end(name, a.role, "a failover started")
 
