@@ -104,6 +104,10 @@ def _port_free_on_both() -> int:
 
 class Listeners:
     def __init__(self, services: Iterable[str]) -> None:
+        self._pick(list(services))
+        self._started = False
+
+    def _pick(self, services: list[str]) -> None:
         self.ports = {s: _port_free_on_both() for s in services}
         self._l = {
             (s, role): _Listener(host, port)
@@ -112,9 +116,21 @@ class Listeners:
         }
 
     def start(self, service: str | None = None, role: str | None = None) -> None:
-        for (s, r), lis in self._l.items():
-            if (service is None or s == service) and (role is None or r == role):
-                lis.start()
+        for attempt in range(5):
+            try:
+                for (s, r), lis in self._l.items():
+                    if (service is None or s == service) and (role is None or r == role):
+                        lis.start()
+                break
+            except OSError as exc:
+                # A port found free was taken before the first bind (the
+                # other test worker, an ephemeral port): while no one has
+                # seen the ports yet, new ones, not a failed test.
+                if exc.errno != errno.EADDRINUSE or self._started or attempt == 4:
+                    raise
+                self.stop()
+                self._pick(list(self.ports))
+        self._started = True
 
     def stop(self, service: str | None = None, role: str | None = None) -> None:
         for (s, r), lis in self._l.items():
@@ -136,18 +152,8 @@ class Listeners:
 
 @contextlib.contextmanager
 def listeners(services: Iterable[str] = SERVICES) -> Iterator[Listeners]:
-    services = list(services)
-    for attempt in range(5):
-        ls = Listeners(services)
-        try:
-            ls.start()
-            break
-        except OSError as exc:
-            # A port found free was taken before the bind (the other test
-            # worker, or an ephemeral port): new ports, not a failed test.
-            ls.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
+    ls = Listeners(services)
+    ls.start()
     try:
         yield ls
     finally:
