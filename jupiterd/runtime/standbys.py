@@ -228,10 +228,9 @@ class Standbys:
         if res.result == "refused":
             return
         try:
-            readiness.save(sup.config.state_dir, name, res.to_dict())
+            self.results = readiness.save(sup.config.state_dir, name, res.to_dict())
         except OSError as exc:
             sup.log.error("cannot record the readiness drill", error=exc.strerror or str(exc))
-        self.results = readiness.load(sup.config.state_dir) or self.results
         self._export(name)
 
     # ------------------------------------------------------------------ pre-warms

@@ -49,10 +49,12 @@ def load(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return found or {}
 
 
-def save(state_dir: str | os.PathLike[str], service: str, drill: dict[str, Any]) -> None:
+def save(
+    state_dir: str | os.PathLike[str], service: str, drill: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Record ``service``'s latest drill; ``verified_at`` (the last drill
     that passed) carries over from the previous record when this one did
-    not pass. Raises OSError."""
+    not pass. Returns every service's record as written. Raises OSError."""
     known = load(state_dir)
     previous = known.get(service, {})
     entry = {k: v for k, v in drill.items() if k != "steps"}
@@ -66,3 +68,4 @@ def save(state_dir: str | os.PathLike[str], service: str, drill: dict[str, Any])
     Path(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
     data = json.dumps({"services": known}, indent=1, sort_keys=True).encode()
     statefile.write_atomic(Path(state_dir) / NAME, data)
+    return known
