@@ -85,6 +85,22 @@ async def backup_state(sup: Supervisor) -> str:
     return (await ex.inventory.facts([SERVICE]))[SERVICE].backup.state
 
 
+async def failed_over_to_the_warm_standby(sup: Supervisor) -> None:
+    """The daemon's failover succeeded on the standby already running, and
+    the warm-up that started it was handed over."""
+    await wait_for(lambda: sup.outcomes, what="the failover's outcome", timeout=20)
+    [plan] = sup.outcomes
+    assert plan["result"] == "success", plan["detail"]
+    start = next(s for s in plan["steps"] if s["name"] == "start_standby")
+    assert "already running" in start["detail"], start
+    await wait_for(
+        lambda: sample(sup, "jupiterd_prewarms_total", result="handed_over") == 1,
+        what="the warm standby handed over",
+    )
+    assert svc(sup).active is B and svc(sup).warm is None
+    assert await backup_state(sup) == "running"
+
+
 # Failures stay SUSPECT (fall is never reached) unless a test wants DOWN.
 SUSPECT_ONLY = {"fall": 100, "min_down": 60}
 
@@ -135,18 +151,8 @@ async def test_prewarm_then_failover_uses_the_warm_standby(
     # failover_after leaves time for the pre-warm to boot the standby.
     async with daemon(moto, tmp_path, {"failover_after": 1.0}, prewarm=True) as (sup, stack):
         stack.listeners.stop(SERVICE, "primary")
-        await wait_for(lambda: sup.outcomes, what="the failover's outcome", timeout=20)
-        [plan] = sup.outcomes
-        assert plan["result"] == "success", plan["detail"]
-        start = next(s for s in plan["steps"] if s["name"] == "start_standby")
-        assert "already running" in start["detail"], start
+        await failed_over_to_the_warm_standby(sup)
         assert sample(sup, "jupiterd_prewarms_total", result="started") == 1
-        await wait_for(
-            lambda: sample(sup, "jupiterd_prewarms_total", result="handed_over") == 1,
-            what="the pre-warm handed over",
-        )
-        assert svc(sup).active is B and svc(sup).warm is None
-        assert await backup_state(sup) == "running"
     assert all(p.done for p in Journal(stack.config.state_dir).read())
 
 
@@ -255,15 +261,5 @@ async def test_a_failover_takes_over_the_standby_a_drill_kept_warm(
         box.update(sup=sup, stack=stack)
         res = await sup.standbys.drill(SERVICE)
         assert res is not None and "kept running as a pre-warm" in res.detail, res
-        await wait_for(lambda: sup.outcomes, what="the failover's outcome", timeout=20)
-        [plan] = sup.outcomes
-        assert plan["result"] == "success", plan["detail"]
-        start = next(s for s in plan["steps"] if s["name"] == "start_standby")
-        assert "already running" in start["detail"], start
-        await wait_for(
-            lambda: sample(sup, "jupiterd_prewarms_total", result="handed_over") == 1,
-            what="the kept standby handed over",
-        )
-        assert svc(sup).active is B and svc(sup).warm is None
-        assert await backup_state(sup) == "running"
+        await failed_over_to_the_warm_standby(sup)
     assert all(p.done for p in Journal(stack.config.state_dir).read())
