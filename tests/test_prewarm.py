@@ -101,6 +101,28 @@ async def failed_over_to_the_warm_standby(sup: Supervisor) -> None:
     assert await backup_state(sup) == "running"
 
 
+def primary_fails_mid_drill(box: dict[str, Any], status: Status | None = None) -> Any:
+    """A prober for the executor: as the drill first probes the standby,
+    the primary stops answering, and the probe waits until the daemon sees
+    it fail (``status``, or anything but UP). ``box`` gets the daemon's
+    ``sup`` and ``stack`` once they exist."""
+
+    def failing(sup: Supervisor) -> bool:
+        now = svc(sup).primary.status
+        return now is status if status is not None else now is not Status.UP
+
+    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
+        sup, stack = box["sup"], box["stack"]
+        backup = stack.config.services[SERVICE].backup.address or "?"
+        if target.startswith(backup) and "failed" not in box:
+            box["failed"] = True
+            stack.listeners.stop(SERVICE, "primary")
+            await wait_for(lambda: failing(sup), what="the primary failing")
+        return await default_prober(kind, target, options, timeout)
+
+    return prober
+
+
 # Failures stay SUSPECT (fall is never reached) unless a test wants DOWN.
 SUSPECT_ONLY = {"fall": 100, "min_down": 60}
 
@@ -205,16 +227,7 @@ async def test_a_drill_whose_active_fails_keeps_the_standby_warm_until_it_recove
     failover comes: the standby is not left running for good. It stays warm
     as a pre-warm and is stopped again once the primary is up."""
     box: dict[str, Any] = {}
-
-    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
-        sup, stack = box["sup"], box["stack"]
-        if target.startswith(stack.config.services[SERVICE].backup.address or "?") and (
-            "failed" not in box
-        ):
-            box["failed"] = True  # the primary fails as the standby comes up
-            stack.listeners.stop(SERVICE, "primary")
-            await wait_for(lambda: svc(sup).primary.status is Status.SUSPECT, what="suspect")
-        return await default_prober(kind, target, options, timeout)
+    prober = primary_fails_mid_drill(box, Status.SUSPECT)
 
     async with daemon(moto, tmp_path, SUSPECT_ONLY, prober=prober, prewarm_hold=0.3) as (
         sup,
@@ -241,20 +254,36 @@ async def test_a_drill_whose_active_fails_keeps_the_standby_warm_until_it_recove
     assert rec.kind == "readiness" and rec.done
 
 
+async def test_a_standby_kept_warm_is_stopped_by_the_next_start_after_a_crash(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """The daemon dies (its flock goes with it) while a drill's standby is
+    kept warm: the record is still open, and the next start's resumption
+    stops the standby and closes it."""
+    box: dict[str, Any] = {}
+    prober = primary_fails_mid_drill(box, Status.SUSPECT)
+
+    async with daemon(moto, tmp_path, SUSPECT_ONLY, prober=prober) as (sup, stack):
+        box.update(sup=sup, stack=stack)
+        res = await sup.standbys.drill(SERVICE)
+        assert res is not None and "kept running as a pre-warm" in res.detail, res
+        assert await backup_state(sup) == "running"
+        sup.executor.lock.release()  # what the kernel does at a kill -9
+        after = AwsExecutor(stack.config, poll_interval=0.05, progress_interval=0.5)
+        try:
+            assert await after.resume_pending() == []  # no failover to finish
+        finally:
+            after.close()
+        assert await backup_state(sup) in ("stopped", "stopping")
+        [rec] = Journal(stack.config.state_dir).read()
+        assert rec.kind == "readiness" and rec.done
+
+
 async def test_a_failover_takes_over_the_standby_a_drill_kept_warm(
     moto: MotoServer, tmp_path: Path
 ) -> None:
     box: dict[str, Any] = {}
-
-    async def prober(kind: str, target: str, options: Any, timeout: float) -> Any:
-        sup, stack = box["sup"], box["stack"]
-        if target.startswith(stack.config.services[SERVICE].backup.address or "?") and (
-            "failed" not in box
-        ):
-            box["failed"] = True
-            stack.listeners.stop(SERVICE, "primary")
-            await wait_for(lambda: svc(sup).primary.status is not Status.UP, what="failing")
-        return await default_prober(kind, target, options, timeout)
+    prober = primary_fails_mid_drill(box)
 
     # The failover comes 1 s after the first failure: after the drill ended.
     async with daemon(moto, tmp_path, {"failover_after": 1.0}, prober=prober) as (sup, stack):
