@@ -78,7 +78,7 @@ async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, 
         f"while its application starts{_checks(tg)}"
     )
     if ctx.dry_run:  # the standby was not started: say what would be done
-        await _change_target(ctx, run, "RegisterTargets", arn, tid, port, would)
+        await _register_target(ctx, run, arn, tid, port, would)
     state, reason, _ = await _target_state(ctx, arn, tid, port)
     if target_registered((state, reason)):
         return f"{tid} is already registered ({state}) in {tg.name}", {}
@@ -88,7 +88,7 @@ async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, 
     if tg.target_type == "instance" and running != "running":
         return f"{tid} is {running}: registered after its probes pass instead", {}
     try:
-        await _change_target(ctx, run, "RegisterTargets", arn, tid, port)
+        await _register_target(ctx, run, arn, tid, port)
     except AwsError as exc:
         log.warning("register_early_failed", service=run.service, step=step.name, reason=str(exc))
         return f"not registered early ({exc}): registered after its probes pass instead", {}
@@ -98,21 +98,14 @@ async def register_early(ctx: StepContext, run: _Run, step: Step) -> tuple[str, 
     )
 
 
-async def _change_target(
-    ctx: StepContext,
-    run: _Run,
-    operation: str,
-    arn: str,
-    tid: str,
-    port: int | None,
-    would: str | None = None,
+async def _register_target(
+    ctx: StepContext, run: _Run, arn: str, tid: str, port: int | None, would: str | None = None
 ) -> None:
-    """RegisterTargets or DeregisterTargets of one target (``would``: what
-    a dry run reports)."""
+    """RegisterTargets of one target (``would``: what a dry run reports)."""
     await ctx.aws._mutate(
         run,
         "elbv2",
-        operation,
+        "RegisterTargets",
         arn,
         would=would,
         TargetGroupArn=arn,
@@ -127,7 +120,7 @@ async def register(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict[s
         return f"{tid} is already registered and {state} in {tg.name}", {}
     would = f"would register {tid}:{port} in {tg.name} and wait until healthy"
     if not target_registered((state, reason)):
-        await _change_target(ctx, run, "RegisterTargets", arn, tid, port, would)
+        await _register_target(ctx, run, arn, tid, port, would)
     th = ctx.thresholds(run)
     last = ["", "", ""]
 
@@ -157,7 +150,15 @@ async def deregister(ctx: StepContext, run: _Run, step: Step) -> tuple[str, dict
         return f"{tid} is not registered in {tg.name}", {}
     would = f"would deregister {tid}:{port} from {tg.name} and wait for draining"
     if state != "draining":
-        await _change_target(ctx, run, "DeregisterTargets", arn, tid, port, would)
+        await ctx.aws._mutate(
+            run,
+            "elbv2",
+            "DeregisterTargets",
+            arn,
+            would=would,
+            TargetGroupArn=arn,
+            Targets=[_target(tid, port)],
+        )
     th = ctx.thresholds(run)
 
     async def check() -> tuple[bool, str]:
