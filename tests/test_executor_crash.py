@@ -162,6 +162,9 @@ async def test_a_full_run_writes_the_expected_records(edge: Edge, proxy: FaultPr
 async def _kill_then_resume(edge: Edge, proxy: FaultProxy, n: int, via_cli: bool) -> None:
     p = await cli(edge, "failover", SERVICE, kill_after=n)
     assert p.returncode == -9, f"kill point {n}: {p.returncode}\n{p.stdout}{p.stderr}"
+    # A call in flight at the kill is still answered upstream before anyone
+    # looks: the restart reads AWS after the dead process's last change.
+    assert await asyncio.to_thread(proxy.wait_idle)
     pending = Journal(edge.config.state_dir).unfinished()
     # Killed after the last record, `done`: nothing is left to resume.
     assert [x.service for x in pending] == ([] if n == TOTAL_RECORDS else [SERVICE])

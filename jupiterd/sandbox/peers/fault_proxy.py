@@ -223,6 +223,7 @@ class FaultProxy(ThreadedProxy):
         # Told of every forwarded call: (service:Action, request body, response body).
         self.on_forward: Callable[[str, bytes, bytes], None] | None = None
         self.forwarded: Counter[str] = Counter()
+        self._in_flight = 0  # calls being forwarded upstream right now
         # Mutating calls by (service:Action, digest of the request): a count
         # over 1 is the same side effect asked for twice.
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -240,6 +241,18 @@ class FaultProxy(ThreadedProxy):
 
     def count(self, action: str) -> int:
         return self.forwarded[action]
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Until no call is being forwarded: a client killed mid-call has
+        had its last call answered upstream, as a restart seconds later
+        would find it. False if calls were still in flight at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._in_flight == 0:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -379,6 +392,8 @@ class FaultProxy(ThreadedProxy):
                     self._reply(*fault)
                     return
                 started = time.monotonic()
+                with proxy._lock:
+                    proxy._in_flight += 1
                 try:
                     status, resp_headers, data = proxy._forward(
                         self.command,
@@ -388,9 +403,12 @@ class FaultProxy(ThreadedProxy):
                         f"{service}:{action}",
                     )
                 except OSError as exc:
+                    with proxy._lock:
+                        proxy._in_flight -= 1
                     self._reply(*error_response(service, "InternalError", 502, str(exc)))
                     return
                 with proxy._lock:
+                    proxy._in_flight -= 1
                     proxy.forwarded[f"{service}:{action}"] += 1
                     if proxy.on_forward is not None:
                         proxy.on_forward(f"{service}:{action}", body, data)
